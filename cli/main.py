@@ -1,0 +1,29 @@
+"""Entry point of the `winback` console script: registers each module's commands."""
+
+from __future__ import annotations
+
+import typer
+
+from cli import data
+
+app = typer.Typer(
+    name="winback",
+    help="Win-back offer recommendations: data, features, training, serving.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Win-back offer recommendations: data, features, training, serving."""
+
+
+for _module in (data,):
+    app.registered_commands += _module.app.registered_commands
+    app.registered_groups += _module.app.registered_groups
+
+
+def main() -> None:
+    app()
