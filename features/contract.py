@@ -83,7 +83,9 @@ CONTACTS = TableSchema(
         Column(c.CONTACT_ID, "id", "contact identifier"),
         Column(c.CUSTOMER_ID, "id", "who was contacted (or held out)"),
         Column(c.TS, "ts", "when the contact was sent or the control assigned"),
-        Column(c.CHANNEL, "enum", "channel; empty for a holdout", nullable=True, allowed=c.CHANNELS),
+        Column(
+            c.CHANNEL, "enum", "channel; empty for a holdout", nullable=True, allowed=c.CHANNELS
+        ),
         Column(c.CAMPAIGN_ID, "text", "campaign or wave"),
         Column(c.OFFER_ID, "text", "catalog offer, 'none' or 'holdout'"),
         Column(c.STAGE, "int", "journey step", min=1),
@@ -127,7 +129,9 @@ CONSENT = TableSchema(
     required=False,
 )
 
-SCHEMAS: dict[str, TableSchema] = {s.name: s for s in (CUSTOMERS, ORDERS, CONTACTS, EVENTS, CONSENT)}
+SCHEMAS: dict[str, TableSchema] = {
+    s.name: s for s in (CUSTOMERS, ORDERS, CONTACTS, EVENTS, CONSENT)
+}
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,9 @@ def _read_raw(directory: Path) -> tuple[dict[str, pd.DataFrame], list[Problem]]:
         if path is None:
             if schema.required:
                 problems.append(
-                    Problem(name, "", "missing_table", 0, (), f"{name}.parquet or {name}.csv needed")
+                    Problem(
+                        name, "", "missing_table", 0, (), f"{name}.parquet or {name}.csv needed"
+                    )
                 )
             raw[name] = empty_table(schema)
             continue

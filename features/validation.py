@@ -56,15 +56,23 @@ def _coerce(col: Column, raw: pd.Series) -> pd.Series:
     return s.astype("string")
 
 
-def coerce_table(schema: TableSchema, raw: pd.DataFrame) -> tuple[pd.DataFrame, list[Problem]]:
-    """Convert `raw` to the contract's dtypes; report missing columns and unparseable values."""
+def coerce_table(
+    schema: TableSchema, raw: pd.DataFrame
+) -> tuple[pd.DataFrame, list[Problem], dict[str, pd.Series]]:
+    """Convert `raw` to the contract's dtypes; report missing columns and unparseable values.
+
+    Returns the converted frame, the problems, and per column the mask of values that could not
+    be converted (they are empty in the frame, and must not be reported again as missing).
+    """
     problems: list[Problem] = []
+    unparseable: dict[str, pd.Series] = {}
     out: dict[str, pd.Series] = {}
     for col in schema.columns:
         if col.name not in raw.columns:
             if col.required:
+                detail = f"required column is missing ({col.meaning})"
                 problems.append(
-                    Problem(schema.name, col.name, "missing_column", len(raw), (), col.meaning)
+                    Problem(schema.name, col.name, "missing_column", len(raw), (), detail)
                 )
                 continue
             fill = col.default
@@ -73,6 +81,7 @@ def coerce_table(schema: TableSchema, raw: pd.DataFrame) -> tuple[pd.DataFrame, 
         series = _coerce(col, raw[col.name])
         bad = series.isna() & _blank_to_na(raw[col.name]).notna()
         if bad.any():
+            unparseable[col.name] = bad.reset_index(drop=True)
             expected = {"ts": "an ISO 8601 timestamp", "float": "a number", "int": "an integer"}
             problems.append(
                 Problem(
@@ -89,17 +98,22 @@ def coerce_table(schema: TableSchema, raw: pd.DataFrame) -> tuple[pd.DataFrame, 
     frame = pd.DataFrame(out, index=raw.index)
     for name in extra:  # unknown columns are kept: importers may carry extra attributes
         frame[name] = raw[name]
-    return frame.reset_index(drop=True), problems
+    return frame.reset_index(drop=True), problems, unparseable
 
 
-def check_table(schema: TableSchema, df: pd.DataFrame) -> list[Problem]:
+def check_table(
+    schema: TableSchema, df: pd.DataFrame, unparseable: dict[str, pd.Series] | None = None
+) -> list[Problem]:
     """Per-table rules: nulls, allowed values, ranges, integers, unique key."""
     problems: list[Problem] = []
+    unparseable = unparseable or {}
     for col in schema.columns:
         if col.name not in df.columns:
             continue
         s = df[col.name]
         null = s.isna()
+        if col.name in unparseable:
+            null &= ~unparseable[col.name].to_numpy()
         if not col.nullable and null.any() and col.default is None:
             problems.append(
                 Problem(schema.name, col.name, "not_null", int(null.sum()), (), "value required")
@@ -124,7 +138,10 @@ def check_table(schema: TableSchema, df: pd.DataFrame) -> list[Problem]:
         dup = df.duplicated(list(schema.key), keep=False)
         if dup.any():
             keys = df.loc[dup, list(schema.key)].drop_duplicates().head(MAX_EXAMPLES)
-            ex = tuple("/".join(str(v) for v in row) for row in keys.itertuples(index=False))
+            ex = tuple(
+                repr(row[0]) if len(row) == 1 else repr("/".join(str(v) for v in row))
+                for row in keys.itertuples(index=False)
+            )
             problems.append(
                 Problem(
                     schema.name,
@@ -150,20 +167,27 @@ def _check_range(table: str, col: Column, s: pd.Series) -> list[Problem]:
         bounds.append(f"<= {col.max:g}")
     if bad.any():
         problems.append(
-            Problem(table, col.name, "range", int(bad.sum()), _examples(s[bad]), " and ".join(bounds))
+            Problem(
+                table, col.name, "range", int(bad.sum()), _examples(s[bad]), " and ".join(bounds)
+            )
         )
     if col.kind == "int":
         frac = s != np.floor(s)
         if frac.any():
             problems.append(
-                Problem(table, col.name, "type", int(frac.sum()), _examples(s[frac]), "expected an integer")
+                Problem(
+                    table,
+                    col.name,
+                    "type",
+                    int(frac.sum()),
+                    _examples(s[frac]),
+                    "expected an integer",
+                )
             )
     return problems
 
 
-def _fk(
-    table: str, column: str, values: pd.Series, known: pd.Series, target: str
-) -> list[Problem]:
+def _fk(table: str, column: str, values: pd.Series, known: pd.Series, target: str) -> list[Problem]:
     v = values.dropna()
     bad = ~v.isin(known)
     if not bad.any():
@@ -187,9 +211,7 @@ def _not_before(
     if not bad.any():
         return []
     return [
-        Problem(
-            table, column, "timestamp_order", int(bad.sum()), _examples(ids[bad].head()), what
-        )
+        Problem(table, column, "timestamp_order", int(bad.sum()), _examples(ids[bad].head()), what)
     ]
 
 
@@ -226,7 +248,9 @@ def check_relations(tables: dict[str, pd.DataFrame], offer_ids: Iterable[str]) -
         )
     contacts = tables[c.CONTACTS]
     valid_offers = pd.Series([*offer_ids, *c.RESERVED_OFFER_IDS])
-    problems += _fk(c.CONTACTS, c.OFFER_ID, contacts[c.OFFER_ID], valid_offers, "offer of offers.yaml")
+    problems += _fk(
+        c.CONTACTS, c.OFFER_ID, contacts[c.OFFER_ID], valid_offers, "offer of offers.yaml"
+    )
     is_holdout = contacts[c.OFFER_ID] == c.HOLDOUT
     no_channel = contacts[c.CHANNEL].isna()
     bad_ctrl = (is_holdout & ~no_channel) | (~is_holdout & no_channel)
@@ -274,12 +298,11 @@ def validate_tables(
     problems: list[Problem] = []
     tables: dict[str, pd.DataFrame] = {}
     for name, schema in SCHEMAS.items():
-        frame, coerce_problems = coerce_table(schema, raw[name])
+        frame, coerce_problems, unparseable = coerce_table(schema, raw[name])
         problems += coerce_problems
-        if coerce_problems and any(p.rule == "missing_column" for p in coerce_problems):
-            frame = _with_all_columns(schema, frame)
-        problems += check_table(schema, frame)
-        tables[name] = frame
+        problems += check_table(schema, frame, unparseable)  # skips missing columns
+        missing = [p.column for p in coerce_problems if p.rule == "missing_column"]
+        tables[name] = _with_all_columns(schema, frame) if missing else frame
     if not any(p.rule == "missing_column" for p in problems):
         problems += check_relations(tables, offer_ids)
     return tables, problems

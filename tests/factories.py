@@ -1,0 +1,173 @@
+"""Tiny, hand-readable data built in code for tests.
+
+`World` collects rows table by table; `build()` returns the tables as DataFrames in the
+contract's column layout and `write(dir)` writes a data directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from features import constants as c
+from features.contract import SCHEMAS
+from features.datadir import write_data_dir
+from features.offers import OfferCatalog, parse_catalog
+
+CATALOG_YAML = """
+version: test-1
+offers:
+  - offer_id: pct10
+    type: percent_discount
+    value: 10
+    cost: {revenue_fraction: 0.10}
+    channels: [email, sms]
+    title: 10% off your next order
+  - offer_id: freeship
+    type: free_shipping
+    cost: {fixed: 6.0}
+    channels: [email, sms, push]
+    title: Free shipping
+  - offer_id: expert
+    type: expert_consult
+    cost: {fixed: 15.0}
+    channels: [email]
+    min_value_tier: mid
+    title: Talk to an expert
+  - offer_id: guide
+    type: content
+    channels: [email, push, in_app]
+    title: Our buying guide
+"""
+
+
+def catalog() -> OfferCatalog:
+    return parse_catalog(CATALOG_YAML, source="tests/factories.py")
+
+
+def ts(text: str) -> pd.Timestamp:
+    return pd.Timestamp(text)
+
+
+@dataclass
+class World:
+    """Rows of every table, added with small helper methods."""
+
+    rows: dict[str, list[dict[str, Any]]] = field(
+        default_factory=lambda: {name: [] for name in c.TABLES}
+    )
+
+    def customer(self, cid: str, signup: str = "2023-01-01", **extra: Any) -> World:
+        self.rows[c.CUSTOMERS].append({c.CUSTOMER_ID: cid, c.SIGNUP_TS: ts(signup), **extra})
+        return self
+
+    def order(
+        self,
+        cid: str,
+        when: str,
+        revenue: float = 50.0,
+        margin: float = 20.0,
+        category: str = "books",
+        discount: float = 0.0,
+        order_id: str | None = None,
+    ) -> World:
+        oid = order_id or f"o{len(self.rows[c.ORDERS]) + 1}"
+        self.rows[c.ORDERS].append(
+            {
+                c.ORDER_ID: oid,
+                c.CUSTOMER_ID: cid,
+                c.ORDER_TS: ts(when),
+                c.REVENUE: revenue,
+                c.MARGIN: margin,
+                c.CATEGORY: category,
+                c.DISCOUNT_AMOUNT: discount,
+            }
+        )
+        return self
+
+    def contact(
+        self,
+        cid: str,
+        when: str,
+        offer_id: str = "none",
+        channel: str | None = "email",
+        stage: int = 1,
+        propensity: float | None = 0.5,
+        campaign: str = "wave1",
+        contact_id: str | None = None,
+    ) -> World:
+        kid = contact_id or f"k{len(self.rows[c.CONTACTS]) + 1}"
+        if offer_id == c.HOLDOUT:
+            channel = None
+        self.rows[c.CONTACTS].append(
+            {
+                c.CONTACT_ID: kid,
+                c.CUSTOMER_ID: cid,
+                c.TS: ts(when),
+                c.CHANNEL: channel,
+                c.CAMPAIGN_ID: campaign,
+                c.OFFER_ID: offer_id,
+                c.STAGE: stage,
+                c.PROPENSITY: propensity,
+            }
+        )
+        return self
+
+    def event(
+        self,
+        cid: str,
+        when: str,
+        kind: str,
+        contact_id: str | None = None,
+        event_id: str | None = None,
+    ) -> World:
+        eid = event_id or f"e{len(self.rows[c.EVENTS]) + 1}"
+        self.rows[c.EVENTS].append(
+            {
+                c.EVENT_ID: eid,
+                c.CUSTOMER_ID: cid,
+                c.TS: ts(when),
+                c.EVENT_TYPE: kind,
+                c.CONTACT_ID: contact_id,
+            }
+        )
+        return self
+
+    def consent(self, cid: str, channel: str, status: str, when: str = "2023-01-01") -> World:
+        self.rows[c.CONSENT].append(
+            {c.CUSTOMER_ID: cid, c.CHANNEL: channel, c.STATUS: status, c.UPDATED_TS: ts(when)}
+        )
+        return self
+
+    def build(self) -> dict[str, pd.DataFrame]:
+        out = {}
+        for name, schema in SCHEMAS.items():
+            rows = self.rows[name]
+            df = pd.DataFrame(rows, columns=list(schema.names) if not rows else None)
+            if rows:
+                df = df.reindex(
+                    columns=[*schema.names, *[k for k in df.columns if k not in schema.names]]
+                )
+            out[name] = df
+        return out
+
+    def write(self, directory: Path, fmt: str = "parquet") -> Path:
+        write_data_dir(directory, self.build(), catalog(), fmt=fmt)
+        return directory
+
+
+def small_world() -> World:
+    """Three customers with orders, one past contact, an event and consent."""
+    w = World()
+    w.customer("c1", "2023-01-01").customer("c2", "2023-02-01").customer("c3", "2023-03-01")
+    w.order("c1", "2023-01-05", 80.0, 30.0, "books")
+    w.order("c1", "2023-03-05", 40.0, 12.0, "music", discount=4.0)
+    w.order("c2", "2023-02-10", 120.0, 50.0, "garden")
+    w.contact("c1", "2023-09-01", offer_id="pct10", channel="email", contact_id="k1")
+    w.contact("c2", "2023-09-01", offer_id="holdout", contact_id="k2")
+    w.event("c1", "2023-09-02", "open", contact_id="k1")
+    w.consent("c1", "email", "opted_in").consent("c2", "email", "opted_out", "2023-05-01")
+    return w
