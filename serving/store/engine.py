@@ -1,0 +1,109 @@
+"""Creating the SQLAlchemy engine of the store from a URL.
+
+SQLite (the default) is opened in WAL mode with a busy timeout, and pysqlite's own
+transaction handling is switched off so that SQLAlchemy emits `BEGIN` itself: a plain
+`BEGIN` (deferred) for reads, `BEGIN IMMEDIATE` for connections carrying the execution option
+`winback_write=True`, which takes the database's write lock up front. A cap check and the
+write that follows it therefore run under one lock and cannot interleave with another writer.
+
+PostgreSQL is reached through psycopg 3 (`postgresql+psycopg://user@host/db`; a bare
+`postgresql://` URL is given that driver). It runs at READ COMMITTED, where each statement
+sees what committed before it started, which the per-customer advisory lock in
+`serving.store.repository` relies on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Final
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.pool import StaticPool
+
+from serving.errors import StoreUnavailableError
+
+DEFAULT_DATABASE_URL: Final = "sqlite:///winback.db"
+WRITE_OPTION: Final = "winback_write"
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse a database URL; give PostgreSQL URLs the psycopg 3 driver."""
+    try:
+        u = make_url(url)
+    except ArgumentError as exc:
+        raise StoreUnavailableError(f"database url: cannot parse {url!r}: {exc}") from None
+    if u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg")
+    return u
+
+
+def _sqlite_engine(u: URL, busy_timeout_ms: int, echo: bool) -> Engine:
+    in_memory = u.database in (None, "", ":memory:")
+    kwargs: dict[str, Any] = {"echo": echo}
+    if in_memory:
+        # One shared connection, or each thread would see its own empty database.
+        kwargs |= {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+    else:
+        Path(str(u.database)).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        kwargs |= {"connect_args": {"timeout": busy_timeout_ms / 1000}}
+    engine = create_engine(u, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
+        cur = dbapi_connection.cursor()
+        try:
+            cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            if not in_memory:
+                cur.execute("PRAGMA journal_mode = WAL")
+                cur.execute("PRAGMA synchronous = NORMAL")
+            cur.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        write = conn.get_execution_options().get(WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def create_store_engine(
+    url: str | URL = DEFAULT_DATABASE_URL,
+    *,
+    busy_timeout_ms: int = 10_000,
+    pool_size: int = 10,
+    echo: bool = False,
+) -> Engine:
+    """An engine for the store at `url` (no connection is opened yet).
+
+    Args:
+        url: SQLAlchemy URL; `sqlite:///path.db` (the default, `winback.db` in the working
+            directory; its folder is created) or `postgresql+psycopg://user@host:5432/db`.
+        busy_timeout_ms: SQLite only: how long a writer waits for the write lock.
+        pool_size: PostgreSQL only: connections kept open.
+        echo: log every SQL statement.
+
+    Raises:
+        StoreUnavailableError: the URL cannot be parsed or its driver is not installed.
+    """
+    u = normalize_url(url)
+    try:
+        if u.get_backend_name() == "sqlite":
+            return _sqlite_engine(u, busy_timeout_ms, echo)
+        return create_engine(
+            u,
+            echo=echo,
+            pool_size=pool_size,
+            max_overflow=2 * pool_size,
+            pool_pre_ping=True,
+            isolation_level="READ COMMITTED",
+        )
+    except (NoSuchModuleError, ModuleNotFoundError) as exc:
+        raise StoreUnavailableError(
+            f"database url {u.render_as_string(hide_password=True)}: driver not available "
+            f"({exc}); for PostgreSQL install the 'postgres' extra"
+        ) from None

@@ -1,0 +1,398 @@
+"""Reading and writing the decision store.
+
+`Store` wraps an engine; every public method is one transaction. The one that matters most
+is `try_record_contact`: it takes a per-customer lock, counts the customer's contacts in the
+cap windows and records the decision and its contact, all in one transaction, so concurrent
+requests for one customer can never exceed a cap:
+
+- SQLite: the transaction starts with `BEGIN IMMEDIATE` (see `serving.store.engine`), which
+  takes the database's single write lock before the count is read;
+- PostgreSQL: `pg_advisory_xact_lock` on a 64-bit hash of the customer id, held until commit;
+  at READ COMMITTED the count that follows sees every contact committed before the lock was
+  granted. A hash collision only serializes two customers; it never lets a cap be exceeded.
+
+SQLAlchemy errors are translated into `serving.errors` at this boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date, datetime
+
+from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from features.constants import CHANNELS, CONSENT_STATUSES, NO_INCENTIVE, OPTED_OUT
+from serving.errors import DuplicateDecisionError, StoreError, StoreUnavailableError
+from serving.store import queries
+from serving.store.caps import ContactCaps, check_caps
+from serving.store.engine import WRITE_OPTION, create_store_engine
+from serving.store.models import (
+    ACTION_OFFER,
+    CONTACT_STATUSES,
+    NOT_SENT,
+    SENT,
+    BudgetUsage,
+    ConsentChange,
+    Contact,
+    Decision,
+    Event,
+    PreferencesChange,
+)
+from serving.store.records import (
+    BudgetTotals,
+    ConsentEntry,
+    CustomerState,
+    DecisionRecord,
+    EventRecord,
+    EventResult,
+    Preferences,
+    RecordResult,
+    utc_naive,
+)
+
+OPT_OUT_EVENTS = ("unsubscribe", "complaint")
+RELEASE_EVENTS = ("not_sent",)
+
+
+class _ConstraintError(StoreError):
+    """An integrity constraint failed (translated to a public error where it has meaning)."""
+
+
+def _decision_row(d: DecisionRecord) -> Decision:
+    return Decision(
+        decision_id=d.decision_id,
+        request_id=d.request_id,
+        customer_id=d.customer_id,
+        ts=utc_naive(d.ts),
+        action=d.action,
+        offer_id=d.offer_id,
+        channel=d.channel,
+        stage=d.stage,
+        propensity=d.propensity,
+        expected_value=d.expected_value,
+        reasons=list(d.reasons),
+        scores=dict(d.scores) if d.scores is not None else None,
+        excluded=list(d.excluded) if d.excluded is not None else None,
+        model_version=d.model_version,
+        policy_version=d.policy_version,
+        campaign_id=d.campaign_id,
+        dry_run=d.dry_run,
+    )
+
+
+class Store:
+    """The decision store behind one engine (thread-safe; create one per process)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def from_url(cls, url: str, **engine_kwargs: int | bool) -> Store:
+        """A store on a new engine for `url` (see `create_store_engine`)."""
+        return cls(create_store_engine(url, **engine_kwargs))  # type: ignore[arg-type]
+
+    def dispose(self) -> None:
+        """Close the pooled connections."""
+        self.engine.dispose()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    # --- plumbing ---------------------------------------------------------------------------
+    @contextmanager
+    def _session(self, write: bool) -> Iterator[Session]:
+        try:
+            with Session(self.engine, expire_on_commit=False) as s, s.begin():
+                # Must be the first use of the session: the options apply before BEGIN.
+                s.connection(execution_options={WRITE_OPTION: write})
+                yield s
+        except (OperationalError, InterfaceError) as exc:
+            raise StoreUnavailableError(f"store: database error: {exc.orig}") from None
+        except IntegrityError as exc:
+            raise _ConstraintError(f"store: constraint violated: {exc.orig}") from None
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store: {type(exc).__name__}: {exc}") from None
+
+    def _insert(self, table: type) -> postgresql.Insert | sqlite.Insert:
+        if self.dialect == "postgresql":
+            return postgresql.insert(table)
+        if self.dialect == "sqlite":
+            return sqlite.insert(table)
+        raise StoreError(f"store: unsupported database dialect {self.dialect!r}")
+
+    def _lock_customer(self, s: Session, customer_id: str) -> None:
+        if self.dialect == "postgresql":
+            s.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:cid, 0))"),
+                {"cid": customer_id},
+            )
+        # SQLite: BEGIN IMMEDIATE already holds the database-wide write lock.
+
+    def ping(self) -> bool:
+        """Whether the database answers (for readiness checks); never raises."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except SQLAlchemyError:
+            return False
+
+    # --- decisions and contacts -------------------------------------------------------------
+    def record_decision(
+        self, decision: DecisionRecord, caps: ContactCaps | None = None
+    ) -> RecordResult:
+        """Append a decision; one that implies a contact goes through `try_record_contact`."""
+        if decision.implies_contact:
+            return self.try_record_contact(decision, caps or ContactCaps())
+        try:
+            with self._session(write=True) as s:
+                s.add(_decision_row(decision))
+        except StoreError as exc:
+            raise self._duplicate_or(exc, decision.decision_id) from None
+        return RecordResult(recorded=True, decision_id=decision.decision_id)
+
+    def try_record_contact(
+        self, decision: DecisionRecord, caps: ContactCaps, now: datetime | None = None
+    ) -> RecordResult:
+        """Check the caps and record the decision plus its contact, in one transaction.
+
+        Args:
+            decision: an `offer` or `message` decision with a channel.
+            caps: the limits, already tightened by the customer's preferences.
+            now: the time the caps are checked at; defaults to `decision.ts`.
+
+        Returns:
+            `recorded=True` with the contact id, or `recorded=False` with the reason code of
+            the first cap that blocks it (nothing is written then).
+        """
+        if not decision.implies_contact or not decision.channel:
+            raise StoreError(
+                f"store: decision {decision.decision_id}: only a non-dry-run offer or message "
+                "decision with a channel implies a contact"
+            )
+        at = utc_naive(now or decision.ts)
+        offer = decision.offer_id if decision.action == ACTION_OFFER else None
+        if offer == NO_INCENTIVE:
+            offer = None
+        try:
+            with self._session(write=True) as s:
+                self._lock_customer(s, decision.customer_id)
+                past = queries.counted_contacts(s, [decision.customer_id], at - caps.horizon).get(
+                    decision.customer_id, []
+                )
+                blocked = check_caps(past, caps, at, decision.channel, offer)
+                if blocked is not None:
+                    code, detail = blocked  # nothing written: the commit only frees the lock
+                    return RecordResult(False, decision.decision_id, reason=code, detail=detail)
+                s.add(_decision_row(decision))
+                s.flush()  # the contact refers to the decision
+                s.add(
+                    Contact(
+                        contact_id=decision.decision_id,
+                        decision_id=decision.decision_id,
+                        customer_id=decision.customer_id,
+                        ts=utc_naive(decision.ts),
+                        channel=decision.channel,
+                        offer_id=decision.offer_id,
+                        campaign_id=decision.campaign_id,
+                        stage=decision.stage,
+                        status=SENT,
+                    )
+                )
+        except StoreError as exc:
+            raise self._duplicate_or(exc, decision.decision_id) from None
+        return RecordResult(True, decision.decision_id, contact_id=decision.decision_id)
+
+    def _duplicate_or(self, exc: StoreError, decision_id: str) -> StoreError:
+        if isinstance(exc, _ConstraintError) and self.decision_exists(decision_id):
+            return DuplicateDecisionError(f"decision_id: {decision_id!r} was already recorded")
+        return exc
+
+    def decision_exists(self, decision_id: str) -> bool:
+        with self._session(write=False) as s:
+            return s.get(Decision, decision_id) is not None
+
+    def set_contact_status(self, contact_id: str, status: str, ts: datetime) -> bool:
+        """Change a contact's status (`sent`, `not_sent`, `released`); False if unknown."""
+        if status not in CONTACT_STATUSES:
+            raise StoreError(f"status: must be one of {', '.join(CONTACT_STATUSES)}")
+        with self._session(write=True) as s:
+            res = s.execute(
+                update(Contact)
+                .where(Contact.contact_id == contact_id)
+                .values(status=status, status_ts=utc_naive(ts))
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    # --- events -----------------------------------------------------------------------------
+    def append_event(self, event: EventRecord) -> EventResult:
+        """Store an event once; a repeated `event_id` writes nothing and reports a duplicate.
+
+        On first receipt, in the same transaction: `not_sent` releases the contact it names
+        (by contact_id, else decision_id), so it no longer counts against the caps;
+        `unsubscribe` and `complaint` record an opt-out for the event's channel, else the
+        named contact's channel, else every channel (consent is never assumed).
+        """
+        now = datetime.now().replace(microsecond=0)
+        with self._session(write=True) as s:
+            stmt = (
+                self._insert(Event)
+                .values(
+                    event_id=event.event_id,
+                    customer_id=event.customer_id,
+                    ts=utc_naive(event.ts),
+                    type=event.type,
+                    channel=event.channel,
+                    contact_id=event.contact_id,
+                    decision_id=event.decision_id,
+                    offer_id=event.offer_id,
+                    revenue=event.revenue,
+                    margin=event.margin,
+                    payload=dict(event.payload) if event.payload is not None else None,
+                    received_ts=now,
+                )
+                .on_conflict_do_nothing(index_elements=["event_id"])
+                .returning(Event.event_id)
+            )
+            # RETURNING yields no row when the id existed (rowcount is not reliable here).
+            if s.execute(stmt).scalar_one_or_none() is None:
+                return EventResult(event.event_id, duplicate=True)
+            contact = self._contact_of(s, event)
+            released = None
+            if event.type in RELEASE_EVENTS and contact is not None:
+                contact.status, contact.status_ts = NOT_SENT, utc_naive(event.ts)
+                released = contact.contact_id
+            opted_out: tuple[str, ...] = ()
+            if event.type in OPT_OUT_EVENTS:
+                channel = event.channel or (contact.channel if contact else None)
+                opted_out = (channel,) if channel else CHANNELS
+                for ch in opted_out:
+                    s.add(
+                        ConsentChange(
+                            customer_id=event.customer_id,
+                            channel=ch,
+                            status=OPTED_OUT,
+                            ts=utc_naive(event.ts),
+                            source=f"event:{event.type}",
+                        )
+                    )
+            return EventResult(event.event_id, False, released, opted_out)
+
+    @staticmethod
+    def _contact_of(s: Session, event: EventRecord) -> Contact | None:
+        key = Contact.contact_id if event.contact_id else Contact.decision_id
+        value = event.contact_id or event.decision_id
+        if value is None:
+            return None
+        return s.execute(
+            select(Contact).where(key == value, Contact.customer_id == event.customer_id)
+        ).scalar_one_or_none()
+
+    # --- consent and preferences ------------------------------------------------------------
+    def record_consent(
+        self, customer_id: str, channel: str, status: str, ts: datetime, source: str = "api"
+    ) -> None:
+        """Append a consent change; the history keeps every change."""
+        if status not in CONSENT_STATUSES:
+            raise StoreError(
+                f"status: must be one of {', '.join(CONSENT_STATUSES)}, got {status!r}"
+            )
+        if channel not in CHANNELS:
+            raise StoreError(f"channel: must be one of {', '.join(CHANNELS)}, got {channel!r}")
+        with self._session(write=True) as s:
+            s.add(
+                ConsentChange(
+                    customer_id=customer_id,
+                    channel=channel,
+                    status=status,
+                    ts=utc_naive(ts),
+                    source=source,
+                )
+            )
+
+    def consent_history(self, customer_id: str) -> list[ConsentEntry]:
+        """Every consent change of a customer, oldest first."""
+        with self._session(write=False) as s:
+            return queries.consent_history(s, customer_id)
+
+    def current_consent(
+        self, customer_ids: Sequence[str], as_of: datetime | None = None
+    ) -> dict[str, dict[str, str]]:
+        """Latest consent status per customer and channel (channels never recorded absent)."""
+        with self._session(write=False) as s:
+            return queries.current_consent(s, customer_ids, as_of and utc_naive(as_of))
+
+    def set_preferences(self, prefs: Preferences) -> None:
+        """Append the customer's full preference state; the latest one applies."""
+        with self._session(write=True) as s:
+            s.add(
+                PreferencesChange(
+                    customer_id=prefs.customer_id,
+                    ts=utc_naive(prefs.ts),
+                    channels=list(prefs.channels) if prefs.channels is not None else None,
+                    max_contacts=prefs.max_contacts,
+                    per_days=prefs.per_days,
+                    source=prefs.source,
+                )
+            )
+
+    def preferences_history(self, customer_id: str) -> list[Preferences]:
+        with self._session(write=False) as s:
+            return queries.preferences_history(s, customer_id)
+
+    def current_preferences(self, customer_ids: Sequence[str]) -> dict[str, Preferences]:
+        with self._session(write=False) as s:
+            return queries.current_preferences(s, customer_ids)
+
+    # --- budgets ----------------------------------------------------------------------------
+    def add_budget_usage(
+        self, offer_id: str, day: date, redemptions: int = 1, cost: float = 0.0
+    ) -> None:
+        """Add redemptions and cost to an offer's usage on `day` (atomic increment)."""
+        with self._session(write=True) as s:
+            ins = self._insert(BudgetUsage).values(
+                offer_id=offer_id, day=day, redemptions=redemptions, cost=cost
+            )
+            s.execute(
+                ins.on_conflict_do_update(
+                    index_elements=["offer_id", "day"],
+                    set_={
+                        "redemptions": BudgetUsage.redemptions + ins.excluded.redemptions,
+                        "cost": BudgetUsage.cost + ins.excluded.cost,
+                    },
+                )
+            )
+
+    def budget_usage(self, offer_ids: Sequence[str], day: date) -> dict[str, BudgetTotals]:
+        """Usage on `day` and in total for each offer (zeros for offers never used)."""
+        with self._session(write=False) as s:
+            rows = s.execute(
+                select(
+                    BudgetUsage.offer_id,
+                    func.sum(BudgetUsage.redemptions),
+                    func.sum(BudgetUsage.cost),
+                    func.sum(BudgetUsage.redemptions).filter(BudgetUsage.day == day),
+                    func.sum(BudgetUsage.cost).filter(BudgetUsage.day == day),
+                )
+                .where(BudgetUsage.offer_id.in_(list(offer_ids)))
+                .group_by(BudgetUsage.offer_id)
+            ).all()
+        out = {o: BudgetTotals(o) for o in offer_ids}
+        for oid, tr, tc, dr, dc in rows:
+            out[oid] = BudgetTotals(oid, int(dr or 0), float(dc or 0), int(tr), float(tc))
+        return out
+
+    # --- reads for the guardrails -----------------------------------------------------------
+    def customer_states(
+        self, customer_ids: Sequence[str], now: datetime, lookback_days: int
+    ) -> dict[str, CustomerState]:
+        """Counted contacts in the lookback, current consent and preferences, last order."""
+        at = utc_naive(now)
+        ids = list(dict.fromkeys(customer_ids))
+        with self._session(write=False) as s:
+            return queries.customer_states(s, ids, at, lookback_days)

@@ -1,0 +1,307 @@
+"""The decision store on SQLite and PostgreSQL: caps under concurrency, events, consent,
+preferences, budgets and migrations.
+
+PostgreSQL cases run when WINBACK_TEST_DATABASE_URL is set; each test gets its own schema,
+dropped afterwards, so reruns and parallel runs never collide.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, func, inspect, select, text
+from sqlalchemy.engine import make_url
+
+from serving.errors import DuplicateDecisionError, StoreError, StoreUnavailableError
+from serving.policy import FrequencyCaps
+from serving.store import (
+    CapWindow,
+    ContactCaps,
+    DecisionRecord,
+    EventRecord,
+    Preferences,
+    Store,
+    check_caps,
+    create_store_engine,
+    upgrade_database,
+)
+from serving.store.caps import CAP_CHANNEL, CAP_MIN_GAP, CAP_REPEAT_OFFER, PastContact
+from serving.store.migrate import current_revision
+from serving.store.models import Base, Contact, Decision
+
+T0 = datetime(2026, 3, 1, 12, 0)
+CAP_ONE = ContactCaps(windows=(CapWindow(1, 7),))
+
+
+def offer(
+    decision_id: str, customer: str = "c1", ts: datetime = T0, **kw: object
+) -> DecisionRecord:
+    fields: dict[str, object] = {"offer_id": "pct10", "channel": "email", "stage": 1}
+    fields.update(kw)
+    return DecisionRecord(decision_id, customer, ts, "offer", **fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a temporary SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    base = request.getfixturevalue("database_url")
+    schema = f"winback_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        u = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield u.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[Store]:
+    upgrade_database(url)
+    s = Store.from_url(url)
+    yield s
+    s.dispose()
+
+
+def _contacts(store: Store, customer: str = "c1") -> int:
+    with store.engine.connect() as conn:
+        q = select(func.count()).select_from(Contact).where(Contact.customer_id == customer)
+        return int(conn.execute(q).scalar_one())
+
+
+# --- migrations ----------------------------------------------------------------------------
+def test_migrations_build_the_models_schema_and_are_idempotent(url: str) -> None:
+    upgrade_database(url)
+    upgrade_database(url)  # second run at head does nothing
+    engine = create_store_engine(url)
+    try:
+        assert current_revision(engine) == "0001"
+        names = set(inspect(engine).get_table_names())
+        assert set(Base.metadata.tables) <= names
+        with engine.connect() as conn:
+            diff = compare_metadata(
+                MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+            )
+        assert diff == []
+    finally:
+        engine.dispose()
+
+
+def test_unreachable_database_is_a_store_error() -> None:
+    with pytest.raises(StoreUnavailableError) as info:
+        upgrade_database("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+    assert info.value.code == "store_unavailable"
+
+
+# --- caps and concurrency ------------------------------------------------------------------
+def test_cap_blocks_second_contact_and_not_sent_releases_it(store: Store) -> None:
+    assert store.try_record_contact(offer("d1"), CAP_ONE).recorded
+    blocked = store.try_record_contact(offer("d2", ts=T0 + timedelta(hours=1)), CAP_ONE)
+    assert (blocked.recorded, blocked.reason) == (False, "cap_across_channels")
+    assert not store.decision_exists("d2")  # a blocked attempt writes nothing
+
+    ev = store.append_event(
+        EventRecord("e1", "c1", T0 + timedelta(minutes=5), "not_sent", decision_id="d1")
+    )
+    assert (ev.duplicate, ev.released_contact_id) == (False, "d1")
+    assert store.try_record_contact(offer("d2", ts=T0 + timedelta(hours=1)), CAP_ONE).recorded
+    # the window slides: 8 days later the cap is free again
+    assert store.try_record_contact(offer("d3", ts=T0 + timedelta(days=8)), CAP_ONE).recorded
+
+
+def test_per_channel_cap_and_other_customers_are_independent(store: Store) -> None:
+    caps = ContactCaps(windows=(CapWindow(1, 7, "sms"),))
+    assert store.try_record_contact(offer("d1", channel="sms"), caps).recorded
+    assert not store.try_record_contact(offer("d2", channel="sms"), caps).recorded
+    assert store.try_record_contact(offer("d3", channel="email"), caps).recorded
+    assert store.try_record_contact(offer("d4", customer="c2", channel="sms"), caps).recorded
+
+
+def test_duplicate_decision_id_is_rejected(store: Store) -> None:
+    store.try_record_contact(offer("d1"), ContactCaps())
+    with pytest.raises(DuplicateDecisionError) as info:
+        store.try_record_contact(offer("d1"), ContactCaps())
+    assert info.value.code == "duplicate_decision"
+    assert _contacts(store) == 1
+
+
+def test_non_contact_decisions_are_logged_without_a_contact(store: Store) -> None:
+    store.try_record_contact(offer("d1"), CAP_ONE)
+    for i, action in enumerate(("none", "holdout")):
+        res = store.record_decision(DecisionRecord(f"n{i}", "c1", T0, action, reasons=["x"]))
+        assert res.recorded and res.contact_id is None
+    dry = store.record_decision(offer("dry", dry_run=True), CAP_ONE)
+    assert dry.recorded and dry.contact_id is None  # a dry run never takes a cap
+    assert _contacts(store) == 1
+    with store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Decision)).scalar_one() == 4
+    with pytest.raises(StoreError, match="implies a contact"):
+        store.try_record_contact(DecisionRecord("n9", "c1", T0, "none"), CAP_ONE)
+
+
+def _race(store: Store, n: int, customer: str = "c1", prefix: str = "") -> list[bool]:
+    barrier = threading.Barrier(n)
+
+    def one(i: int) -> bool:
+        barrier.wait()
+        return store.try_record_contact(offer(f"{prefix}t{i}", customer=customer), CAP_ONE).recorded
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_fifty_concurrent_requests_under_cap_of_one_record_exactly_one(store: Store) -> None:
+    results = _race(store, 50)
+    assert sum(results) == 1
+    assert _contacts(store) == 1
+
+
+def _process_worker(url: str, prefix: str, n: int) -> int:
+    store = Store.from_url(url)
+    try:
+        return sum(_race(store, n, prefix=prefix))
+    finally:
+        store.dispose()
+
+
+def test_two_processes_under_cap_of_one_record_exactly_one(store: Store, url: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        wins = pool.starmap(_process_worker, [(url, "p0", 15), (url, "p1", 15)])
+    assert sum(wins) == 1
+    assert _contacts(store) == 1
+
+
+# --- events --------------------------------------------------------------------------------
+def test_event_is_idempotent_by_event_id(store: Store) -> None:
+    ev = EventRecord("e1", "c1", T0, "order", revenue=80.0, margin=30.0, payload={"k": 1})
+    assert store.append_event(ev).duplicate is False
+    assert store.append_event(ev).duplicate is True
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM events")).scalar_one() == 1
+    assert store.customer_states(["c1"], T0, 30)["c1"].last_order_ts == T0
+
+
+def test_unsubscribe_opts_out_of_the_contacted_channel_once(store: Store) -> None:
+    store.record_consent("c1", "email", "opted_in", T0 - timedelta(days=30))
+    store.try_record_contact(offer("d1"), CAP_ONE)
+    unsub = EventRecord("u1", "c1", T0 + timedelta(hours=2), "unsubscribe", contact_id="d1")
+    assert store.append_event(unsub).opted_out_channels == ("email",)
+    assert store.append_event(unsub).duplicate
+    assert store.current_consent(["c1"]) == {"c1": {"email": "opted_out"}}
+    assert len(store.consent_history("c1")) == 2
+    # a complaint naming no channel and no contact opts out of every channel
+    res = store.append_event(EventRecord("u2", "c2", T0, "complaint"))
+    assert set(store.current_consent(["c2"])["c2"]) == set(res.opted_out_channels)
+    assert len(res.opted_out_channels) == 5
+
+
+# --- consent, preferences, budgets ---------------------------------------------------------
+def test_consent_history_keeps_every_change_and_latest_wins(store: Store) -> None:
+    store.record_consent("c1", "email", "opted_in", T0)
+    store.record_consent("c1", "email", "opted_out", T0 + timedelta(days=1))
+    store.record_consent("c1", "sms", "opted_in", T0)
+    store.record_consent("c1", "email", "opted_in", T0 + timedelta(days=2))
+    # same timestamp: the change recorded last wins
+    store.record_consent("c1", "sms", "opted_out", T0)
+    hist = store.consent_history("c1")
+    assert [(h.channel, h.status) for h in hist if h.channel == "email"] == [
+        ("email", "opted_in"),
+        ("email", "opted_out"),
+        ("email", "opted_in"),
+    ]
+    assert len(hist) == 5
+    assert store.current_consent(["c1", "c9"]) == {
+        "c1": {"email": "opted_in", "sms": "opted_out"},
+        "c9": {},  # never recorded: no consent is assumed
+    }
+    as_of = store.current_consent(["c1"], as_of=T0 + timedelta(hours=30))
+    assert as_of["c1"]["email"] == "opted_out"
+
+
+def test_aware_timestamps_are_stored_as_naive_utc(store: Store) -> None:
+    aware = datetime(2026, 3, 1, 16, 0, tzinfo=timezone(timedelta(hours=2)))
+    store.record_consent("c1", "email", "opted_in", aware)
+    assert store.consent_history("c1")[0].ts == datetime(2026, 3, 1, 14, 0)
+    with pytest.raises(StoreError, match="status: must be one of"):
+        store.record_consent("c1", "email", "maybe", aware)
+
+
+def test_preferences_latest_wins_and_tighten_caps(store: Store) -> None:
+    store.set_preferences(Preferences("c1", T0, ("email", "sms"), None, None))
+    store.set_preferences(Preferences("c1", T0 + timedelta(days=1), ("email",), 1, 30))
+    assert len(store.preferences_history("c1")) == 2
+    current = store.current_preferences(["c1", "c2"])
+    assert set(current) == {"c1"}
+    p = current["c1"]
+    assert (p.channels, p.max_contacts, p.per_days) == (("email",), 1, 30)
+    caps = ContactCaps().tightened(p.max_contacts, p.per_days, channels_off=("sms",))
+    assert store.try_record_contact(offer("d1"), caps).recorded
+    late = store.try_record_contact(offer("d2", ts=T0 + timedelta(days=20)), caps)
+    assert not late.recorded  # the customer's 1-in-30-days is tighter than no policy cap
+    sms = store.try_record_contact(offer("d3", customer="c3", channel="sms"), caps)
+    assert (sms.recorded, sms.reason) == (False, CAP_CHANNEL)
+    state = store.customer_states(["c1"], T0 + timedelta(days=21), 30)["c1"]
+    assert [c.contact_id for c in state.contacts] == ["d1"]
+    assert state.preferences == p
+
+
+def test_budget_usage_accumulates_per_day_and_in_total(store: Store) -> None:
+    d1, d2 = date(2026, 3, 1), date(2026, 3, 2)
+    store.add_budget_usage("pct10", d1, 1, 8.0)
+    store.add_budget_usage("pct10", d1, 2, 4.5)
+    store.add_budget_usage("pct10", d2, 1, 1.0)
+    usage = store.budget_usage(["pct10", "freeship"], d2)
+    assert (usage["pct10"].day_redemptions, usage["pct10"].total_redemptions) == (1, 4)
+    assert usage["pct10"].total_cost == pytest.approx(13.5)
+    assert usage["freeship"].total_redemptions == 0
+
+
+def test_store_without_migrations_raises_store_error(tmp_path: Path) -> None:
+    store = Store.from_url(f"sqlite:///{tmp_path / 'empty.db'}")
+    assert store.ping()
+    with pytest.raises(StoreError):
+        store.current_consent(["c1"])
+    store.dispose()
+
+
+# --- the pure cap check --------------------------------------------------------------------
+def test_check_caps_rules() -> None:
+    past = [PastContact(T0 - timedelta(hours=30), "email", "pct10")]
+    gap = ContactCaps(min_gap=timedelta(hours=48))
+    assert check_caps(past, gap, T0, "sms", None)[0] == CAP_MIN_GAP  # type: ignore[index]
+    assert check_caps(past, gap, T0 + timedelta(hours=19), "sms", None) is None
+    repeat = ContactCaps(no_repeat_offer_days=30)
+    assert check_caps(past, repeat, T0, "email", "pct10")[0] == CAP_REPEAT_OFFER  # type: ignore[index]
+    assert check_caps(past, repeat, T0, "email", "freeship") is None
+    assert check_caps([], CAP_ONE, T0, "email", "pct10") is None
+
+
+def test_caps_from_policy() -> None:
+    freq = FrequencyCaps.model_validate(
+        {
+            "across_channels": [{"max_contacts": 1, "days": 3}],
+            "per_channel": {"sms": [{"max_contacts": 1, "days": 14}]},
+            "min_gap_hours": 24,
+            "no_repeat_offer_days": 30,
+        }
+    )
+    caps = ContactCaps.from_policy(freq)
+    assert caps.windows == (CapWindow(1, 3), CapWindow(1, 14, "sms"))
+    assert caps.horizon == timedelta(days=30)
+    assert caps.min_gap == timedelta(hours=24)
