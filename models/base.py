@@ -1,0 +1,178 @@
+"""Input checks and LightGBM plumbing shared by the estimators.
+
+Estimators take pandas DataFrames of numeric feature columns; some columns may be declared
+categorical (non-negative integer codes), which LightGBM then splits on as categories.
+"""
+
+# Upper-case X follows the scikit-learn convention for feature matrices.
+# ruff: noqa: N803, N806
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from models.errors import (
+    FeatureMismatchError,
+    InvalidInputError,
+    NotFittedError,
+    translate_lightgbm_errors,
+)
+
+
+def check_features(X: Any, name: str = "X") -> pd.DataFrame:
+    """Check `X` is a non-empty DataFrame of numeric (or boolean) columns with unique names."""
+    if not isinstance(X, pd.DataFrame):
+        raise InvalidInputError(f"{name}: expected a pandas DataFrame, got {type(X).__name__}")
+    if len(X) == 0:
+        raise InvalidInputError(f"{name}: has no rows")
+    if X.columns.has_duplicates:
+        dup = sorted({str(c) for c in X.columns[X.columns.duplicated()]})
+        raise InvalidInputError(f"{name}: duplicated column names {dup}")
+    bad = [
+        str(c)
+        for c in X.columns
+        if not (pd.api.types.is_numeric_dtype(X[c]) or pd.api.types.is_bool_dtype(X[c]))
+    ]
+    if bad:
+        raise InvalidInputError(
+            f"{name}: columns {bad} are not numeric; encode categories as integer codes and "
+            "declare them in categorical_features"
+        )
+    return X
+
+
+def check_categoricals(X: pd.DataFrame, categorical: Sequence[str] | None) -> list[str]:
+    """The declared categorical columns, checked to exist and hold non-negative integer codes."""
+    cats = list(categorical or [])
+    missing = [c for c in cats if c not in X.columns]
+    if missing:
+        raise InvalidInputError(f"categorical_features: {missing} are not columns of X")
+    for c in cats:
+        values = X[c].to_numpy(dtype=float)
+        finite = values[~np.isnan(values)]
+        if finite.size and (finite.min() < 0 or not np.all(finite == np.round(finite))):
+            raise InvalidInputError(
+                f"categorical feature '{c}': values must be non-negative integer codes"
+            )
+    return cats
+
+
+def check_binary(y: Any, n: int, name: str = "y") -> np.ndarray:
+    """A 0/1 float vector of length n."""
+    arr = np.asarray(y, dtype=float).ravel()
+    if arr.shape[0] != n:
+        raise InvalidInputError(f"{name}: has {arr.shape[0]} values, X has {n} rows")
+    if not np.all((arr == 0) | (arr == 1)):
+        raise InvalidInputError(f"{name}: must contain only 0 and 1")
+    return arr
+
+
+def check_weights(w: Any, n: int, name: str = "sample_weight") -> np.ndarray:
+    """Positive finite weights of length n (ones when None)."""
+    if w is None:
+        return np.ones(n)
+    arr = np.asarray(w, dtype=float).ravel()
+    if arr.shape[0] != n:
+        raise InvalidInputError(f"{name}: has {arr.shape[0]} values, X has {n} rows")
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise InvalidInputError(f"{name}: must be finite and > 0")
+    return arr
+
+
+def check_fitted(est: Any, attr: str = "feature_names_in_") -> None:
+    if not hasattr(est, attr):
+        raise NotFittedError(f"{type(est).__name__} is not fitted yet: call fit first")
+
+
+def check_columns(est: Any, X: Any) -> pd.DataFrame:
+    """Check X for predict: fitted estimator, same columns in the same order as in fit."""
+    check_fitted(est)
+    X = check_features(X)
+    expected = list(est.feature_names_in_)
+    got = [str(c) for c in X.columns]
+    if got != expected:
+        missing = [c for c in expected if c not in got]
+        extra = [c for c in got if c not in expected]
+        detail = f"missing {missing}, unexpected {extra}" if missing or extra else "wrong order"
+        raise FeatureMismatchError(
+            f"{type(est).__name__}: X columns differ from those seen in fit ({detail}); "
+            f"expected {expected}"
+        )
+    return X
+
+
+def lgb_params(
+    *,
+    objective: str,
+    learning_rate: float,
+    num_leaves: int,
+    min_child_samples: int,
+    seed: int,
+    n_jobs: int,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """LightGBM parameters with deterministic training (fixed seeds, `deterministic=True`)."""
+    params: dict[str, Any] = {
+        "objective": objective,
+        "learning_rate": learning_rate,
+        "num_leaves": num_leaves,
+        "min_data_in_leaf": min_child_samples,
+        "feature_fraction": 0.9,
+        "lambda_l2": 1.0,
+        "seed": seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        "num_threads": n_jobs,
+        "verbosity": -1,
+    }
+    params.update(extra or {})
+    return params
+
+
+def train_booster(
+    params: dict[str, Any],
+    X: pd.DataFrame,
+    y: np.ndarray,
+    *,
+    weight: np.ndarray | None,
+    categorical: list[str],
+    n_estimators: int,
+    X_val: pd.DataFrame | None = None,
+    y_val: np.ndarray | None = None,
+    w_val: np.ndarray | None = None,
+    early_stopping_rounds: int = 50,
+    what: str = "model",
+) -> Any:
+    """Train one booster; with a validation set, stop early on its loss."""
+    import lightgbm as lgb
+
+    with translate_lightgbm_errors(what):
+        train = lgb.Dataset(
+            X,
+            label=y,
+            weight=weight,
+            categorical_feature=categorical or "auto",
+            free_raw_data=True,
+        )
+        valid_sets = []
+        callbacks: list[Any] = []
+        if X_val is not None and y_val is not None and len(X_val) > 0:
+            valid_sets.append(lgb.Dataset(X_val, label=y_val, weight=w_val, reference=train))
+            callbacks.append(lgb.early_stopping(early_stopping_rounds, verbose=False))
+        return lgb.train(
+            params,
+            train,
+            num_boost_round=n_estimators,
+            valid_sets=valid_sets or None,
+            callbacks=callbacks or None,
+        )
+
+
+def booster_predict(booster: Any, X: pd.DataFrame, what: str = "model") -> np.ndarray:
+    with translate_lightgbm_errors(what):
+        best = booster.best_iteration if booster.best_iteration > 0 else None
+        return np.asarray(booster.predict(X, num_iteration=best), dtype=float)

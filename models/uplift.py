@@ -1,0 +1,359 @@
+"""Multi-treatment offer-response (uplift) learners on LightGBM.
+
+Every learner estimates P(convert | option, x) for every option, the control included, and is
+bagged: it is fitted `n_bags` times on bootstrap resamples (stratified by option), each fit
+stopping early on its out-of-bag rows. The mean over bags is the estimate; the spread over bags
+is a per-row standard error, which the confidence-bound policy (`models.policy`) uses to
+deviate from the best single option only where an uplift is confidently positive.
+
+Learners:
+- `SLearner`: one booster, the option as a categorical feature.
+- `TLearner`: one booster per option.
+- `DRLearner`: doubly robust pseudo-outcomes with cross-fitted per-option outcome models, then
+  one regression per option of the pseudo-outcome on x (estimates E[Y(o) | x]).
+
+Where assignment was not uniform, pass the logged `propensity` (probability of the option the
+row received): S and T weight rows by 1 / propensity, DR uses it in the pseudo-outcome.
+"""
+
+# Upper-case X follows the scikit-learn convention for feature matrices.
+# ruff: noqa: N803, N806
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from models.base import (
+    booster_predict,
+    check_binary,
+    check_categoricals,
+    check_columns,
+    check_features,
+    check_weights,
+    lgb_params,
+    train_booster,
+)
+from models.errors import InvalidInputError
+
+_EPS = 1e-6
+OPTION_COLUMN = "__option__"
+
+
+class BaggedOptionLearner:
+    """Base of the learners: input checks, bagging, out-of-bag predictions, uncertainty.
+
+    Attributes:
+        feature_names_in_: columns seen in fit.
+        options_: option labels, the control first, then the others sorted.
+        control_: the control option.
+        arm_rates_: observed (inverse-propensity weighted) conversion rate per option.
+        best_option_: the option with the highest observed rate (the best single arm).
+        models_: per bag, the fitted model(s).
+        oob_proba_options_: out-of-bag P(convert | option) per training row (NaN where a row
+            was in every bag).
+    """
+
+    def __init__(
+        self,
+        control: str = "holdout",
+        n_bags: int = 8,
+        n_estimators: int = 300,
+        learning_rate: float = 0.05,
+        num_leaves: int = 15,
+        min_child_samples: int = 100,
+        early_stopping_rounds: int = 30,
+        categorical_features: Sequence[str] | None = None,
+        random_state: int = 0,
+        n_jobs: int = 1,
+    ) -> None:
+        self.control = control
+        self.n_bags = n_bags
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.early_stopping_rounds = early_stopping_rounds
+        self.categorical_features = categorical_features
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+
+    # --- subclass hooks ---------------------------------------------------------------------
+    def _fit_bag(
+        self,
+        X: pd.DataFrame,
+        t: np.ndarray,
+        y: np.ndarray,
+        w: np.ndarray,
+        counts: np.ndarray,
+        seed: int,
+    ) -> Any:
+        """Fit one bag: `w` are the inverse-propensity weights, `counts` the bootstrap counts
+        (rows with count 0 are out of bag and serve for early stopping)."""
+        raise NotImplementedError
+
+    def _predict_bag(self, model: Any, X: pd.DataFrame) -> np.ndarray:
+        """(n, k) probabilities in the order of `options_`."""
+        raise NotImplementedError
+
+    # --- shared machinery -------------------------------------------------------------------
+    def _params(self, objective: str, seed: int) -> dict[str, Any]:
+        return lgb_params(
+            objective=objective,
+            learning_rate=self.learning_rate,
+            num_leaves=self.num_leaves,
+            min_child_samples=self.min_child_samples,
+            seed=seed,
+            n_jobs=self.n_jobs,
+        )
+
+    def _booster(
+        self,
+        objective: str,
+        X: pd.DataFrame,
+        y: np.ndarray,
+        w: np.ndarray,
+        counts: np.ndarray,
+        fit_rows: np.ndarray,
+        val_rows: np.ndarray,
+        seed: int,
+        what: str,
+    ) -> Any:
+        """Booster on `fit_rows` weighted by w * counts, stopping early on `val_rows` (w)."""
+        return train_booster(
+            self._params(objective, seed),
+            X[fit_rows],
+            y[fit_rows],
+            weight=(w * counts)[fit_rows],
+            categorical=self._cats,
+            n_estimators=self.n_estimators,
+            X_val=X[val_rows] if val_rows.any() else None,
+            y_val=y[val_rows] if val_rows.any() else None,
+            w_val=w[val_rows] if val_rows.any() else None,
+            early_stopping_rounds=self.early_stopping_rounds,
+            what=what,
+        )
+
+    def fit(
+        self,
+        X: pd.DataFrame,
+        treatment: Any,
+        y: Any,
+        propensity: Any = None,
+        sample_weight: Any = None,
+    ) -> BaggedOptionLearner:
+        X = check_features(X)
+        n = len(X)
+        t = np.asarray(treatment).astype(str).ravel()
+        if t.shape[0] != n:
+            raise InvalidInputError(f"treatment: has {t.shape[0]} values, X has {n} rows")
+        y_arr = check_binary(y, n)
+        sw = check_weights(sample_weight, n)
+        if self.n_bags < 2:
+            raise InvalidInputError("n_bags: must be at least 2 (the spread over bags is the SE)")
+        labels = sorted(set(t.tolist()))
+        if self.control not in labels:
+            raise InvalidInputError(f"treatment: no row has the control option '{self.control}'")
+        if len(labels) < 2:
+            raise InvalidInputError("treatment: need the control and at least one other option")
+        self.options_ = [self.control] + [o for o in labels if o != self.control]
+        self.control_ = self.control
+        codes = np.array([self.options_.index(o) for o in t])
+        if propensity is None:
+            self._propensity = (np.bincount(codes) / n)[codes]
+            w = sw
+        else:
+            e = np.asarray(propensity, dtype=float).ravel()
+            if e.shape[0] != n or not np.all((e > 0) & (e <= 1)):
+                raise InvalidInputError("propensity: need one value in (0, 1] per row")
+            self._propensity = e
+            w = sw / e
+        w = w / w.mean()
+        self._cats = check_categoricals(X, self.categorical_features)
+        self.arm_rates_ = pd.Series(
+            [np.average(y_arr[codes == k], weights=w[codes == k]) for k in range(len(labels))],
+            index=self.options_,
+        )
+        self.best_option_ = str(self.arm_rates_.idxmax())
+        self.feature_names_in_ = np.array([str(c) for c in X.columns], dtype=object)
+        self.n_features_in_ = len(self.feature_names_in_)
+
+        root = np.random.SeedSequence(self.random_state)
+        oob_sum = np.zeros((n, len(self.options_)))
+        oob_cnt = np.zeros(n)
+        self.models_ = []
+        for b, child in enumerate(root.spawn(self.n_bags)):
+            rng = np.random.default_rng(child)
+            counts = np.zeros(n)
+            for k in range(len(self.options_)):
+                idx = np.flatnonzero(codes == k)
+                draw = rng.integers(0, len(idx), size=len(idx))
+                counts[idx] += np.bincount(draw, minlength=len(idx))
+            oob = counts == 0
+            model = self._fit_bag(X, codes, y_arr, w, counts, self.random_state + b)
+            self.models_.append(model)
+            if oob.any():
+                oob_sum[oob] += self._predict_bag(model, X[oob])
+                oob_cnt[oob] += 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            oob_mean = oob_sum / oob_cnt[:, None]
+        self.oob_proba_options_ = pd.DataFrame(oob_mean, columns=self.options_, index=X.index)
+        del self._propensity
+        return self
+
+    def predict_proba_options_bags(self, X: pd.DataFrame) -> np.ndarray:
+        """Array (n_bags, n, k): P(convert | option) from each bag, options as `options_`."""
+        X = check_columns(self, X)
+        return np.stack([self._predict_bag(m, X) for m in self.models_])
+
+    def predict_proba_options(self, X: pd.DataFrame) -> pd.DataFrame:
+        """DataFrame (n, k): P(convert | option) for every option (columns `options_`)."""
+        bags = self.predict_proba_options_bags(X)
+        return pd.DataFrame(bags.mean(axis=0), columns=self.options_, index=X.index)
+
+    def predict_uplift(
+        self, X: pd.DataFrame, reference: str | None = None
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Uplift of every option vs `reference` (default: control) and its std over bags."""
+        ref = self.control_ if reference is None else reference
+        if ref not in getattr(self, "options_", [ref]):
+            raise InvalidInputError(f"reference: '{ref}' is not one of {self.options_}")
+        bags = self.predict_proba_options_bags(X)
+        diff = bags - bags[:, :, [self.options_.index(ref)]]
+        mean = pd.DataFrame(diff.mean(axis=0), columns=self.options_, index=X.index)
+        std = pd.DataFrame(diff.std(axis=0, ddof=1), columns=self.options_, index=X.index)
+        return mean, std
+
+
+class SLearner(BaggedOptionLearner):
+    """One booster on x plus the option (a categorical feature); weights 1 / propensity."""
+
+    def _design(self, X: pd.DataFrame, code: np.ndarray | int) -> pd.DataFrame:
+        out = X.copy()
+        out[OPTION_COLUMN] = code
+        return out
+
+    def _fit_bag(
+        self,
+        X: pd.DataFrame,
+        t: np.ndarray,
+        y: np.ndarray,
+        w: np.ndarray,
+        counts: np.ndarray,
+        seed: int,
+    ) -> Any:
+        Xd = self._design(X, t)
+        cats = self._cats
+        self._cats = [*cats, OPTION_COLUMN]
+        try:
+            return self._booster(
+                "binary", Xd, y, w, counts, counts > 0, counts == 0, seed, "S-learner"
+            )
+        finally:
+            self._cats = cats
+
+    def _predict_bag(self, model: Any, X: pd.DataFrame) -> np.ndarray:
+        cols = [
+            booster_predict(model, self._design(X, k), "S-learner")
+            for k in range(len(self.options_))
+        ]
+        return np.column_stack(cols)
+
+
+class TLearner(BaggedOptionLearner):
+    """One booster per option, each on the rows that received it."""
+
+    def _fit_bag(
+        self,
+        X: pd.DataFrame,
+        t: np.ndarray,
+        y: np.ndarray,
+        w: np.ndarray,
+        counts: np.ndarray,
+        seed: int,
+    ) -> Any:
+        return [
+            self._booster(
+                "binary",
+                X,
+                y,
+                w,
+                counts,
+                (t == k) & (counts > 0),
+                (t == k) & (counts == 0),
+                seed,
+                f"T-learner option '{o}'",
+            )
+            for k, o in enumerate(self.options_)
+        ]
+
+    def _predict_bag(self, model: Any, X: pd.DataFrame) -> np.ndarray:
+        return np.column_stack([booster_predict(m, X, "T-learner") for m in model])
+
+
+class DRLearner(BaggedOptionLearner):
+    """Doubly robust learner of E[Y(o) | x] for every option o.
+
+    Within each bag, per-option outcome models mu_o are cross-fitted on two folds (each row's
+    mu comes from the model that did not see it); the pseudo-outcome
+    phi_o = mu_o(x) + 1[T = o] / e(x) * (y - mu_o(x)) is then regressed on x, one booster per
+    option, stopping early on the out-of-bag rows.
+    """
+
+    def _fit_bag(
+        self,
+        X: pd.DataFrame,
+        t: np.ndarray,
+        y: np.ndarray,
+        w: np.ndarray,
+        counts: np.ndarray,
+        seed: int,
+    ) -> Any:
+        n, k = len(X), len(self.options_)
+        oob = counts == 0
+        rng = np.random.default_rng(seed)
+        fold = rng.integers(0, 2, size=n)
+        mu = np.zeros((n, k))
+        for f in (0, 1):
+            for j, o in enumerate(self.options_):
+                fit_rows = (t == j) & (counts > 0) & (fold != f)
+                val_rows = (t == j) & (counts > 0) & (fold == f)
+                m = self._booster(
+                    "binary",
+                    X,
+                    y,
+                    w,
+                    counts,
+                    fit_rows,
+                    val_rows,
+                    seed,
+                    f"DR-learner outcome model '{o}'",
+                )
+                rows = fold == f
+                mu[rows, j] = booster_predict(m, X[rows], "DR-learner")
+        # 1/propensity enters the pseudo-outcome, so the final fit is weighted by counts only.
+        inv_e = 1.0 / np.clip(self._propensity, 0.01, 1.0)
+        finals = []
+        for j, o in enumerate(self.options_):
+            phi = mu[:, j] + (t == j) * inv_e * (y - mu[:, j])
+            finals.append(
+                self._booster(
+                    "regression",
+                    X,
+                    phi,
+                    np.ones(n),
+                    counts,
+                    counts > 0,
+                    oob,
+                    seed,
+                    f"DR-learner final model '{o}'",
+                )
+            )
+        return finals
+
+    def _predict_bag(self, model: Any, X: pd.DataFrame) -> np.ndarray:
+        cols = [booster_predict(m, X, "DR-learner") for m in model]
+        return np.clip(np.column_stack(cols), _EPS, 1 - _EPS)

@@ -1,0 +1,104 @@
+"""ReactivationClassifier: sklearn contract, determinism, calibration, behaviour."""
+
+# ruff: noqa: N806
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.errors import FeatureMismatchError, InvalidInputError, NotFittedError
+from models.reactivation import ReactivationClassifier
+from training.metrics import expected_calibration_error, roc_auc
+
+
+def make_frame(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame(
+        {
+            "days_since_last_order": rng.integers(1, 400, n).astype(float),
+            "orders_365d": rng.poisson(2, n).astype(float),
+            "region": rng.integers(0, 4, n),
+        }
+    )
+    z = -0.01 * X["days_since_last_order"] + 0.4 * X["orders_365d"] + 0.3 * (X["region"] == 2)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(z + 1.0)))).astype(int)
+    return X, y.to_numpy()
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, object]:
+    X, y = make_frame(3000, 0)
+    Xv, yv = make_frame(1500, 1)
+    return {"X": X, "y": y, "Xv": Xv, "yv": yv}
+
+
+def fitted(data: dict, **kw: object) -> ReactivationClassifier:
+    clf = ReactivationClassifier(n_estimators=200, categorical_features=["region"], **kw)  # type: ignore[arg-type]
+    return clf.fit(data["X"], data["y"], X_val=data["Xv"], y_val=data["yv"])
+
+
+def test_fit_returns_self_and_sets_learned_attributes(data: dict) -> None:
+    clf = ReactivationClassifier(n_estimators=50)
+    assert clf.fit(data["X"], data["y"], X_val=data["Xv"], y_val=data["yv"]) is clf
+    assert list(clf.feature_names_in_) == list(data["X"].columns)
+    assert clf.calibration_ in ("isotonic", "sigmoid")
+    assert 1 <= clf.best_iteration_ <= 50
+
+
+def test_init_only_stores_hyperparameters() -> None:
+    clf = ReactivationClassifier(calibration="bogus")  # type: ignore[arg-type]
+    assert clf.calibration == "bogus"
+    assert not hasattr(clf, "feature_names_in_")
+
+
+def test_predict_before_fit_is_a_clear_error(data: dict) -> None:
+    with pytest.raises(NotFittedError, match="not fitted"):
+        ReactivationClassifier().predict_proba(data["X"])
+
+
+def test_wrong_columns_are_rejected_with_their_names(data: dict) -> None:
+    clf = fitted(data)
+    with pytest.raises(FeatureMismatchError, match=r"missing \['region'\]"):
+        clf.predict_proba(data["X"].drop(columns="region"))
+    with pytest.raises(FeatureMismatchError, match="wrong order"):
+        clf.predict_proba(data["X"][list(reversed(data["X"].columns))])
+
+
+def test_bad_inputs_name_the_field(data: dict) -> None:
+    with pytest.raises(InvalidInputError, match="X_val"):
+        ReactivationClassifier().fit(data["X"], data["y"])
+    with pytest.raises(InvalidInputError, match="y: must contain only 0 and 1"):
+        ReactivationClassifier().fit(data["X"], data["y"] * 2, X_val=data["Xv"], y_val=data["yv"])
+    bad = data["X"].assign(region="north")
+    with pytest.raises(InvalidInputError, match=r"\['region'\] are not numeric"):
+        ReactivationClassifier().fit(bad, data["y"], X_val=data["Xv"], y_val=data["yv"])
+    with pytest.raises(InvalidInputError, match="calibration"):
+        ReactivationClassifier(calibration="bogus").fit(  # type: ignore[arg-type]
+            data["X"], data["y"], X_val=data["Xv"], y_val=data["yv"]
+        )
+
+
+def test_same_seed_same_predictions(data: dict) -> None:
+    a = fitted(data, random_state=7).predict_proba(data["Xv"])
+    b = fitted(data, random_state=7).predict_proba(data["Xv"])
+    np.testing.assert_array_equal(a, b)
+
+
+def test_probabilities_are_calibrated_and_discriminative(data: dict) -> None:
+    clf = fitted(data)
+    X_test, y_test = make_frame(3000, 2)
+    p = clf.predict_proba(X_test)[:, 1]
+    assert np.allclose(clf.predict_proba(X_test).sum(axis=1), 1.0)
+    assert roc_auc(y_test, p) > 0.7
+    assert expected_calibration_error(y_test, p) < 0.05
+
+
+def test_more_recent_purchase_does_not_lower_propensity(data: dict) -> None:
+    clf = fitted(data, calibration="sigmoid")
+    X_test, _ = make_frame(500, 3)
+    recent = X_test.assign(days_since_last_order=X_test["days_since_last_order"] // 4)
+    gain = clf.predict_proba(recent)[:, 1] - clf.predict_proba(X_test)[:, 1]
+    assert gain.mean() > 0
+    assert (gain >= -0.02).mean() > 0.95

@@ -1,0 +1,101 @@
+"""Offline policy value: IPS, SNIPS and DR against a simulated log with known true value."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.errors import InvalidInputError
+from training.policy_value import (
+    LoggedData,
+    best_single_option,
+    deterministic_policy,
+    evaluate_policies,
+    policy_difference,
+    random_policy,
+    single_option_policy,
+)
+
+OPTIONS = ("holdout", "a", "b")
+
+
+def simulate(n: int, seed: int) -> dict[str, np.ndarray]:
+    """Logging favours `holdout` for x > 0.5; a is good for x > 0.5, b for the rest."""
+    rng = np.random.default_rng(seed)
+    x = rng.random(n)
+    mu = np.column_stack([np.full(n, 0.1), 0.1 + 0.3 * (x > 0.5), 0.1 + 0.2 * (x <= 0.5)])
+    probs = np.where((x > 0.5)[:, None], [0.6, 0.2, 0.2], [0.2, 0.4, 0.4])
+    a = (rng.random(n)[:, None] > np.cumsum(probs, axis=1)).sum(axis=1)
+    r = (rng.random(n) < mu[np.arange(n), a]).astype(float)
+    return {"x": x, "mu": mu, "a": a, "p": probs[np.arange(n), a], "r": r}
+
+
+def logged(sim: dict[str, np.ndarray]) -> LoggedData:
+    return LoggedData.from_labels(OPTIONS, np.asarray(OPTIONS)[sim["a"]], sim["p"], sim["r"])
+
+
+def test_estimators_cover_the_true_value() -> None:
+    sim = simulate(20000, 0)
+    log = logged(sim)
+    target = np.where(sim["x"] > 0.5, "a", "b")
+    pi = deterministic_policy(target, OPTIONS)
+    true_value = 0.5 * 0.4 + 0.5 * 0.3  # population value of the target policy
+    q = sim["mu"] + 0.05  # a biased reward model: DR must still be right
+    res = evaluate_policies(log, {"target": pi}, q=q, n_boot=300, seed=1)
+    for est in ("ips", "snips", "dr"):
+        lo, hi = (float(res.loc[("target", est), c]) for c in ("ci_low", "ci_high"))
+        assert lo <= true_value <= hi, est
+        assert hi - lo < 0.03
+
+
+def test_ips_is_unbiased_over_replications() -> None:
+    pi_fn = lambda x: deterministic_policy(np.where(x > 0.5, "a", "holdout"), OPTIONS)  # noqa: E731
+    true_value = 0.5 * 0.4 + 0.5 * 0.1
+    estimates = []
+    for seed in range(40):
+        sim = simulate(2000, 100 + seed)
+        log = logged(sim)
+        res = evaluate_policies(log, {"p": pi_fn(sim["x"])}, n_boot=2, seed=seed)
+        estimates.append(res.loc[("p", "ips"), "estimate"])
+    se = np.std(estimates, ddof=1) / np.sqrt(len(estimates))
+    assert abs(np.mean(estimates) - true_value) < 3 * se
+
+
+def test_paired_difference_uses_the_same_resamples() -> None:
+    sim = simulate(10000, 3)
+    log = logged(sim)
+    good = deterministic_policy(np.where(sim["x"] > 0.5, "a", "b"), OPTIONS)
+    only_a = single_option_policy(log.n, OPTIONS, "a")
+    diff = policy_difference(log, good, only_a, n_boot=300, seed=0)
+    # True difference: 0.5 * (0.3 - 0.1) (rows x <= 0.5: b 0.3 vs a 0.1) = 0.1
+    assert diff.loc["ips", "ci_low"] <= 0.1 <= diff.loc["ips", "ci_high"]
+    assert diff.loc["ips", "ci_low"] > 0
+    same = policy_difference(log, good, good, n_boot=50, seed=0)
+    assert (same[["difference", "ci_low", "ci_high"]].to_numpy() == 0).all()
+    # Same seed, same intervals.
+    again = policy_difference(log, good, only_a, n_boot=300, seed=0)
+    assert diff.equals(again)
+
+
+def test_baselines() -> None:
+    sim = simulate(20000, 4)
+    log = logged(sim)
+    # a: 0.5 * 0.4 + 0.5 * 0.1 = 0.25; b: 0.5 * 0.1 + 0.5 * 0.3 = 0.2; holdout 0.1
+    assert best_single_option(log) == "a"
+    assert best_single_option(log, candidates=["holdout", "b"]) == "b"
+    rnd = random_policy(log.n, OPTIONS, allowed=["a", "b"])
+    np.testing.assert_allclose(rnd[0], [0, 0.5, 0.5])
+    res = evaluate_policies(log, {"random": rnd}, n_boot=200, seed=0)
+    assert (
+        res.loc[("random", "snips"), "ci_low"] <= 0.225 <= res.loc[("random", "snips"), "ci_high"]
+    )
+
+
+def test_bad_inputs_are_clear() -> None:
+    with pytest.raises(InvalidInputError, match=r"labels \['zzz'\]"):
+        LoggedData.from_labels(OPTIONS, ["zzz"], [0.5], [1.0])
+    with pytest.raises(InvalidInputError, match="propensity"):
+        LoggedData.from_labels(OPTIONS, ["a"], [0.0], [1.0])
+    log = LoggedData.from_labels(OPTIONS, ["a", "b"], [0.5, 0.5], [1.0, 0.0])
+    with pytest.raises(InvalidInputError, match="probability distribution"):
+        evaluate_policies(log, {"bad": np.ones((2, 3))})

@@ -1,0 +1,224 @@
+"""Offline value of a decision policy from logged (randomized or not) data, pure numpy.
+
+Logged data: for row i, the option a_i that was given, its logging propensity p_i, and the
+reward r_i (conversion, spend, margin). A policy is an (n, k) matrix pi[i, o] of the
+probability it gives option o to row i (one-hot for a deterministic policy).
+
+Estimators of V(pi) = E[sum_o pi(o | x) r(o)]:
+- IPS:   mean_i  w_i r_i,                 w_i = pi[i, a_i] / p_i
+- SNIPS: sum_i w_i r_i / sum_i w_i
+- DR:    mean_i  [ sum_o pi[i, o] q[i, o] + w_i (r_i - q[i, a_i]) ]   (q: a reward model)
+
+Confidence intervals are percentile bootstraps over rows with a seeded generator; paired
+differences between two policies use the same resamples for both, so the shared noise cancels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from models.errors import InvalidInputError
+
+ESTIMATORS = ("ips", "snips", "dr")
+
+
+@dataclass(frozen=True)
+class LoggedData:
+    """Logged decisions: option index per row, its propensity, the reward."""
+
+    options: tuple[str, ...]
+    action: np.ndarray
+    propensity: np.ndarray
+    reward: np.ndarray
+
+    @classmethod
+    def from_labels(
+        cls, options: Sequence[str], action: Any, propensity: Any, reward: Any
+    ) -> LoggedData:
+        opts = tuple(str(o) for o in options)
+        labels = np.asarray(action).astype(str).ravel()
+        index = {o: i for i, o in enumerate(opts)}
+        unknown = sorted(set(labels.tolist()) - set(opts))
+        if unknown:
+            raise InvalidInputError(f"action: labels {unknown} are not among options {opts}")
+        a = np.array([index[v] for v in labels], dtype=int)
+        p = np.broadcast_to(np.asarray(propensity, dtype=float), a.shape).copy()
+        r = np.asarray(reward, dtype=float).ravel()
+        if r.shape != a.shape:
+            raise InvalidInputError(f"reward: has {r.shape[0]} values for {a.shape[0]} actions")
+        if not np.all((p > 0) & (p <= 1)):
+            raise InvalidInputError("propensity: every value must be in (0, 1]")
+        return cls(opts, a, p, r)
+
+    @property
+    def n(self) -> int:
+        return int(self.action.shape[0])
+
+
+def deterministic_policy(choice: Any, options: Sequence[str]) -> np.ndarray:
+    """One-hot (n, k) matrix from one option label per row."""
+    labels = np.asarray(choice).astype(str).ravel()
+    opts = [str(o) for o in options]
+    unknown = sorted(set(labels.tolist()) - set(opts))
+    if unknown:
+        raise InvalidInputError(f"policy: options {unknown} are not among {opts}")
+    pi = np.zeros((labels.shape[0], len(opts)))
+    pi[np.arange(labels.shape[0]), [opts.index(v) for v in labels]] = 1.0
+    return pi
+
+
+def single_option_policy(n: int, options: Sequence[str], option: str) -> np.ndarray:
+    """Everyone gets `option` (e.g. `none` for "no incentive", or the best single offer)."""
+    return deterministic_policy([option] * n, options)
+
+
+def random_policy(
+    n: int, options: Sequence[str], allowed: Sequence[str] | None = None
+) -> np.ndarray:
+    """Uniform over `allowed` (default: every option), as a stochastic policy."""
+    opts = [str(o) for o in options]
+    use = opts if allowed is None else [str(o) for o in allowed]
+    pi = np.zeros((n, len(opts)))
+    for o in use:
+        pi[:, opts.index(o)] = 1.0 / len(use)
+    return pi
+
+
+def _check_policy(logged: LoggedData, pi: np.ndarray) -> np.ndarray:
+    pi = np.asarray(pi, dtype=float)
+    if pi.shape != (logged.n, len(logged.options)):
+        raise InvalidInputError(f"policy: shape {pi.shape} != {(logged.n, len(logged.options))}")
+    if not np.allclose(pi.sum(axis=1), 1.0) or np.any(pi < 0):
+        raise InvalidInputError("policy: each row must be a probability distribution")
+    return pi
+
+
+def _terms(logged: LoggedData, pi: np.ndarray, q: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Per-row terms: estimator value = mean(num) / mean(den)."""
+    rows = np.arange(logged.n)
+    w = pi[rows, logged.action] / logged.propensity
+    out = {"w": w, "wr": w * logged.reward}
+    if q is not None:
+        out["dr"] = (pi * q).sum(axis=1) + w * (logged.reward - q[rows, logged.action])
+    return out
+
+
+def _estimates(terms: dict[str, np.ndarray], idx: np.ndarray | None) -> dict[str, np.ndarray]:
+    def m(x: np.ndarray) -> np.ndarray:
+        return np.asarray(x.mean()) if idx is None else x[idx].mean(axis=-1)
+
+    est = {"ips": m(terms["wr"]), "snips": m(terms["wr"]) / m(terms["w"])}
+    if "dr" in terms:
+        est["dr"] = m(terms["dr"])
+    return est
+
+
+def _check_q(logged: LoggedData, q: Any) -> np.ndarray | None:
+    if q is None:
+        return None
+    arr = np.asarray(q, dtype=float)
+    if arr.shape != (logged.n, len(logged.options)):
+        raise InvalidInputError(f"q: shape {arr.shape} != {(logged.n, len(logged.options))}")
+    return arr
+
+
+def _resamples(n: int, n_boot: int, seed: int, chunk: int = 50) -> Any:
+    rng = np.random.default_rng(seed)
+    done = 0
+    while done < n_boot:
+        size = min(chunk, n_boot - done)
+        yield rng.integers(0, n, size=(size, n))
+        done += size
+
+
+def evaluate_policies(
+    logged: LoggedData,
+    policies: Mapping[str, np.ndarray],
+    q: Any = None,
+    n_boot: int = 500,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """Value of each policy by IPS, SNIPS (and DR when a reward model `q` (n, k) is given).
+
+    Returns one row per (policy, estimator): estimate, ci_low, ci_high (percentile bootstrap,
+    `n_boot` resamples from `seed`, the same resamples for every policy).
+    """
+    q_arr = _check_q(logged, q)
+    terms = {
+        name: _terms(logged, _check_policy(logged, pi), q_arr) for name, pi in policies.items()
+    }
+    boots: dict[str, dict[str, list[np.ndarray]]] = {name: {} for name in policies}
+    for idx in _resamples(logged.n, n_boot, seed):
+        for name, t in terms.items():
+            for est, vals in _estimates(t, idx).items():
+                boots[name].setdefault(est, []).append(vals)
+    rows = []
+    for name, t in terms.items():
+        for est, value in _estimates(t, None).items():
+            b = np.concatenate(boots[name][est])
+            lo, hi = np.quantile(b, [alpha / 2, 1 - alpha / 2])
+            rows.append(
+                {
+                    "policy": name,
+                    "estimator": est,
+                    "estimate": float(value),
+                    "ci_low": float(lo),
+                    "ci_high": float(hi),
+                }
+            )
+    return pd.DataFrame(rows).set_index(["policy", "estimator"])
+
+
+def policy_difference(
+    logged: LoggedData,
+    policy: np.ndarray,
+    reference: np.ndarray,
+    q: Any = None,
+    n_boot: int = 500,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """V(policy) - V(reference) per estimator, with paired bootstrap CIs (same resamples)."""
+    q_arr = _check_q(logged, q)
+    ta = _terms(logged, _check_policy(logged, policy), q_arr)
+    tb = _terms(logged, _check_policy(logged, reference), q_arr)
+    diffs: dict[str, list[np.ndarray]] = {}
+    for idx in _resamples(logged.n, n_boot, seed):
+        ea, eb = _estimates(ta, idx), _estimates(tb, idx)
+        for est in ea:
+            diffs.setdefault(est, []).append(ea[est] - eb[est])
+    ea, eb = _estimates(ta, None), _estimates(tb, None)
+    rows = []
+    for est in ea:
+        b = np.concatenate(diffs[est])
+        lo, hi = np.quantile(b, [alpha / 2, 1 - alpha / 2])
+        rows.append(
+            {
+                "estimator": est,
+                "difference": float(ea[est] - eb[est]),
+                "ci_low": float(lo),
+                "ci_high": float(hi),
+            }
+        )
+    return pd.DataFrame(rows).set_index("estimator")
+
+
+def best_single_option(
+    logged: LoggedData, estimator: str = "snips", candidates: Sequence[str] | None = None
+) -> str:
+    """The option whose give-it-to-everyone policy has the highest estimated value."""
+    if estimator not in ("ips", "snips"):
+        raise InvalidInputError(f"estimator: '{estimator}' is not ips or snips")
+    best, best_v = "", -np.inf
+    for o in candidates or logged.options:
+        pi = single_option_policy(logged.n, logged.options, o)
+        v = float(_estimates(_terms(logged, pi, None), None)[estimator])
+        if v > best_v:
+            best, best_v = o, v
+    return best
