@@ -171,3 +171,54 @@ def small_world() -> World:
     w.event("c1", "2023-09-02", "open", contact_id="k1")
     w.consent("c1", "email", "opted_in").consent("c2", "email", "opted_out", "2023-05-01")
     return w
+
+
+from features.datadir import DataSet  # noqa: E402  (appended helper; see `dataset`)
+
+
+def dataset(world: World) -> DataSet:
+    """The world as a validated in-memory DataSet (no files); contract problems fail loudly."""
+    from features.contract import ValidationReport
+    from features.errors import DataContractError
+    from features.validation import validate_tables
+
+    cat = catalog()
+    tables, problems = validate_tables(world.build(), cat.offer_ids)
+    if problems:
+        raise DataContractError(ValidationReport("tests.factories.dataset", problems))
+    return DataSet(**tables, catalog=cat, source="tests.factories.dataset")
+
+
+# --- decision engine --------------------------------------------------------------------------
+ENGINE_DEFAULTS: dict[str, float] = {
+    "lapse_state": 2.0,  # lapsed
+    "value_tier": 1.0,  # mid
+    "journey_stage": 0.0,
+    "days_since_last_order": 200.0,
+    "aov_lifetime": 100.0,
+    "margin_rate_lifetime": 0.4,
+    "contacts_7d": 0.0,
+    "contacts_30d": 0.0,
+    "contacts_90d": 0.0,
+    "consent_email": 0.0,  # opted_in
+    "consent_sms": 0.0,
+    "consent_push": 0.0,
+    "consent_in_app": 2.0,  # unknown
+    "consent_direct_mail": 2.0,
+}
+
+
+def feature_rows(n: int = 1, **columns: Any) -> Any:
+    """(n, winback_v1 width) float matrix: NaN except `ENGINE_DEFAULTS` and `columns`.
+
+    Each keyword is a winback_v1 column name with a scalar or an n-long sequence.
+    """
+    import numpy as np
+
+    from features.featureset import WINBACK_V1
+
+    index = {name: i for i, name in enumerate(WINBACK_V1.columns)}
+    x = np.full((n, len(index)), np.nan)
+    for name, value in {**ENGINE_DEFAULTS, **columns}.items():
+        x[:, index[name]] = value
+    return x

@@ -1,0 +1,107 @@
+"""The choice among allowed options: best expected value, with an epsilon exploration floor.
+
+With a model, an option's value is its expected incremental margin against not contacting
+(the scorer nets out the incentive's cost). The best allowed option wins; if its value is not
+positive, contacting loses money against not contacting, so the decision is no contact now
+(`no_positive_value`). There is deliberately no "a plain message is always fine" exception:
+a message also spends contact pressure and invites unsubscribes, and the scorer is what prices
+that; a stage that allows only `none` still sends it only when its value is positive.
+
+Exploration (epsilon-greedy, only among customers who will be contacted): each of the k
+allowed options gets probability epsilon / k and the best one gets the remaining 1 - epsilon
+on top. The draw is a uniform number from blake2b of (customer id, decision key) — the same
+customer and key always give the same draw, in any process (never Python's `hash()`) — and
+the chosen option's probability is returned as its propensity, for off-policy evaluation.
+
+Without a model (`rules_only_values`) the value is a deterministic preference: content first,
+then the plain message, then incentives from the cheapest expected cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from features.constants import OFFER_TYPES
+from serving.engine.options import OptionSet
+
+_CONTENT = OFFER_TYPES.index("content")
+_NONE = OFFER_TYPES.index("none")
+_SCALE = float(2**64)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Per customer: chosen option (-1 = none), propensity, explored flag, best value."""
+
+    chosen: npt.NDArray[np.int64]
+    propensity: npt.NDArray[np.float64]
+    explored: npt.NDArray[np.bool_]
+    no_positive_value: npt.NDArray[np.bool_]
+    any_allowed: npt.NDArray[np.bool_]
+
+
+def uniform_draws(customer_ids: Sequence[str] | np.ndarray, key: str) -> npt.NDArray[np.float64]:
+    """A uniform number in [0, 1) per customer, a stable function of (customer id, key)."""
+    suffix = b"\x00" + key.encode("utf-8") + b"\x00explore"
+    out = np.empty(len(customer_ids), dtype=np.float64)
+    for i, cid in enumerate(customer_ids):
+        d = hashlib.blake2b(str(cid).encode("utf-8") + suffix, digest_size=8).digest()
+        out[i] = int.from_bytes(d, "big") / _SCALE
+    return out
+
+
+def rules_only_values(options: OptionSet, expected_revenue: np.ndarray) -> np.ndarray:
+    """(n, K) preference scores for rules-only mode (higher is preferred, always > 0).
+
+    content (3) > the plain message and other non-incentives (2) > incentives (1, minus a
+    tiny amount growing with expected cost, so the cheapest wins; unknown revenue counts as 0).
+    """
+    rev = np.asarray(expected_revenue, dtype=np.float64)
+    rev = np.where(np.isnan(rev), 0.0, rev)
+    cost = options.expected_cost(rev)
+    base = np.where(options.offer_type == _CONTENT, 3.0, np.where(options.is_incentive, 1.0, 2.0))
+    return base[None, :] - np.where(options.is_incentive[None, :], cost / (1.0 + cost), 0.0)
+
+
+def choose(
+    allowed: npt.NDArray[np.bool_],
+    values: npt.NDArray[np.float64],
+    epsilon: float,
+    customer_ids: Sequence[str] | np.ndarray,
+    decision_key: str,
+    require_positive: bool = True,
+) -> Choice:
+    """Choose one option per row of `allowed` (n, K) by `values` (n, K).
+
+    NaN values count as -inf (the option is never the best, though exploration may pick it).
+    Ties go to the lowest option index, so the result is deterministic.
+    """
+    n = allowed.shape[0]
+    v = np.where(allowed & ~np.isnan(values), values, -np.inf)
+    best = np.argmax(v, axis=1)
+    best_value = v[np.arange(n), best]
+    any_allowed: npt.NDArray[np.bool_] = np.asarray(allowed.any(axis=1), dtype=bool)
+    positive = best_value > 0 if require_positive else np.isfinite(best_value)
+    contact = any_allowed & positive
+    chosen = np.where(contact, best, -1)
+    propensity = np.ones(n)
+    explored = np.zeros(n, dtype=bool)
+    rows = np.flatnonzero(contact)
+    if epsilon > 0 and len(rows):
+        a = allowed[rows]
+        k_allowed = a.sum(axis=1, keepdims=True)
+        probs = np.where(a, epsilon / k_allowed, 0.0)
+        probs[np.arange(len(rows)), best[rows]] += 1.0 - epsilon
+        cum = np.cumsum(probs, axis=1)
+        ids = np.asarray(customer_ids, dtype=object)[rows]
+        u = uniform_draws(ids, decision_key) * cum[:, -1]
+        pick = np.argmax(cum > u[:, None], axis=1)
+        chosen[rows] = pick
+        propensity[rows] = probs[np.arange(len(rows)), pick]
+        explored[rows] = pick != best[rows]
+    return Choice(chosen, propensity, explored, any_allowed & ~positive, any_allowed)

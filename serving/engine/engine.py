@@ -1,0 +1,203 @@
+"""`decide`: one vectorized decision over customers x options x channels.
+
+candidates -> guardrail reason codes (`rules.evaluate`) -> values for what remains (the
+scorer's, or the rules-only preference) -> choice with exploration (`choose`) -> a columnar
+`DecisionBatch`. The same call serves one API request (n = 1) and a batch of a million; it
+builds no DataFrame.
+
+Defined behaviours:
+
+- unknown customer (not in the snapshot): action `none`, reason `unknown_customer`;
+- holdout customer (`policy.holdout`): action `holdout`, reason `holdout_group`, no contact,
+  propensity = the holdout share (the probability of that assignment). Other propensities are
+  conditional on not being in the holdout;
+- consent unknown or opted out on every usable channel: every option is excluded with
+  `consent_unknown` / `consent_opted_out`, action `none`, reason `no_allowed_option`;
+- no scores (model missing or broken; the caller passes `scores=None`): rules-only choice,
+  reasons start with `model_unavailable`, model version `rules-only`;
+- `channel="auto"`: for each option, the first channel of `policy.auto_channels()` on which
+  it passes every guardrail; an excluded option reports the reason of the channel that got
+  furthest through the pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import numpy.typing as npt
+
+from features.constants import CHANNELS
+from serving.engine import reasons as r
+from serving.engine.choose import choose, rules_only_values
+from serving.engine.decision import HOLDOUT, MESSAGE, NONE, OFFER, RULES_ONLY, DecisionBatch
+from serving.engine.errors import EngineInputError
+from serving.engine.options import OptionSet
+from serving.engine.rules import BudgetUsage, budget_exhausted, evaluate, stage_type_table
+from serving.engine.state import CustomerBatch
+from serving.engine.timeutil import to_days
+from serving.policy import Policy
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A scorer's output for n customers x K options (in the OptionSet's order).
+
+    Attributes:
+        p_convert: probability of an order within the response window if sent.
+        value: expected incremental margin against not contacting, net of the incentive's
+            expected cost (what the choice maximizes). NaN = not scorable.
+        model_version: recorded with each decision.
+    """
+
+    p_convert: npt.NDArray[np.float64]
+    value: npt.NDArray[np.float64]
+    model_version: str
+
+
+_TABLES: dict[tuple[int, int], tuple[OptionSet, Policy, npt.NDArray[np.bool_]]] = {}
+
+
+def _stage_table(options: OptionSet, policy: Policy) -> npt.NDArray[np.bool_]:
+    """`stage_type_table`, cached by the identity of (options, policy): both are immutable
+    and loaded once, and this keeps per-request work to the arrays that change."""
+    key = (id(options), id(policy))
+    hit = _TABLES.get(key)
+    if hit is not None and hit[0] is options and hit[1] is policy:
+        return hit[2]
+    table = stage_type_table(options, policy.journey)
+    if len(_TABLES) > 32:
+        _TABLES.clear()
+    _TABLES[key] = (options, policy, table)
+    return table
+
+
+def resolve_channels(channel: str, policy: Policy) -> tuple[str, ...]:
+    """The channels to try, best first: the one requested, or the policy's order for `auto`."""
+    if channel == AUTO:
+        return policy.auto_channels() or policy.channel_preference
+    if channel not in CHANNELS:
+        raise EngineInputError(
+            f"channel: must be 'auto' or one of {', '.join(CHANNELS)}, got '{channel}'"
+        )
+    return (channel,)
+
+
+def decide(
+    batch: CustomerBatch,
+    options: OptionSet,
+    policy: Policy,
+    scores: Scores | None,
+    now: datetime,
+    channel: str = "email",
+    decision_key: str = "",
+    candidate_offer_ids: Iterable[str] | None = None,
+    budget_usage: Mapping[str, BudgetUsage] | None = None,
+) -> DecisionBatch:
+    """Decide for every customer of `batch`.
+
+    Args:
+        batch: the customers (snapshot plus live overlay).
+        options: the option set (catalog offers plus `none`).
+        policy: the validated policy.
+        scores: model scores, or None for rules-only mode.
+        now: the decision time (naive = UTC).
+        channel: a channel name or `auto`.
+        decision_key: what makes the exploration draw differ between decisions of one
+            customer (e.g. the request id, or campaign id + date); same key, same draw.
+        candidate_offer_ids: restrict the options to these (plus `none`).
+        budget_usage: usage per offer id, checked against the offers' budgets.
+    """
+    n, k = len(batch), len(options)
+    day = to_days(now)
+    channels = resolve_channels(channel, policy)
+    channel_idx = np.array([CHANNELS.index(c) for c in channels], dtype=np.int64)
+    ids = batch.customer_ids
+    holdout = (
+        policy.holdout_mask(ids) & batch.known
+        if policy.holdout.share > 0
+        else np.zeros(n, dtype=bool)
+    )
+    candidates = (
+        np.ones(k, dtype=bool)
+        if candidate_offer_ids is None
+        else options.mask_of(candidate_offer_ids)
+    )
+    budget = budget_exhausted(options, budget_usage) if budget_usage else np.zeros(k, dtype=bool)
+    codes, journey = evaluate(
+        batch,
+        options,
+        policy,
+        day,
+        channels,
+        channel_idx,
+        holdout,
+        candidates,
+        budget,
+        stage_table=_stage_table(options, policy),
+    )
+    ok = codes == 0
+    allowed = ok.any(axis=2)
+    first_channel = np.argmax(ok, axis=2)
+    exclusion = np.where(allowed, 0, codes.max(axis=2))
+
+    if scores is None:
+        values = rules_only_values(options, batch.expected_revenue)
+        model_version = RULES_ONLY
+    else:
+        for name in ("p_convert", "value"):
+            shape = np.shape(getattr(scores, name))
+            if shape != (n, k):
+                raise EngineInputError(f"scores.{name}: expected shape ({n}, {k}), got {shape}")
+        values = np.asarray(scores.value, dtype=np.float64)
+        model_version = scores.model_version
+    picked = choose(
+        allowed,
+        values,
+        policy.exploration.epsilon,
+        ids,
+        decision_key,
+        require_positive=scores is not None,
+    )
+    chosen = picked.chosen
+    sent = chosen >= 0
+    rows = np.arange(n)
+    safe = np.where(sent, chosen, 0)
+    incentive = options.is_incentive[safe]
+    action = np.where(sent, np.where(incentive, OFFER, MESSAGE), NONE).astype(object)
+    action[holdout] = HOLDOUT
+    channel_names = np.array([*channels, None], dtype=object)
+    chan = channel_names[np.where(sent, first_channel[rows, safe], len(channels))]
+
+    choice = np.where(
+        picked.explored,
+        r.CHOICE_CODE[r.CHOSEN_BY_EXPLORATION],
+        r.CHOICE_CODE[r.CHOSEN_BY_RULES if scores is None else r.CHOSEN_BEST_VALUE],
+    )
+    choice = np.where(picked.no_positive_value, r.CHOICE_CODE[r.NO_POSITIVE_VALUE], choice)
+    choice = np.where(~picked.any_allowed, r.CHOICE_CODE[r.NO_ALLOWED_OPTION], choice)
+    choice = np.where(holdout, r.CHOICE_CODE[r.HOLDOUT_GROUP], choice)
+    choice = np.where(~batch.known, r.CHOICE_CODE[r.UNKNOWN_CUSTOMER], choice)
+    propensity = np.where(holdout, policy.holdout.share, picked.propensity)
+    stage = np.where(batch.known & ~journey.sunset, journey.stage_index + 1, 0)
+    return DecisionBatch(
+        customer_ids=ids,
+        options=options,
+        stage_names=tuple(s.name for s in policy.journey.stages),
+        action=action,
+        chosen=chosen,
+        channel=chan,
+        stage=stage,
+        value=np.where(sent & (scores is not None), values[rows, safe], np.nan),
+        propensity=propensity,
+        values=values,
+        exclusion=exclusion,
+        choice=choice,
+        rules_only=scores is None,
+        model_version=model_version,
+        policy_version=policy.version,
+    )
