@@ -1,0 +1,89 @@
+"""The FastAPI application: `create_app(settings)`.
+
+The lifespan does the heavy work once per process: it opens the store's engine, runs the
+migrations, loads policy, catalog, snapshot handle and scorer into one `Runtime`, and keeps
+it on `app.state.runtime` (swapped whole by `POST /admin/reload`, and by the watcher of
+`serving.api.sync` in the other worker processes). Tests pass fakes for the
+scorer loader, the snapshot handle and the clock instead of patching anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from serving.api.errors import install_error_handlers
+from serving.api.logs import configure_logging
+from serving.api.metrics import LatencyMiddleware, Metrics
+from serving.api.routes import admin, customers, events, health, recommendations
+from serving.api.runtime import Clock, SnapshotSource, build_runtime, utc_now
+from serving.api.scoring import ScorerLoader
+from serving.api.sync import read_target, watch
+from serving.settings import ServingSettings, get_serving_settings
+from serving.store import Store, upgrade_database
+
+
+def create_app(
+    settings: ServingSettings | None = None,
+    *,
+    scorer_loader: ScorerLoader | None = None,
+    snapshots: SnapshotSource | None = None,
+    clock: Clock = utc_now,
+) -> FastAPI:
+    """The decision API.
+
+    Args:
+        settings: defaults to `get_serving_settings()` (the `WINBACK_*` environment).
+        scorer_loader: turns `settings.model_uri` into a `Scorer`; None means no model
+            (rules only, `/readyz` reports degraded).
+        snapshots: the snapshot handle; default `SnapshotStore(settings.snapshot_dir)`.
+        clock: timezone-naive UTC now (tests pin it).
+    """
+    cfg = settings or get_serving_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = Store.from_url(cfg.database_url)
+        watcher: asyncio.Task[None] | None = None
+        try:
+            upgrade_database(store.engine)
+            app.state.runtime = build_runtime(
+                cfg, store, metrics, scorer_loader, snapshots=snapshots, clock=clock
+            )
+            # Settings win at start; only reloads published from now on are applied.
+            published = read_target(cfg.reload_state_path)
+            app.state.generation = published.generation if published else 0
+            if cfg.refresh_interval_seconds > 0:
+                watcher = asyncio.create_task(watch(app, cfg.refresh_interval_seconds))
+            yield
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            app.state.runtime = None
+            store.dispose()
+
+    app = FastAPI(
+        title="winback",
+        summary="Win-back offer decisions: guardrail rules plus ML scores",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.metrics = metrics
+    app.state.runtime = None
+    app.state.generation = 0
+    install_error_handlers(app)
+    for module in (recommendations, customers, events, admin, health):
+        app.include_router(module.router)
+    app.add_middleware(LatencyMiddleware, metrics=metrics)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Uvicorn factory (`serving.api.app:app_from_env`): JSON logs, settings from env."""
+    settings = get_serving_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

@@ -1,0 +1,89 @@
+"""Reads of the decision log the API needs: one decision by id, and the next-offer dedupe.
+
+Template engines fetch content more than once per send (HTML and text parts, retries). A
+next-offer call first looks for a decision of the same customer and campaign made by
+next-offer within the configured window and returns it unchanged; otherwise it decides with
+a decision id derived from (customer, campaign, window bucket), so two calls racing past the
+lookup collide on the log's primary key and the loser returns the winner's decision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from serving.engine import Decision, Excluded
+from serving.errors import StoreUnavailableError
+from serving.policy import Policy
+from serving.store import Store
+from serving.store.models import Decision as DecisionRow
+
+NEXT_OFFER = "next-offer"
+
+
+def next_offer_request_id(campaign_id: str | None) -> str:
+    """The request id next-offer decisions are logged under (the dedupe key with customer)."""
+    return f"{NEXT_OFFER}:{campaign_id or '-'}"
+
+
+def next_offer_decision_id(customer_id: str, campaign_id: str | None, bucket: int) -> str:
+    """Deterministic id of the next-offer decision of one customer, campaign and bucket."""
+    key = f"{customer_id}\x00{campaign_id or ''}\x00{bucket}".encode()
+    return f"{NEXT_OFFER}-{hashlib.blake2b(key, digest_size=12).hexdigest()}"
+
+
+def _load(store: Store, stmt: object) -> DecisionRow | None:
+    try:
+        with Session(store.engine) as s:
+            return s.execute(stmt).scalar_one_or_none()  # type: ignore[call-overload]
+    except SQLAlchemyError as exc:
+        raise StoreUnavailableError(f"store: cannot read the decision log: {exc}") from None
+
+
+def get_decision(store: Store, decision_id: str) -> DecisionRow | None:
+    return _load(store, select(DecisionRow).where(DecisionRow.decision_id == decision_id))
+
+
+def recent_next_offer(
+    store: Store, customer_id: str, campaign_id: str | None, now: datetime, window_s: int
+) -> DecisionRow | None:
+    """The latest next-offer decision of this customer and campaign within the window."""
+    since = now - timedelta(seconds=window_s)
+    stmt = (
+        select(DecisionRow)
+        .where(
+            DecisionRow.customer_id == customer_id,
+            DecisionRow.request_id == next_offer_request_id(campaign_id),
+            DecisionRow.ts > since,
+            DecisionRow.ts <= now,
+            DecisionRow.dry_run.is_(False),
+        )
+        .order_by(DecisionRow.ts.desc())
+        .limit(1)
+    )
+    return _load(store, stmt)
+
+
+def decision_from_row(row: DecisionRow, policy: Policy) -> Decision:
+    """The engine's `Decision` as it was logged (stage name from the current policy)."""
+    stages = policy.journey.stages
+    stage_name = stages[row.stage - 1].name if row.stage and row.stage <= len(stages) else None
+    return Decision(
+        customer_id=row.customer_id,
+        action=row.action,
+        offer_id=row.offer_id,
+        channel=row.channel,
+        stage=row.stage,
+        stage_name=stage_name,
+        value=row.expected_value,
+        propensity=row.propensity if row.propensity is not None else 1.0,
+        scores=dict(row.scores or {}),
+        excluded=tuple(Excluded(e["offer_id"], e["reason"]) for e in row.excluded or ()),
+        reasons=tuple(row.reasons or ()),
+        model_version=row.model_version or "",
+        policy_version=row.policy_version or "",
+    )

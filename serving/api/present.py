@@ -1,0 +1,83 @@
+"""Turning engine decisions into the API's response types."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from serving.api import schemas
+from serving.api.runtime import Runtime
+from serving.api.service import Outcome
+from serving.engine.reasons import MODEL_UNAVAILABLE
+
+
+def offer_display(rt: Runtime, offer_id: str | None) -> schemas.OfferDisplay | None:
+    """Display fields of a catalog offer (None for no offer or the plain message `none`)."""
+    offer = rt.options.offers.get(offer_id) if offer_id else None
+    if offer is None:
+        return None
+    return schemas.OfferDisplay(
+        offer_id=offer.offer_id,
+        type=offer.type,
+        value=offer.value,
+        title=offer.title,
+        description=offer.description,
+    )
+
+
+def main_reason(reasons: Sequence[str]) -> str:
+    """The reason that explains the choice (`model_unavailable` only when it is the sole one)."""
+    for code in reasons:
+        if code != MODEL_UNAVAILABLE:
+            return code
+    return reasons[0] if reasons else ""
+
+
+def decision_out(rt: Runtime, o: Outcome) -> schemas.Decision:
+    d = o.decision
+    return schemas.Decision(
+        decision_id=o.decision_id,
+        request_id=o.request_id,
+        customer_id=d.customer_id,
+        action=d.action,
+        offer_id=d.offer_id,
+        channel=d.channel,
+        stage=d.stage,
+        stage_name=d.stage_name,
+        expected_value=d.value,
+        propensity=d.propensity,
+        scores=dict(d.scores),
+        excluded=[schemas.ExcludedOffer(offer_id=e.offer_id, reason=e.reason) for e in d.excluded],
+        reasons=list(d.reasons),
+        model_version=d.model_version,
+        policy_version=d.policy_version,
+        campaign_id=o.campaign_id,
+        dry_run=o.dry_run,
+        recorded=o.recorded,
+        offer=offer_display(rt, d.offer_id),
+        top_categories=list(o.top_categories),
+    )
+
+
+def next_offer_out(rt: Runtime, o: Outcome) -> schemas.NextOffer:
+    d = o.decision
+    shown = offer_display(rt, d.offer_id)
+    return schemas.NextOffer(
+        decision_id=o.decision_id,
+        customer_id=d.customer_id,
+        campaign_id=o.campaign_id,
+        action=d.action,
+        send=d.is_contact,
+        offer_id=d.offer_id,
+        offer_type=shown.type if shown else None,
+        offer_value=shown.value if shown else None,
+        offer_title=shown.title if shown else None,
+        offer_description=shown.description if shown else None,
+        channel=d.channel,
+        stage=d.stage,
+        stage_name=d.stage_name,
+        reason=main_reason(d.reasons),
+        top_category=o.top_categories[0] if o.top_categories else None,
+        top_categories=list(o.top_categories),
+        policy_version=d.policy_version or None,
+        model_version=d.model_version or None,
+    )

@@ -1,0 +1,50 @@
+"""`POST /v1/events`: delivery, engagement, orders and opt-outs reported back."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from serving.api import schemas
+from serving.api.deps import ClientKey, RuntimeDep
+from serving.store import EventRecord
+from serving.store.records import utc_naive
+
+router = APIRouter(prefix="/v1/events", tags=["events"])
+
+
+@router.post("", response_model=schemas.EventResult)
+def post_event(body: schemas.EventIn, rt: RuntimeDep, _: ClientKey) -> schemas.EventResult:
+    """Store an event once per `event_id`.
+
+    `unsubscribe` and `complaint` opt the customer out (of the event's channel, else the
+    contact's, else every channel) before the next decision; `not_sent` releases the cap the
+    named decision took; an `order` naming an offer adds one redemption and its expected cost
+    to the offer's budget usage. A repeated `event_id` changes nothing (`duplicate: true`).
+    """
+    ts = utc_naive(body.ts) if body.ts is not None else rt.clock()
+    res = rt.store.append_event(
+        EventRecord(
+            event_id=body.event_id,
+            customer_id=body.customer_id,
+            ts=ts,
+            type=body.type,
+            channel=body.channel,
+            contact_id=body.contact_id,
+            decision_id=body.decision_id,
+            offer_id=body.offer_id,
+            revenue=body.revenue,
+            margin=body.margin,
+            payload=body.payload,
+        )
+    )
+    offer = rt.options.offers.get(body.offer_id) if body.offer_id else None
+    if not res.duplicate and body.type == "order" and offer is not None and offer.is_incentive:
+        cost = offer.cost.expected_cost(body.revenue or 0.0)
+        rt.store.add_budget_usage(offer.offer_id, ts.date(), 1, cost)
+    rt.metrics.events.labels(body.type, str(res.duplicate).lower()).inc()
+    return schemas.EventResult(
+        event_id=res.event_id,
+        duplicate=res.duplicate,
+        released_contact_id=res.released_contact_id,
+        opted_out_channels=list(res.opted_out_channels),
+    )

@@ -1,0 +1,75 @@
+"""`POST /v1/recommendations` and `POST /v1/recommendations/batch`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from serving.api import schemas
+from serving.api.deps import ClientKey, RuntimeDep
+from serving.api.errors import ApiError
+from serving.api.present import decision_out
+from serving.api.service import decide_and_record
+
+router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
+_ERRORS = {
+    401: {"model": schemas.ErrorResponse},
+    403: {"model": schemas.ErrorResponse},
+    422: {"model": schemas.ErrorResponse},
+    503: {"model": schemas.ErrorResponse},
+}
+
+
+@router.post("", response_model=schemas.Decision, responses=_ERRORS)  # type: ignore[arg-type]
+def recommend(
+    body: schemas.RecommendationRequest, rt: RuntimeDep, _: ClientKey
+) -> schemas.Decision:
+    """Decide offer, channel and stage (or no contact) for one customer, and log it."""
+    [outcome] = decide_and_record(
+        rt,
+        [body.customer_id],
+        body.channel,
+        now=body.context.timestamp,
+        campaign_id=body.context.campaign_id,
+        candidate_offer_ids=body.candidate_offer_ids,
+        dry_run=body.dry_run,
+        request_id=body.request_id,
+    )
+    return decision_out(rt, outcome)
+
+
+@router.post(
+    "/batch",
+    response_model=schemas.BatchResponse,
+    responses=_ERRORS | {413: {"model": schemas.ErrorResponse}},  # type: ignore[arg-type]
+)
+def recommend_batch(
+    body: schemas.BatchRecommendationRequest, rt: RuntimeDep, _: ClientKey
+) -> schemas.BatchResponse:
+    """Decide for up to `batch_limit` (default 1,000) customers in one engine call."""
+    limit = rt.settings.batch_limit
+    if len(body.customer_ids) > limit:
+        raise ApiError(
+            413,
+            "batch_too_large",
+            f"customer_ids: at most {limit:,} customers per batch, got "
+            f"{len(body.customer_ids):,}; split the request",
+            "customer_ids",
+        )
+    seen: set[str] = set()
+    for cid in body.customer_ids:
+        if cid in seen:
+            raise ApiError(
+                422, "duplicate_customer", f"customer_ids: '{cid}' appears twice", "customer_ids"
+            )
+        seen.add(cid)
+    outcomes = decide_and_record(
+        rt,
+        body.customer_ids,
+        body.channel,
+        now=body.context.timestamp,
+        campaign_id=body.context.campaign_id,
+        candidate_offer_ids=body.candidate_offer_ids,
+        dry_run=body.dry_run,
+        request_id=body.request_id,
+    )
+    return schemas.BatchResponse(decisions=[decision_out(rt, o) for o in outcomes])

@@ -1,0 +1,164 @@
+"""Everything the request path needs, loaded once and swapped as one object on reload.
+
+`Runtime` is immutable: a request takes `app.state.runtime` once and keeps a consistent
+policy, catalog, option set and scorer to the end, while `POST /admin/reload` builds a new
+`Runtime` completely before replacing the reference (a failed reload leaves the old one).
+The snapshot handle has its own atomic swap (`features.snapshot.SnapshotStore`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from features.offers import OfferCatalog, load_catalog
+from features.snapshot import Snapshot, SnapshotError, SnapshotStore
+from serving.api.metrics import Metrics
+from serving.api.scoring import Scorer, ScorerLoader, no_model_loader
+from serving.engine import OptionSet
+from serving.errors import ModelUnavailableError
+from serving.policy import Policy, load_policy
+from serving.settings import ServingSettings
+from serving.store import ContactCaps, Store
+
+log = logging.getLogger("winback.api")
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """Timezone-naive UTC now (the store's convention), to the microsecond."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class SnapshotSource(Protocol):
+    """What the API needs of a snapshot handle (`features.snapshot.SnapshotStore` fits)."""
+
+    def current(self) -> Snapshot: ...
+
+    def refresh(self) -> bool: ...
+
+
+@dataclass(frozen=True, eq=False)
+class Runtime:
+    """The loaded service: store, policy, catalog, options, snapshot handle and scorer."""
+
+    settings: ServingSettings
+    store: Store
+    policy: Policy
+    catalog: OfferCatalog
+    options: OptionSet
+    base_caps: ContactCaps
+    snapshots: SnapshotSource
+    scorer: Scorer | None
+    model_uri: str
+    model_error: str | None
+    scorer_loader: ScorerLoader
+    metrics: Metrics
+    clock: Clock = utc_now
+
+    def snapshot(self) -> Snapshot | None:
+        """The live snapshot, or None when there is none (every customer is then unknown)."""
+        try:
+            return self.snapshots.current()
+        except SnapshotError as exc:
+            log.warning("no serving snapshot: %s", exc)
+            return None
+
+    @property
+    def model_version(self) -> str | None:
+        return self.scorer.version if self.scorer is not None else None
+
+
+def load_scorer(loader: ScorerLoader, uri: str) -> tuple[Scorer | None, str | None]:
+    """(scorer, None) or (None, why not): a missing or broken model is not fatal."""
+    if not uri:
+        return None, "model_uri is empty: rules only"
+    try:
+        return loader(uri), None
+    except ModelUnavailableError as exc:
+        return None, str(exc)
+    except Exception as exc:  # a broken package must not stop the service: rules only
+        return None, f"model {uri}: cannot load: {type(exc).__name__}: {exc}"
+
+
+def build_runtime(
+    settings: ServingSettings,
+    store: Store,
+    metrics: Metrics,
+    scorer_loader: ScorerLoader | None = None,
+    snapshots: SnapshotSource | None = None,
+    clock: Clock = utc_now,
+) -> Runtime:
+    """Load policy, catalog and model per `settings` (errors name the file and the key)."""
+    policy = load_policy(settings.policy_path)
+    catalog = load_catalog(Path(settings.catalog_path))
+    loader = scorer_loader or no_model_loader
+    scorer, error = load_scorer(loader, settings.model_uri)
+    if error:
+        log.warning("model unavailable, deciding by rules only: %s", error)
+    return Runtime(
+        settings=settings,
+        store=store,
+        policy=policy,
+        catalog=catalog,
+        options=OptionSet.from_catalog(catalog, policy.offer_budget_defaults),
+        base_caps=ContactCaps.from_policy(policy.frequency),
+        snapshots=snapshots or SnapshotStore(Path(settings.snapshot_dir)),
+        scorer=scorer,
+        model_uri=settings.model_uri,
+        model_error=error,
+        scorer_loader=loader,
+        metrics=metrics,
+        clock=clock,
+    )
+
+
+def reloaded(
+    rt: Runtime,
+    model_uri: str | None = None,
+    policy_path: str | None = None,
+    catalog_path: str | None = None,
+    refresh_snapshot: bool = True,
+) -> tuple[Runtime, bool]:
+    """A new runtime with the policy, catalog and model reloaded; (runtime, snapshot swapped).
+
+    The policy and catalog must load (PolicyError / OfferCatalogError otherwise, and the old
+    runtime stays); a model that fails to load leaves the service rules-only and degraded.
+    """
+    settings = rt.settings.model_copy(
+        update={
+            k: v
+            for k, v in (
+                ("model_uri", model_uri),
+                ("policy_path", Path(policy_path) if policy_path else None),
+                ("catalog_path", Path(catalog_path) if catalog_path else None),
+            )
+            if v is not None
+        }
+    )
+    policy = load_policy(settings.policy_path)
+    catalog = load_catalog(Path(settings.catalog_path))
+    scorer, error = load_scorer(rt.scorer_loader, settings.model_uri)
+    swapped = False
+    if refresh_snapshot:
+        try:
+            swapped = rt.snapshots.refresh()
+        except SnapshotError as exc:
+            log.warning("snapshot refresh failed, keeping the current one: %s", exc)
+    new = replace(
+        rt,
+        settings=settings,
+        policy=policy,
+        catalog=catalog,
+        options=OptionSet.from_catalog(catalog, policy.offer_budget_defaults),
+        base_caps=ContactCaps.from_policy(policy.frequency),
+        scorer=scorer,
+        model_uri=settings.model_uri,
+        model_error=error,
+    )
+    return new, swapped

@@ -1,0 +1,64 @@
+"""GET /v1/customers/{id}/next-offer: flat JSON, dedupe within the window, Liquid rendering."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import liquid
+from fastapi.testclient import TestClient
+
+from tests.api.conftest import CLIENT, Clock, runtime_of
+
+TEMPLATE = """\
+{% if send %}Hello! {{ offer_title }}{% if offer_type == "percent_discount" %} \
+({{ offer_value }}% off){% endif %} - picked for {{ top_category | default: "you" }}.\
+{% else %}(no offer: {{ reason }}){% endif %}"""
+
+
+def _next(client: TestClient, cid: str = "c1", campaign: str = "spring") -> dict:
+    r = client.get(
+        f"/v1/customers/{cid}/next-offer",
+        params={"channel": "email", "campaign": campaign},
+        headers=CLIENT,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _contacts(client: TestClient, cid: str) -> int:
+    rt = runtime_of(client)
+    return len(rt.store.customer_states([cid], rt.clock(), 30)[cid].contacts)
+
+
+def test_renders_a_real_liquid_template(client: TestClient) -> None:
+    body = _next(client)
+    html = liquid.parse(TEMPLATE).render(**body)
+    assert html == "Hello! Our buying guide - picked for books."
+    none = _next(client, cid="nobody")
+    assert liquid.parse(TEMPLATE).render(**none) == "(no offer: unknown_customer)"
+    capped = _next(client, cid="c-noconsent")
+    assert liquid.parse(TEMPLATE).render(**capped) == "(no offer: no_allowed_option)"
+
+
+def test_repeated_calls_in_the_window_return_the_same_decision_once(
+    client: TestClient, clock: Clock
+) -> None:
+    first = _next(client)
+    clock.advance(seconds=30)
+    text_part = _next(client)  # the text part of the same e-mail, fetched later
+    assert text_part == first
+    assert _contacts(client, "c1") == 1
+    other = _next(client, campaign="summer")  # another campaign is another decision
+    assert other["decision_id"] != first["decision_id"]
+    assert other["send"] is False  # and the cap of one contact is already taken
+    clock.advance(minutes=11)  # past the 600 s window: a new decision
+    assert _next(client)["decision_id"] != first["decision_id"]
+    assert _contacts(client, "c1") == 1
+
+
+def test_concurrent_calls_count_once(client: TestClient) -> None:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        bodies = list(pool.map(lambda _: _next(client, cid="c3"), range(16)))
+    assert len({b["decision_id"] for b in bodies}) == 1
+    assert all(b["send"] for b in bodies)
+    assert _contacts(client, "c3") == 1

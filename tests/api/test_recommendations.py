@@ -1,0 +1,121 @@
+"""POST /v1/recommendations and /batch: decisions, defined non-500 cases, caps, dry runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.api.logs import JsonFormatter
+from tests.api.conftest import CLIENT, T0
+
+
+def _recommend(client: TestClient, cid: str, **extra: object) -> dict:
+    body = {"customer_id": cid, "channel": "auto", **extra}
+    r = client.post("/v1/recommendations", json=body, headers=CLIENT)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_rules_only_decision_has_offer_fields_and_categories(client: TestClient) -> None:
+    d = _recommend(client, "c1", request_id="r-1")
+    assert d["action"] == "message"
+    assert d["offer_id"] == "guide"  # rules only: content first
+    assert d["channel"] == "email"
+    assert d["offer"]["title"] == "Our buying guide"
+    assert d["top_categories"] == ["books"]
+    assert d["reasons"][0] == "model_unavailable"
+    assert d["model_version"] == "rules-only"
+    assert d["policy_version"].startswith("sha256:")
+    assert d["recorded"] is True
+    assert d["request_id"] == "r-1"
+
+
+def test_unknown_customer_and_missing_consent_are_defined_not_500(client: TestClient) -> None:
+    unknown = _recommend(client, "nobody")
+    assert (unknown["action"], unknown["reasons"]) == ("none", ["unknown_customer"])
+    no_consent = _recommend(client, "c-noconsent")
+    assert no_consent["action"] == "none"
+    assert "no_allowed_option" in no_consent["reasons"]
+    assert {e["reason"] for e in no_consent["excluded"]} == {"consent_unknown"}
+
+
+def test_cap_blocks_second_contact_and_dry_run_records_nothing(client: TestClient) -> None:
+    dry = _recommend(client, "c1", dry_run=True)
+    assert dry["action"] == "message" and dry["recorded"] is False
+    first = _recommend(client, "c1")
+    assert first["action"] == "message"
+    second = _recommend(client, "c1")
+    assert second["action"] == "none"
+    assert {e["reason"] for e in second["excluded"]} == {"cap_across_channels"}
+
+
+def test_unknown_candidate_offer_is_a_422_naming_the_field(client: TestClient) -> None:
+    r = client.post(
+        "/v1/recommendations",
+        json={"customer_id": "c1", "candidate_offer_ids": ["nope"]},
+        headers=CLIENT,
+    )
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["code"] == "invalid_decision_input"
+    assert "candidate_offer_ids" in err["message"] and "nope" in err["message"]
+
+
+def test_context_timestamp_is_the_decision_time(client: TestClient) -> None:
+    later = T0.replace(day=20).isoformat()
+    _recommend(client, "c1", context={"timestamp": T0.isoformat(), "campaign_id": "w1"})
+    # 10 days later the 7-day cap has passed.
+    d = _recommend(client, "c1", context={"timestamp": later, "campaign_id": "w1"})
+    assert d["action"] == "message" and d["campaign_id"] == "w1"
+
+
+def test_batch_decides_each_customer(client: TestClient) -> None:
+    r = client.post(
+        "/v1/recommendations/batch",
+        json={"customer_ids": ["c1", "c2", "nobody"], "channel": "email"},
+        headers=CLIENT,
+    )
+    assert r.status_code == 200, r.text
+    actions = [d["action"] for d in r.json()["decisions"]]
+    assert actions == ["message", "message", "none"]
+
+
+def test_batch_over_the_limit_is_rejected_clearly(client: TestClient) -> None:
+    ids = [f"x{i}" for i in range(1001)]
+    r = client.post("/v1/recommendations/batch", json={"customer_ids": ids}, headers=CLIENT)
+    assert r.status_code == 413
+    err = r.json()["error"]
+    assert err["code"] == "batch_too_large" and err["field"] == "customer_ids"
+    assert "1,000" in err["message"]
+    ok = client.post("/v1/recommendations/batch", json={"customer_ids": ids[:1000]}, headers=CLIENT)
+    assert ok.status_code == 200
+    assert len(ok.json()["decisions"]) == 1000
+
+
+def test_metrics_count_decisions_and_latency(client: TestClient) -> None:
+    _recommend(client, "c1")
+    _recommend(client, "nobody")
+    text = client.get("/metrics").text
+    assert (
+        'winback_decisions_total{action="message",offer="guide",reason="model_unavailable"} 1.0'
+        in text
+    )
+    assert 'winback_decisions_total{action="none",offer="-",reason="unknown_customer"} 1.0' in text
+    assert (
+        'winback_http_request_duration_seconds_count{method="POST",route="/v1/recommendations",'
+        'status="200"} 2.0'
+    ) in text
+
+
+def test_decision_log_lines_carry_the_decision_id(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="winback.api"):
+        d = _recommend(client, "c1", request_id="req-9")
+    [record] = [r for r in caplog.records if r.getMessage() == "decision"]
+    line = json.loads(JsonFormatter().format(record))
+    assert line["decision_id"] == d["decision_id"]
+    assert line["request_id"] == "req-9" and line["action"] == "message"
