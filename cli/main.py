@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import data, generate, imports, serve
+from cli import data, generate, imports, report, serve
 
 app = typer.Typer(
     name="winback",
@@ -20,7 +20,7 @@ def _root() -> None:
     """Win-back offer recommendations: data, features, training, serving."""
 
 
-for _module in (data, imports, generate, serve):
+for _module in (data, imports, generate, serve, report):
     app.registered_commands += _module.app.registered_commands
     app.registered_groups += _module.app.registered_groups
 

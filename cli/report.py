@@ -1,0 +1,78 @@
+"""`winback report`: what the win-back contacts earned against the holdout."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.output import console, fail
+from serving.errors import ServingError
+from serving.reporting import FORMATS, ReportOptions, render, report_summary
+from serving.settings import get_serving_settings
+from serving.store import Store
+
+app = typer.Typer(no_args_is_help=True)
+_SUFFIX_FORMATS = {".json": "json", ".csv": "csv"}
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option("--out", help="file to write (report.html)")],
+    since: Annotated[
+        datetime | None, typer.Option(help="first decision time included (UTC)")
+    ] = None,
+    until: Annotated[
+        datetime | None, typer.Option(help="decisions before this time (UTC, exclusive)")
+    ] = None,
+    campaign: Annotated[str | None, typer.Option(help="only this campaign id")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="store URL; default WINBACK_DATABASE_URL")
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="html, json or csv; default from --out, else html"),
+    ] = None,
+    window_days: Annotated[int, typer.Option(help="days an outcome is attributed")] = 30,
+    min_group: Annotated[
+        int, typer.Option(help="contacts and holdouts a group needs before concluding")
+    ] = 100,
+    bootstrap: Annotated[
+        bool, typer.Option("--bootstrap", help="bootstrap intervals instead of normal")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
+) -> None:
+    """Report contacts, conversions, margin and incremental lift against the holdout."""
+    chosen = fmt or _SUFFIX_FORMATS.get(out.suffix.lower(), "html")
+    if chosen not in FORMATS:
+        fail(f"format: must be one of {', '.join(FORMATS)}, got {chosen!r}")
+    url = database_url or get_serving_settings().database_url
+    try:
+        opts = ReportOptions(
+            window_days=window_days,
+            min_group=min_group,
+            method="bootstrap" if bootstrap else "normal",
+            seed=seed,
+        )
+        store = Store.from_url(url)
+        try:
+            summary = report_summary(store, since, until, campaign, opts)
+        finally:
+            store.dispose()
+        text = render(summary, chosen)
+    except ServingError as exc:
+        fail(str(exc))
+        return
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail(f"out: cannot write {out}: {exc.strerror}")
+    t = summary["totals"]
+    console.print(
+        f"[green]wrote[/] {out} ({chosen}): {t['contacts']:,} contacts, {t['holdouts']:,} holdouts",
+        highlight=False,
+    )
+    console.print(summary["overall"]["statement"], highlight=False, soft_wrap=True)

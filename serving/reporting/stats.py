@@ -1,0 +1,142 @@
+"""Treated-minus-holdout differences with confidence intervals, and what they allow to say.
+
+The rule for "too small to conclude" is deliberately simple and stated in every report:
+a group needs at least `min_group` contacts AND `min_group` holdouts (default 100 each).
+Below that no estimate is called positive or negative, however wide or narrow its interval;
+above it, an effect is called positive (negative) only when the whole 95% interval lies above
+(below) zero, and "no detectable effect" otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from serving.reporting.errors import ReportError
+
+MIN_GROUP: Final = 100
+Z_95: Final = 1.959963984540054
+N_BOOTSTRAP: Final = 1000
+_BOOT_CHUNK: Final = 2_000_000
+
+Method = Literal["normal", "bootstrap"]
+Conclusion = Literal["positive", "negative", "inconclusive", "too_small"]
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Difference:
+    """mean(treated) - mean(holdout) with a 95% interval, and the conclusion it supports."""
+
+    estimate: float
+    ci_low: float
+    ci_high: float
+    n_treated: int
+    n_holdout: int
+    conclusion: Conclusion
+
+
+def _nan_difference(n_t: int, n_h: int) -> Difference:
+    return Difference(math.nan, math.nan, math.nan, n_t, n_h, "too_small")
+
+
+def conclude(lo: float, hi: float, n_t: int, n_h: int, min_group: int) -> Conclusion:
+    """The conclusion the interval [lo, hi] supports under the group-size rule."""
+    if n_t < min_group or n_h < min_group or not (math.isfinite(lo) and math.isfinite(hi)):
+        return "too_small"
+    if lo > 0:
+        return "positive"
+    if hi < 0:
+        return "negative"
+    return "inconclusive"
+
+
+def _boot(x: FloatArray, rng: np.random.Generator, n_boot: int) -> FloatArray:
+    """Means of `n_boot` resamples of x, drawn in chunks of about 2M indices (bounded memory)."""
+    step = max(1, _BOOT_CHUNK // len(x))
+    means = [
+        x[rng.integers(0, len(x), size=(min(step, n_boot - i), len(x)))].mean(axis=1)
+        for i in range(0, n_boot, step)
+    ]
+    return np.concatenate(means)
+
+
+def difference(
+    treated: npt.ArrayLike,
+    holdout: npt.ArrayLike,
+    *,
+    method: Method = "normal",
+    min_group: int = MIN_GROUP,
+    seed: int = 0,
+    n_boot: int = N_BOOTSTRAP,
+) -> Difference:
+    """Difference in means of two independent samples with a 95% confidence interval.
+
+    Args:
+        treated: per-unit outcome of the contacted group (0/1 conversions, or margins).
+        holdout: the same outcome for the randomized holdout.
+        method: `normal` (Welch standard error, the default) or `bootstrap` (percentile
+            interval over `n_boot` resamples of each group, drawn with `seed`).
+        min_group: fewest units per group before anything is concluded.
+        seed: seed of the bootstrap resampling.
+        n_boot: number of bootstrap resamples.
+    """
+    t = np.asarray(treated, dtype=float)
+    h = np.asarray(holdout, dtype=float)
+    t, h = t[~np.isnan(t)], h[~np.isnan(h)]
+    n_t, n_h = len(t), len(h)
+    if n_t < 2 or n_h < 2:
+        return _nan_difference(n_t, n_h)
+    est = float(t.mean() - h.mean())
+    if method == "normal":
+        se = math.sqrt(t.var(ddof=1) / n_t + h.var(ddof=1) / n_h)
+        lo, hi = est - Z_95 * se, est + Z_95 * se
+    elif method == "bootstrap":
+        rng = np.random.default_rng(seed)
+        lo, hi = (float(q) for q in np.quantile(_boot(t, rng, n_boot) - _boot(h, rng, n_boot),
+                                                [0.025, 0.975]))  # fmt: skip
+    else:
+        raise ReportError(f"method: must be 'normal' or 'bootstrap', got {method!r}")
+    return Difference(est, lo, hi, n_t, n_h, conclude(lo, hi, n_t, n_h, min_group))
+
+
+def proportion_interval(successes: int, n: int) -> tuple[float, float]:
+    """Wilson 95% interval of a proportion (NaN, NaN when n is 0)."""
+    if n <= 0:
+        return math.nan, math.nan
+    p = successes / n
+    z2 = Z_95**2
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z_95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def statement(conv: Difference, margin: Difference, min_group: int, currency: str = "") -> str:
+    """One plain sentence about a group's incremental conversion and margin."""
+    if conv.conclusion == "too_small":
+        return (
+            f"Too small to conclude anything: {conv.n_treated} contacts and "
+            f"{conv.n_holdout} holdouts (at least {min_group} of each are needed)."
+        )
+    lo, hi = conv.ci_low * 100, conv.ci_high * 100
+    pp = f"{conv.estimate * 100:+.1f} pp (95% CI {lo:+.1f} to {hi:+.1f})"
+    mg = (
+        f"{margin.estimate:+.2f}{currency} per contact "
+        f"(95% CI {margin.ci_low:+.2f} to {margin.ci_high:+.2f})"
+    )
+    words = {
+        "positive": "Contacts raised conversion by",
+        "negative": "Contacts lowered conversion by",
+        "inconclusive": "No detectable effect on conversion:",
+    }
+    margin_words = {
+        "positive": "incremental margin was positive,",
+        "negative": "incremental margin was negative,",
+        "inconclusive": "incremental margin is not distinguishable from zero,",
+        "too_small": "incremental margin could not be estimated,",
+    }
+    return f"{words[conv.conclusion]} {pp}; {margin_words[margin.conclusion]} {mg}."
