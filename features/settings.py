@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     tracking_uri: str = ""
     """MLflow tracking URI; empty means `sqlite:///<mlruns_dir>/mlflow.db`."""
 
+    snapshot_dir: Path = Path("data/snapshot")
+    """Where `winback features materialize` writes serving snapshots (versions + CURRENT)."""
+
     def resolved_tracking_uri(self) -> str:
         return self.tracking_uri or f"sqlite:///{self.mlruns_dir.as_posix()}/mlflow.db"
 

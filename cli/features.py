@@ -1,0 +1,137 @@
+"""Commands that build training frames and the serving snapshot from a data directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from cli.output import console, fail
+from features.build import build_customer_view
+from features.config import FeatureConfig
+from features.datadir import load_data_dir
+from features.errors import FeaturesError
+from features.featureset import FeatureSet, get_feature_set
+from features.frames import summarize_offer_response, summarize_reactivation, write_frames
+from features.offers import format_pydantic_error
+from features.settings import get_settings
+from features.snapshot import write_snapshot
+
+app = typer.Typer(no_args_is_help=True)
+group = typer.Typer(no_args_is_help=True, help="Point-in-time features, frames and snapshots.")
+app.add_typer(group, name="features")
+
+
+def _config() -> FeatureConfig:
+    try:
+        return FeatureConfig()
+    except ValidationError as exc:
+        fail(format_pydantic_error("WINBACK_FEATURES_*", exc))
+        raise
+
+
+def _print_summary(title: str, df: pd.DataFrame) -> None:
+    table = Table(title=title)
+    table.add_column(str(df.index.name or ""))
+    for col in df.columns:
+        table.add_column(str(col), justify="right")
+    for key, row in df.iterrows():
+        cells = [f"{v:,.0f}" if float(v).is_integer() else f"{v:,.3f}" for v in row]
+        label = f"{key:%Y-%m-%d %H:%M}" if isinstance(key, pd.Timestamp) else str(key)
+        table.add_row(label, *cells)
+    console.print(table)
+
+
+@group.command()
+def frames(
+    directory: Annotated[Path, typer.Argument(help="data directory")],
+    out: Annotated[Path, typer.Option("--out", help="folder for the two Parquet frames")],
+    cutoffs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cutoffs", help="reactivation cutoffs, comma-separated or repeated; default: 4"
+        ),
+    ] = None,
+    horizon_days: Annotated[
+        int | None, typer.Option("--horizon-days", help="label horizon H in days (default 90)")
+    ] = None,
+) -> None:
+    """Write OUT/reactivation.parquet and OUT/offer_response.parquet, then summarize them."""
+    try:
+        data = load_data_dir(directory)
+        with console.status("building frames"):
+            cuts = [x.strip() for raw in cutoffs or [] for x in raw.split(",") if x.strip()]
+            built = write_frames(data, out, cuts or None, horizon_days, _config())
+    except FeaturesError as exc:
+        fail(str(exc))
+        return
+    react, offer = built["reactivation.parquet"], built["offer_response.parquet"]
+    _print_summary(
+        f"reactivation frame ({len(react.data):,} rows)", summarize_reactivation(react.data)
+    )
+    _print_summary(
+        f"offer-response frame ({len(offer.data):,} rows)", summarize_offer_response(offer.data)
+    )
+    console.print(f"[green]wrote[/] {out}/reactivation.parquet, {out}/offer_response.parquet")
+
+
+@group.command()
+def materialize(
+    directory: Annotated[Path, typer.Argument(help="data directory")],
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="as-of time (default: now, UTC)")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="snapshot directory (default: settings)")
+    ] = None,
+    feature_set: Annotated[
+        Path | None, typer.Option("--feature-set", help="a model's feature-set JSON to compute")
+    ] = None,
+) -> None:
+    """Write the current features of every customer as a new snapshot version."""
+    root = out or get_settings().snapshot_dir
+    try:
+        fs = FeatureSet.from_json(feature_set.read_text(encoding="utf-8")) if feature_set else None
+        data = load_data_dir(directory)
+        when = as_of or pd.Timestamp.now(tz="UTC").tz_localize(None)
+        config = _config()
+        with console.status("computing features"):
+            view = build_customer_view(data, when, config, fs)
+            version = write_snapshot(view, root, config)
+    except OSError as exc:
+        fail(f"{exc.filename or root}: {exc.strerror}")
+        return
+    except FeaturesError as exc:
+        fail(str(exc))
+        return
+    console.print(
+        f"[green]snapshot[/] {root} version {version}: {len(view.features):,} customers, "
+        f"{view.feature_set.key}, as of {view.as_of}",
+        highlight=False,
+    )
+
+
+@group.command("list")
+def list_features(
+    name: Annotated[str, typer.Option("--feature-set", help="feature set name")] = "winback_v1",
+    as_json: Annotated[bool, typer.Option("--json", help="print the feature set as JSON")] = False,
+) -> None:
+    """Show a feature set's columns in order: name, dtype, lookback, meaning, vocabulary."""
+    try:
+        fs = get_feature_set(name)
+    except FeaturesError as exc:
+        fail(str(exc))
+        return
+    if as_json:
+        console.print_json(fs.to_json())
+        return
+    table = Table(title=f"{fs.key}: {len(fs.columns)} features")
+    for col in ("#", "name", "dtype", "lookback", "meaning", "vocabulary"):
+        table.add_column(col, overflow="fold")
+    for i, f in enumerate(fs.features):
+        table.add_row(str(i), f.name, f.dtype, f.lookback, f.meaning, ", ".join(f.vocabulary))
+    console.print(table)

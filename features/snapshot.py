@@ -1,0 +1,184 @@
+"""The serving snapshot: current features of every customer, versioned, swapped atomically.
+
+Layout of a snapshot directory::
+
+    <root>/CURRENT                  name of the live version (replaced with os.replace)
+    <root>/versions/<version>/      written completely under a temporary name, then renamed
+        manifest.json               feature set (JSON), as-of time, created, row count
+        features.npy                float64 matrix, rows = customers, columns = feature set
+        state.parquet               customer_id + decoded guardrail state, same row order
+
+`Snapshot` is one loaded version: `get(customer_id)` is a dict lookup plus a row view (well
+under a microsecond). `SnapshotStore` holds the live `Snapshot` and, on `refresh()`, loads a
+newer version completely before swapping one reference, so a request that took
+`store.current()` keeps a consistent version to the end, and no request ever sees a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from features import constants as c
+from features.build import CustomerView
+from features.config import FeatureConfig
+from features.errors import FeaturesError
+from features.featureset import FeatureSet
+
+CURRENT_FILE = "CURRENT"
+VERSIONS_DIR = "versions"
+MANIFEST = "manifest.json"
+MATRIX = "features.npy"
+STATE = "state.parquet"
+
+
+class SnapshotError(FeaturesError):
+    """No snapshot, or an unreadable one (names the path)."""
+
+    code = "snapshot"
+
+
+def write_snapshot(
+    view: CustomerView, root: Path, config: FeatureConfig | None = None, keep: int = 3
+) -> str:
+    """Write `view` as a new version under `root`, make it current, prune old versions.
+
+    Returns the version name. Readers never see a partial version: the directory is renamed
+    into place only when complete, and CURRENT is replaced atomically afterwards.
+    """
+    root = Path(root)
+    created = pd.Timestamp.now(tz="UTC").tz_localize(None)
+    version = f"{view.as_of:%Y%m%dT%H%M%S}-{created:%Y%m%dT%H%M%S%f}"
+    versions = root / VERSIONS_DIR
+    tmp = versions / f".tmp-{version}"
+    tmp.mkdir(parents=True, exist_ok=False)
+    np.save(tmp / MATRIX, np.ascontiguousarray(view.features.to_numpy(np.float64)))
+    state = view.state.reset_index()
+    state.to_parquet(tmp / STATE, index=False)
+    manifest = {
+        "version": version,
+        "feature_set": view.feature_set.to_dict(),
+        "feature_set_key": view.feature_set.key,
+        "as_of": view.as_of.isoformat(),
+        "created": created.isoformat(),
+        "n_customers": len(view.features),
+        "feature_config": (config or FeatureConfig()).model_dump(),
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    os.replace(tmp, versions / version)
+    pointer = root / f"{CURRENT_FILE}.tmp"
+    pointer.write_text(version + "\n", encoding="utf-8")
+    os.replace(pointer, root / CURRENT_FILE)
+    _prune(versions, version, keep)
+    return version
+
+
+def _prune(versions: Path, current: str, keep: int) -> None:
+    names = sorted(p.name for p in versions.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for name in names[: max(len(names) - keep, 0)]:
+        if name != current:
+            shutil.rmtree(versions / name, ignore_errors=True)
+
+
+def current_version(root: Path) -> str:
+    """The live version named by `root/CURRENT`."""
+    try:
+        return (Path(root) / CURRENT_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        raise SnapshotError(
+            f"{root}: no snapshot (run `winback features materialize DIR --out {root}`)"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One loaded snapshot version."""
+
+    version: str
+    as_of: pd.Timestamp
+    feature_set: FeatureSet
+    matrix: np.ndarray
+    row_of: dict[str, int]
+    state_columns: dict[str, np.ndarray]
+
+    @classmethod
+    def load(cls, root: Path, version: str | None = None) -> Snapshot:
+        """Load `version` (default: the current one) from snapshot directory `root`."""
+        version = version or current_version(root)
+        path = Path(root) / VERSIONS_DIR / version
+        try:
+            manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+            matrix = np.load(path / MATRIX)
+            state = pd.read_parquet(path / STATE)
+        except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
+            raise SnapshotError(f"{path}: cannot read snapshot: {exc}") from None
+        matrix.setflags(write=False)
+        ids = state[c.CUSTOMER_ID].astype(object).to_numpy()
+        columns = {
+            name: state[name].astype(object).where(state[name].notna(), None).to_numpy()
+            for name in state.columns
+            if name != c.CUSTOMER_ID
+        }
+        return cls(
+            version=version,
+            as_of=pd.Timestamp(manifest["as_of"]),
+            feature_set=FeatureSet.from_dict(manifest["feature_set"]),
+            matrix=matrix,
+            row_of={str(cid): i for i, cid in enumerate(ids)},
+            state_columns=columns,
+        )
+
+    def __len__(self) -> int:
+        return len(self.row_of)
+
+    def __contains__(self, customer_id: object) -> bool:
+        return customer_id in self.row_of
+
+    def get(self, customer_id: str) -> np.ndarray | None:
+        """The feature vector (read-only, feature-set column order), or None if unknown."""
+        row = self.row_of.get(customer_id)
+        return None if row is None else self.matrix[row]
+
+    def state(self, customer_id: str) -> dict[str, Any] | None:
+        """Decoded guardrail state (lapse_state, value_tier, consent_*, contacts_*d, ...)."""
+        row = self.row_of.get(customer_id)
+        if row is None:
+            return None
+        return {name: col[row] for name, col in self.state_columns.items()}
+
+
+class SnapshotStore:
+    """The live snapshot of a directory; `refresh()` swaps in a newer version in one step."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._snapshot: Snapshot | None = None
+        self._lock = threading.Lock()
+
+    def current(self) -> Snapshot:
+        """The live snapshot (loaded on first use). Take it once per request and keep it."""
+        snap = self._snapshot
+        if snap is None:
+            self.refresh()
+            snap = self._snapshot
+        assert snap is not None
+        return snap
+
+    def refresh(self) -> bool:
+        """Load the version CURRENT names if it is new; True when a swap happened."""
+        with self._lock:
+            version = current_version(self.root)
+            if self._snapshot is not None and self._snapshot.version == version:
+                return False
+            loaded = Snapshot.load(self.root, version)  # fully built before it becomes visible
+            self._snapshot = loaded
+            return True
