@@ -8,9 +8,6 @@ assignment probabilities, as paired differences vs the best single arm with 95% 
 Run: .venv/bin/python bench/bench_hillstrom.py [--csv PATH] [--seeds 0 1 2] [--bags 8]
 """
 
-# Upper-case X follows the scikit-learn convention for feature matrices.
-# ruff: noqa: N803, N806
-
 from __future__ import annotations
 
 import argparse

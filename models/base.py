@@ -4,9 +4,6 @@ Estimators take pandas DataFrames of numeric feature columns; some columns may b
 categorical (non-negative integer codes), which LightGBM then splits on as categories.
 """
 
-# Upper-case X follows the scikit-learn convention for feature matrices.
-# ruff: noqa: N803, N806
-
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,8 +1,5 @@
 """Reactivation propensity: LightGBM binary classifier with early stopping and calibration."""
 
-# Upper-case X follows the scikit-learn convention for feature matrices.
-# ruff: noqa: N803, N806
-
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -17,6 +14,7 @@ from models.base import (
     check_categoricals,
     check_columns,
     check_features,
+    check_fitted,
     check_weights,
     lgb_params,
     train_booster,
@@ -155,6 +153,21 @@ class ReactivationClassifier:
         if self.calibrator_ is not None:
             p = self.calibrator_.transform(p)
         return np.column_stack([1.0 - p, p])
+
+    def predict_proba_numpy(self, X: np.ndarray) -> np.ndarray:
+        """Calibrated P(y=1) for a numpy matrix in `feature_names_in_` order (serving path)."""
+        check_fitted(self, "booster_")
+        arr = np.asarray(X, dtype=float)
+        if arr.ndim != 2 or arr.shape[1] != self.n_features_in_:
+            raise FeatureMismatchError(
+                f"X: expected {self.n_features_in_} columns in feature_names_in_ order, "
+                f"got shape {arr.shape}"
+            )
+        best = self.booster_.best_iteration if self.booster_.best_iteration > 0 else None
+        p = np.asarray(self.booster_.predict(arr, num_iteration=best), dtype=float)
+        if self.calibrator_ is not None:
+            p = self.calibrator_.transform(p)
+        return p
 
     def predict(self, X: pd.DataFrame, threshold: float = 0.5) -> np.ndarray:
         return (self.predict_proba(X)[:, 1] >= threshold).astype(int)

@@ -16,9 +16,6 @@ Where assignment was not uniform, pass the logged `propensity` (probability of t
 row received): S and T weight rows by 1 / propensity, DR uses it in the pseudo-outcome.
 """
 
-# Upper-case X follows the scikit-learn convention for feature matrices.
-# ruff: noqa: N803, N806
-
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -20,9 +20,6 @@ control rows and y_t(k), y_c(k) sum their outcomes, all weighted by `weight` whe
 - Uplift at k: for the top fraction k, treated rate - control rate among those rows.
 """
 
-# Upper-case X follows the scikit-learn convention for feature matrices.
-# ruff: noqa: N803
-
 from __future__ import annotations
 
 from collections.abc import Mapping

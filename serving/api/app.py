@@ -84,6 +84,9 @@ def create_app(
 
 def app_from_env() -> FastAPI:
     """Uvicorn factory (`serving.api.app:app_from_env`): JSON logs, settings from env."""
+    from serving.model_scorer import mlflow_scorer_loader
+
     settings = get_serving_settings()
     configure_logging(settings.log_level)
-    return create_app(settings)
+    loader = mlflow_scorer_loader() if settings.model_uri else None
+    return create_app(settings, scorer_loader=loader)

@@ -1,7 +1,5 @@
 """ReactivationClassifier: sklearn contract, determinism, calibration, behaviour."""
 
-# ruff: noqa: N806
-
 from __future__ import annotations
 
 import numpy as np

@@ -1,7 +1,5 @@
 """Uplift learners: contract, determinism, recovery of a feature-dependent best option."""
 
-# ruff: noqa: N803, N806
-
 from __future__ import annotations
 
 import numpy as np

@@ -1,0 +1,243 @@
+"""The policy model: everything needed to score customers x options, in one picklable object.
+
+`PolicyModel` carries the reactivation classifier and the offer-response learner (either may be
+absent when the data did not support it), the feature set (its ordered columns are data), the
+option list with each option's cost model, and the decision rule's parameters. `score` works on
+a plain numpy matrix in feature-set column order and calls the LightGBM boosters directly, so
+the API never builds a DataFrame per request; `predict_frame` is the DataFrame view used by the
+MLflow pyfunc.
+
+Decision values are conservative by design: for each option the engine ranks by
+
+    decision_value_o = mean value of the default option + lower bound of (value_o - value_default)
+
+where the mean and the spread are over the bagged learners. An option displaces the default (the
+best single option on the training data) only where the model is confident it is better, so the
+learned policy is not worse than "best single option for everyone" where the data cannot tell.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from models.errors import FeatureMismatchError, InvalidInputError
+from models.reactivation import ReactivationClassifier
+from models.uplift import BaggedOptionLearner, DRLearner, SLearner, TLearner
+from models.value import incremental_margin
+
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class OptionCost:
+    """Expected cost of an option if redeemed: a share of order revenue plus a fixed amount."""
+
+    revenue_fraction: float = 0.0
+    fixed: float = 0.0
+
+
+@dataclass
+class Scores:
+    """Scores of n customers x k options (options in `PolicyModel.options` order)."""
+
+    p: np.ndarray  # (n, k) P(convert | option), NaN without a response model
+    value: np.ndarray  # (n, k) expected incremental margin (point estimate)
+    decision_value: np.ndarray  # (n, k) conservative value the engine ranks by
+    p_reactivation: np.ndarray  # (n,) P(order within horizon | no contact), NaN without model
+    expected_revenue: np.ndarray  # (n,) revenue of a converting order
+    expected_margin: np.ndarray  # (n,) margin of a converting order
+
+
+@dataclass
+class PolicyModel:
+    """Reactivation + offer-response models packaged with what scoring needs.
+
+    Attributes:
+        feature_set: the feature set's JSON definition (name, version, ordered features).
+        feature_columns: the column order of the matrix `score` takes.
+        options: option ids scored; includes the control (no contact) and usually `none`.
+        control: the no-contact option (value 0 by construction).
+        costs: option id -> OptionCost (options absent cost nothing).
+        catalog_version: version of the offer catalog the costs came from.
+        response: fitted offer-response learner, or None.
+        reactivation: fitted reactivation classifier, or None.
+        calibration_shift: option -> logit shift fitted on randomized rows (0 when absent).
+        default_option: the best single option on the training data (by mean value).
+        z: normal quantile of the one-sided bound used by decision values.
+        revenue_feature, margin_rate_feature: columns giving a customer's expected order
+            revenue and margin rate; fallback_revenue/fallback_margin_rate where they are NaN.
+        metadata: free-form facts recorded at training (seed, learner, run id...).
+    """
+
+    feature_set: str
+    feature_columns: tuple[str, ...]
+    options: tuple[str, ...]
+    control: str
+    costs: dict[str, OptionCost]
+    catalog_version: str
+    response: BaggedOptionLearner | None = None
+    reactivation: ReactivationClassifier | None = None
+    calibration_shift: dict[str, float] = field(default_factory=dict)
+    default_option: str = ""
+    z: float = 1.96
+    revenue_feature: str | None = None
+    margin_rate_feature: str | None = None
+    fallback_revenue: float = 0.0
+    fallback_margin_rate: float = 0.0
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    # --- derived -----------------------------------------------------------------------------
+    @property
+    def feature_set_key(self) -> str:
+        raw = json.loads(self.feature_set)
+        return f"{raw['name']}@{raw['version']}"
+
+    @property
+    def has_response(self) -> bool:
+        return self.response is not None
+
+    def _check(self, X: np.ndarray) -> np.ndarray:
+        arr = np.asarray(X, dtype=float)
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2 or arr.shape[1] != len(self.feature_columns):
+            raise FeatureMismatchError(
+                f"features: expected {len(self.feature_columns)} columns in feature-set order "
+                f"({self.feature_set_key}), got shape {arr.shape}"
+            )
+        return arr
+
+    def _col(self, X: np.ndarray, name: str | None) -> np.ndarray | None:
+        if name is None or name not in self.feature_columns:
+            return None
+        return X[:, self.feature_columns.index(name)]
+
+    def economics(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Expected revenue and margin of a converting order, per customer."""
+        n = X.shape[0]
+        rev = self._col(X, self.revenue_feature)
+        rate = self._col(X, self.margin_rate_feature)
+        revenue = np.full(n, self.fallback_revenue) if rev is None else rev.copy()
+        revenue[~np.isfinite(revenue) | (revenue <= 0)] = self.fallback_revenue
+        margin_rate = np.full(n, self.fallback_margin_rate) if rate is None else rate.copy()
+        margin_rate[~np.isfinite(margin_rate)] = self.fallback_margin_rate
+        return revenue, revenue * np.clip(margin_rate, -1.0, 1.0)
+
+    def cost_matrix(self, revenue: np.ndarray) -> np.ndarray:
+        """(n, k) expected cost of each option if redeemed on an order of `revenue`."""
+        frac = np.array([self.costs.get(o, OptionCost()).revenue_fraction for o in self.options])
+        fixed = np.array([self.costs.get(o, OptionCost()).fixed for o in self.options])
+        return revenue[:, None] * frac[None, :] + fixed[None, :]
+
+    # --- response bags on numpy ---------------------------------------------------------------
+    def _bags(self, X: np.ndarray) -> np.ndarray:
+        """(n_bags, n, k_learner) P(convert | option) straight from the boosters."""
+        learner = self.response
+        assert learner is not None
+        k = len(learner.options_)
+        n = X.shape[0]
+        out = []
+        for model in learner.models_:
+            if isinstance(learner, SLearner):
+                design = np.empty((n * k, X.shape[1] + 1))
+                design[:, :-1] = np.tile(X, (k, 1))
+                design[:, -1] = np.repeat(np.arange(k), n)
+                p = _predict(model, design).reshape(k, n).T
+            elif isinstance(learner, TLearner | DRLearner):
+                p = np.column_stack([_predict(m, X) for m in model])
+                if isinstance(learner, DRLearner):
+                    p = np.clip(p, _EPS, 1 - _EPS)
+            else:  # pragma: no cover - guarded at construction
+                raise InvalidInputError(f"unsupported learner {type(learner).__name__}")
+            out.append(p)
+        bags = np.stack(out)
+        if self.calibration_shift:
+            shift = np.array([self.calibration_shift.get(o, 0.0) for o in learner.options_])
+            z = np.log(np.clip(bags, _EPS, 1 - _EPS) / np.clip(1 - bags, _EPS, 1))
+            bags = 1.0 / (1.0 + np.exp(-(z + shift)))
+        # reorder the learner's columns to self.options (options unknown to it are NaN)
+        idx = [learner.options_.index(o) if o in learner.options_ else -1 for o in self.options]
+        res = np.full((bags.shape[0], n, len(self.options)), np.nan)
+        for j, i in enumerate(idx):
+            if i >= 0:
+                res[:, :, j] = bags[:, :, i]
+        return res
+
+    def score(self, X: np.ndarray) -> Scores:
+        """Score a (n, d) matrix in feature-set column order."""
+        X = self._check(X)
+        n, k = X.shape[0], len(self.options)
+        revenue, margin = self.economics(X)
+        p_react = np.full(n, np.nan)
+        if self.reactivation is not None:
+            react_cols = list(self.reactivation.feature_names_in_)
+            cols = [self.feature_columns.index(c) for c in react_cols]
+            p_react = self.reactivation.predict_proba_numpy(X[:, cols])
+        if self.response is None:
+            nan = np.full((n, k), np.nan)
+            return Scores(nan, nan.copy(), nan.copy(), p_react, revenue, margin)
+        bags = self._bags(X)
+        control = self.options.index(self.control)
+        values = incremental_margin(bags, margin, self.cost_matrix(revenue), control)
+        p = bags.mean(axis=0)
+        value = values.mean(axis=0)
+        d = self.options.index(self.default_option) if self.default_option else control
+        gain = values - values[:, :, [d]]
+        lcb = gain.mean(axis=0) - self.z * gain.std(axis=0, ddof=1)
+        decision = value[:, [d]] + lcb
+        decision[:, d] = value[:, d]
+        return Scores(p, value, decision, p_react, revenue, margin)
+
+    def predict_frame(self, X: pd.DataFrame) -> pd.DataFrame:
+        """The pyfunc output: p_<option>, value_<option>, best_offer, best_value per row."""
+        missing = [c for c in self.feature_columns if c not in X.columns]
+        if missing:
+            raise FeatureMismatchError(f"input lacks feature-set columns: {missing}")
+        s = self.score(X[list(self.feature_columns)].to_numpy(dtype=float))
+        out: dict[str, Any] = {}
+        for j, o in enumerate(self.options):
+            out[f"p_{o}"] = s.p[:, j]
+        for j, o in enumerate(self.options):
+            out[f"value_{o}"] = s.value[:, j]
+        out["p_reactivation"] = s.p_reactivation
+        if self.response is not None:
+            best = np.nanargmax(s.decision_value, axis=1)
+            out["best_offer"] = np.asarray(self.options, dtype=object)[best]
+            out["best_value"] = s.value[np.arange(len(best)), best]
+        else:
+            out["best_offer"] = np.full(len(X), "", dtype=object)
+            out["best_value"] = np.full(len(X), np.nan)
+        return pd.DataFrame(out, index=X.index)
+
+
+def _predict(booster: Any, X: np.ndarray) -> np.ndarray:
+    best = booster.best_iteration if booster.best_iteration > 0 else None
+    return np.asarray(booster.predict(X, num_iteration=best), dtype=float)
+
+
+def costs_from_catalog(catalog: Any, options: Sequence[str]) -> dict[str, OptionCost]:
+    """OptionCost per option from an OfferCatalog (reserved options cost nothing)."""
+    ids = set(catalog.offer_ids)
+    return {
+        o: OptionCost(catalog.get(o).cost.revenue_fraction, catalog.get(o).cost.fixed)
+        for o in options
+        if o in ids
+    }
+
+
+def mean_value_default(values: np.ndarray, options: Sequence[str], control: str) -> str:
+    """The option with the highest mean value (the best single option for everyone)."""
+    means = np.nanmean(values, axis=0)
+    if not np.any(np.isfinite(means)):
+        return control
+    return str(list(options)[int(np.nanargmax(means))])
+
+
+def shift_from(calibrator: Any) -> Mapping[str, float]:
+    return dict(getattr(calibrator, "shift_", {}))

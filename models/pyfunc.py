@@ -1,0 +1,60 @@
+"""The MLflow pyfunc that packages a `PolicyModel` as `winback-policy`.
+
+`mlflow.pyfunc.load_model(...).predict(df)` (and so `mlflow models serve` and
+`mlflow.pyfunc.spark_udf`) returns, per row, `p_<option>`, `value_<option>`, `p_reactivation`,
+`best_offer` and `best_value` (model only, no guardrails). Our own API skips the pyfunc wrapper
+and its input checks: `load_policy_model` returns the `PolicyModel`, whose `score` calls the
+LightGBM boosters on a numpy matrix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import joblib
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PythonModel
+
+from models.errors import ModelsError
+from models.policy_model import PolicyModel
+
+ARTIFACT_KEY = "policy"
+ARTIFACT_FILE = "policy.joblib"
+
+
+class ModelLoadError(ModelsError):
+    """A registered model could not be found, downloaded or read."""
+
+    code = "model_load"
+
+
+class WinbackPolicyPyfunc(PythonModel):
+    """Pyfunc wrapper: loads the pickled PolicyModel from the model's artifacts."""
+
+    def load_context(self, context: Any) -> None:
+        self.policy: PolicyModel = joblib.load(context.artifacts[ARTIFACT_KEY])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
+        return self.policy.predict_frame(model_input)
+
+
+def load_policy_model(model_uri: str) -> PolicyModel:
+    """Download a registered `winback-policy` (any models:/ or runs:/ URI) and unpickle it."""
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    except (MlflowException, OSError) as exc:
+        message = getattr(exc, "message", str(exc))
+        raise ModelLoadError(f"model_uri {model_uri!r}: cannot load: {message}") from None
+    candidates = list(local.rglob(ARTIFACT_FILE))
+    if not candidates:
+        raise ModelLoadError(f"model_uri {model_uri!r}: not a winback-policy package")
+    try:
+        policy = joblib.load(candidates[0])
+    except Exception as exc:  # a corrupt or incompatible pickle is "model unavailable"
+        raise ModelLoadError(f"model_uri {model_uri!r}: unreadable model: {exc}") from None
+    if not isinstance(policy, PolicyModel):
+        raise ModelLoadError(f"model_uri {model_uri!r}: holds {type(policy).__name__}")
+    return policy

@@ -1,0 +1,122 @@
+"""End to end: train on a small synthetic world, register, load, evaluate, promote."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from features import constants as c
+from features.settings import get_settings
+from features.synthetic.generate import generate_world, write_world
+from models.pyfunc import load_policy_model
+from training.errors import NothingToTrainError
+from training.inputs import load_training_inputs
+from training.pipeline import train
+from training.promote import promote
+from training.registry import CHALLENGER, CHAMPION, get_alias
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    write_world(generate_world(4000, seed=3), out)
+    return out
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("WINBACK_MLRUNS_DIR", str(tmp_path / "mlruns"))
+    get_settings.cache_clear()
+    return tmp_path / "mlruns"
+
+
+def test_train_registers_challenger_that_scores(world: Path, store: Path) -> None:
+    result = train(world, seed=1, n_bags=2)
+    assert result.trained == ["reactivation", "offer_response"]
+    assert get_alias(CHALLENGER) is not None
+    assert get_alias(CHALLENGER).version == result.version  # type: ignore[union-attr]
+    metrics = result.evaluation.metrics
+    assert 0.5 < metrics["reactivation_auc"] <= 1.0
+    assert "true_incremental_margin_oracle" in metrics
+    # the oracle is the best possible policy: nothing beats it on the truth
+    oracle = metrics["true_incremental_margin_oracle"]
+    for name in ("learned", "best_single", "random", "no_incentive"):
+        assert metrics[f"true_incremental_margin_{name}"] <= oracle
+
+    # the registered pyfunc answers like any MLflow model
+    pyfunc = mlflow.pyfunc.load_model(f"models:/winback-policy@{CHALLENGER}")
+    model = load_policy_model(f"models:/winback-policy@{CHALLENGER}")
+    X = pd.DataFrame(np.zeros((3, len(model.feature_columns))), columns=model.feature_columns)
+    out = pyfunc.predict(X)
+    for option in model.options:
+        assert f"p_{option}" in out and f"value_{option}" in out
+    assert set(out["best_offer"]) <= set(model.options)
+    assert (out[f"value_{model.control}"] == 0).all()  # no contact is the zero of value
+
+
+def test_same_seed_same_model_and_metrics(world: Path, store: Path) -> None:
+    a = train(world, seed=5, n_bags=2)
+    b = train(world, seed=5, n_bags=2)
+    assert a.evaluation.metrics == b.evaluation.metrics
+    ma = load_policy_model(a.model_uri)
+    mb = load_policy_model(b.model_uri)
+    X = np.random.default_rng(0).normal(size=(20, len(ma.feature_columns)))
+    np.testing.assert_array_equal(ma.score(X).decision_value, mb.score(X).decision_value)
+
+
+def test_promote_first_becomes_champion_then_requires_evidence(world: Path, store: Path) -> None:
+    first = train(world, seed=2, n_bags=2)
+    r1 = promote(world, seed=2)
+    assert r1.promoted and get_alias(CHAMPION).version == first.version  # type: ignore[union-attr]
+    second = train(world, seed=2, n_bags=2)  # same data and seed: the same policy
+    r2 = promote(world, seed=2)
+    assert not r2.promoted
+    assert r2.difference == pytest.approx(0.0)
+    assert get_alias(CHAMPION).version == first.version  # type: ignore[union-attr]
+    r3 = promote(world, seed=2, force=True)
+    assert r3.promoted and r3.reason.startswith("forced")
+    assert get_alias(CHAMPION).version == second.version  # type: ignore[union-attr]
+
+
+def test_data_without_contacts_trains_reactivation_only(world: Path, tmp_path: Path) -> None:
+    no_contacts = tmp_path / "no_contacts"
+    no_contacts.mkdir()
+    for f in world.iterdir():
+        if f.name not in ("contacts.parquet", "events.parquet", c.GROUND_TRUTH_FILE):
+            (no_contacts / f.name).write_bytes(f.read_bytes())
+    inputs = load_training_inputs(no_contacts)
+    assert inputs.offer_response is None and inputs.reactivation is not None
+    assert "no past contacts" in inputs.skipped["offer_response"]
+
+
+def test_nothing_to_train_is_a_clear_error(tmp_path: Path, world: Path) -> None:
+    only = tmp_path / "tiny"
+    only.mkdir()
+    (only / "offers.yaml").write_bytes((world / "offers.yaml").read_bytes())
+    with pytest.raises(NothingToTrainError, match="nothing to train"):
+        load_training_inputs(only)
+
+
+def test_cli_train_reports_skips_and_registers(world: Path, store: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(world), "--seed", "4", "--bags", "2"])
+    assert result.exit_code == 0, result.output
+    assert "registered winback-policy v1 as 'challenger'" in result.output
+    result = runner.invoke(app, ["train", str(tmp_path / "missing")])
+    assert result.exit_code == 1
+    assert "no such file or directory" in result.output
+    assert "Traceback" not in result.output
+    out = tmp_path / "eval.json"
+    result = runner.invoke(
+        app, ["evaluate", "models:/winback-policy@challenger", str(world), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert out.exists() and "reactivation_auc" in out.read_text()

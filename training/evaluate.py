@@ -1,0 +1,285 @@
+"""Honest evaluation of a PolicyModel on held-out rows.
+
+Reactivation: AUC, log loss, Brier, ECE and lift at the top decile on the last cutoff (rows
+we contacted in the label window left out), overall and by value tier and lapse state.
+Response: Qini, AUUC and uplift at 30% per option on the latest contacts. Policy value: the
+learned policy (no guardrails) against no incentive for anyone, the best single option for
+everyone, uniform random and no contact, by IPS, SNIPS and DR with bootstrap intervals, the
+reward being the realised margin net of the incentive's cost; on a synthetic world also the
+true value from `ground_truth.parquet` and the oracle's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features import constants as c
+from features import modeling_frame as mf
+from features.frames import Frame
+from models.policy_model import PolicyModel
+from training import metrics as m
+from training.fit import response_split
+from training.policy_value import (
+    LoggedData,
+    deterministic_policy,
+    evaluate_policies,
+    policy_difference,
+    random_policy,
+    single_option_policy,
+)
+
+SLICES = ("value_tier", "lapse_state")
+
+
+@dataclass
+class Evaluation:
+    """Everything measured: flat metrics (for MLflow) and tables (for people)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    curves: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "metrics": self.metrics,
+            "tables": {
+                k: json.loads(v.reset_index().to_json(orient="records"))
+                for k, v in self.tables.items()
+            },
+        }
+
+
+def _vocab(model: PolicyModel, column: str) -> list[str]:
+    for f in json.loads(model.feature_set)["features"]:
+        if f["name"] == column:
+            return list(f.get("vocabulary") or [])
+    return []
+
+
+def matrix_for(model: PolicyModel, frame: Frame) -> np.ndarray:
+    """The frame's features as the model's numeric matrix (text categoricals via its vocab)."""
+    df = frame.data
+    out = np.empty((len(df), len(model.feature_columns)))
+    for j, col in enumerate(model.feature_columns):
+        s = df[col]
+        if pd.api.types.is_numeric_dtype(s):
+            out[:, j] = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)
+        else:
+            codes = pd.Categorical(s.astype("string"), categories=_vocab(model, col)).codes
+            out[:, j] = np.where(codes < 0, np.nan, codes)
+    return out
+
+
+def _decoded(model: PolicyModel, X: np.ndarray, column: str) -> np.ndarray | None:
+    if column not in model.feature_columns:
+        return None
+    vocab = _vocab(model, column)
+    codes = X[:, model.feature_columns.index(column)]
+    labels = np.array([*vocab, "unknown"], dtype=object)
+    idx = np.where(np.isfinite(codes) & (codes >= 0) & (codes < len(vocab)), codes, len(vocab))
+    return labels[idx.astype(int)]
+
+
+def _binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    if len(np.unique(y)) < 2:
+        return {"n": float(len(y))}
+    return {
+        "n": float(len(y)),
+        "auc": m.roc_auc(y, p),
+        "log_loss": m.log_loss(y, p),
+        "brier": m.brier(y, p),
+        "ece": m.expected_calibration_error(y, p),
+        "lift_top_decile": m.lift_at_top(y, p, 0.1),
+    }
+
+
+def evaluate_reactivation(model: PolicyModel, frame: Frame, ev: Evaluation) -> None:
+    df = frame.data
+    last = df[mf.CUTOFF].max()
+    test = (df[mf.CUTOFF] == last) & ~df[mf.CONTACTED_IN_WINDOW].astype(bool)
+    sub = Frame(df[test].reset_index(drop=True), frame.spec)
+    X = matrix_for(model, sub)
+    p = model.score(X).p_reactivation
+    y = sub.data[mf.LABEL].to_numpy(dtype=float)
+    overall = _binary_metrics(y, p)
+    ev.metrics.update({f"reactivation_{k}": v for k, v in overall.items()})
+    rows = [{"slice": "all", "group": "all", **overall}]
+    for col in SLICES:
+        groups = _decoded(model, X, col)
+        if groups is None:
+            continue
+        for g in sorted(set(groups)):
+            sel = groups == g
+            rows.append({"slice": col, "group": g, **_binary_metrics(y[sel], p[sel])})
+    ev.tables["reactivation"] = pd.DataFrame(rows).set_index(["slice", "group"])
+    ev.curves["reliability"] = _reliability(y, p)
+    ev.metrics["reactivation_test_cutoff_rows"] = float(len(y))
+
+
+def _reliability(y: np.ndarray, p: np.ndarray, bins: int = 10) -> pd.DataFrame:
+    edges = np.quantile(p, np.linspace(0, 1, bins + 1))
+    idx = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, bins - 1)
+    predicted = pd.Series(p).groupby(idx).mean()
+    observed = pd.Series(y).groupby(idx).mean()
+    return pd.DataFrame({"predicted": predicted, "observed": observed})
+
+
+def _reward(model: PolicyModel, df: pd.DataFrame, X: np.ndarray) -> tuple[np.ndarray, str]:
+    """Realised margin net of the logged offer's cost (revenue where margin is unknown)."""
+    margin = pd.to_numeric(df[mf.OUTCOME_MARGIN], errors="coerce").to_numpy(dtype=float)
+    revenue = pd.to_numeric(df[mf.OUTCOME_REVENUE], errors="coerce").to_numpy(dtype=float)
+    unit = "margin"
+    if not np.isfinite(margin).any():
+        margin, unit = revenue, "revenue"
+    margin = np.nan_to_num(margin)
+    conv = df[mf.CONVERTED].to_numpy(dtype=float)
+    cost = np.zeros(len(df))
+    given = df["__action__"].to_numpy()
+    for o, oc in model.costs.items():
+        sel = given == o
+        cost[sel] = oc.revenue_fraction * np.nan_to_num(revenue[sel]) + oc.fixed
+    return margin - conv * cost, unit
+
+
+@dataclass
+class HeldOut:
+    """A model's view of the held-out contacts: its scores, choices and the logged data."""
+
+    df: pd.DataFrame
+    X: np.ndarray
+    p: pd.DataFrame  # P(convert | option) for the logged options
+    options: list[str]
+    learned: np.ndarray  # the model's choice per row (no guardrails)
+    logged: LoggedData
+    q: np.ndarray  # reward model for DR: p * (margin - cost)
+    unit: str
+
+
+def held_out(model: PolicyModel, frame: Frame, seed: int) -> HeldOut:
+    """Score the held-out contacts (the same split training used) and build the logged data."""
+    spec = frame.spec
+    test = response_split(frame, seed)
+    df = frame.data[test].reset_index(drop=True)
+    df["__action__"] = df[spec.treatment_column].astype(str)
+    X = matrix_for(model, Frame(df, spec))
+    s = model.score(X)
+    logged_opts = [o for o in model.options if o in set(df["__action__"])]
+    cols = [model.options.index(o) for o in logged_opts]
+    dv = s.decision_value[:, cols]
+    best = np.argmax(np.where(np.isfinite(dv), dv, -np.inf), axis=1)
+    learned = np.asarray(logged_opts, dtype=object)[best]
+    reward, unit = _reward(model, df, X)
+    e = _logged_propensity(df, spec.propensity_column)
+    logged = LoggedData.from_labels(logged_opts, df["__action__"], e, reward)
+    rev, mar = model.economics(X)
+    if unit == "revenue":
+        mar = rev
+    q = s.p[:, cols] * (mar[:, None] - model.cost_matrix(rev)[:, cols])
+    p_df = pd.DataFrame(s.p[:, cols], columns=logged_opts)
+    return HeldOut(df, X, p_df, logged_opts, learned, logged, q, unit)
+
+
+def evaluate_response(
+    model: PolicyModel,
+    frame: Frame,
+    seed: int,
+    ev: Evaluation,
+    ground_truth: pd.DataFrame | None = None,
+    n_boot: int = 300,
+) -> None:
+    h = held_out(model, frame, seed)
+    df, logged_opts, logged, q, learned, unit = h.df, h.options, h.logged, h.q, h.learned, h.unit
+    y = df[mf.CONVERTED].to_numpy(dtype=float)
+    uplift = m.uplift_scores(h.p, df["__action__"], y, model.control)
+    ev.tables["uplift"] = uplift
+    for o, row in uplift.iterrows():
+        ev.metrics[f"qini_{o}"] = float(row["qini"])
+        ev.metrics[f"auuc_{o}"] = float(row["auuc"])
+    actions = df["__action__"].to_numpy()
+    curves = {}
+    for o in logged_opts:
+        if o == model.control:
+            continue
+        rows = (actions == o) | (actions == model.control)
+        score = (h.p[o] - h.p[model.control]).to_numpy()[rows]
+        curves[o] = m.qini_curve(y[rows], actions[rows] == o, score)
+    ev.curves["qini"] = curves
+    no_incentive = c.NO_INCENTIVE if c.NO_INCENTIVE in logged_opts else model.control
+    best_single = model.default_option if model.default_option in logged_opts else model.control
+    n = len(df)
+    policies = {
+        "learned": deterministic_policy(learned, logged_opts),
+        "no_incentive": single_option_policy(n, logged_opts, no_incentive),
+        "best_single": single_option_policy(n, logged_opts, best_single),
+        "random": random_policy(n, logged_opts),
+        "no_contact": single_option_policy(n, logged_opts, model.control),
+    }
+    values = evaluate_policies(logged, policies, q=q, n_boot=n_boot, seed=seed)
+    ev.tables["policy_value"] = values
+    for pol, est, estimate in zip(
+        values.index.get_level_values(0),
+        values.index.get_level_values(1),
+        values["estimate"],
+        strict=True,
+    ):
+        ev.metrics[f"policy_{pol}_{est}"] = float(estimate)
+    diff = policy_difference(
+        logged, policies["learned"], policies["best_single"], q=q, n_boot=n_boot, seed=seed
+    )
+    ev.tables["learned_minus_best_single"] = diff
+    for est, row in diff.iterrows():
+        ev.metrics[f"learned_minus_best_single_{est}"] = float(row["difference"])
+        ev.metrics[f"learned_minus_best_single_{est}_ci_low"] = float(row["ci_low"])
+    ev.metrics["reward_unit_is_margin"] = float(unit == "margin")
+    ev.metrics["response_test_rows"] = float(n)
+    ev.metrics["share_deviating_from_best_single"] = float(np.mean(learned != best_single))
+    if ground_truth is not None and c.CONTACT_ID in df:
+        _true_values(model, df, ground_truth, learned, policies, logged_opts, ev)
+
+
+def _logged_propensity(df: pd.DataFrame, column: str) -> np.ndarray:
+    """Logged propensities; where missing, the option's share of the rows."""
+    share = df["__action__"].map(df["__action__"].value_counts(normalize=True))
+    if not column or column not in df:
+        return share.to_numpy(dtype=float)
+    e = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float)
+    return np.where(np.isfinite(e) & (e > 0), e, share.to_numpy(dtype=float))
+
+
+def _true_values(
+    model: PolicyModel,
+    df: pd.DataFrame,
+    truth: pd.DataFrame,
+    learned: np.ndarray,
+    policies: dict[str, np.ndarray],
+    options: list[str],
+    ev: Evaluation,
+) -> None:
+    t = truth.set_index(c.CONTACT_ID).reindex(df[c.CONTACT_ID].astype(str))
+    if t["margin_if_convert"].isna().all():
+        return
+    mar = t["margin_if_convert"].to_numpy(dtype=float)
+    rev = t["revenue_if_convert"].to_numpy(dtype=float)
+    p0 = t[f"p_{model.control}"].to_numpy(dtype=float)
+    cost = model.cost_matrix(rev)
+    truth_v = np.column_stack(
+        [
+            t[f"p_{o}"].to_numpy(dtype=float) * (mar - cost[:, model.options.index(o)]) - p0 * mar
+            for o in options
+        ]
+    )
+    rows = {}
+    for name, pi in policies.items():
+        rows[name] = float(np.nanmean((pi * truth_v).sum(axis=1)))
+    rows["oracle"] = float(np.nanmean(np.nanmax(truth_v, axis=1)))
+    for name, v in rows.items():
+        ev.metrics[f"true_incremental_margin_{name}"] = v
+    oracle = rows["oracle"]
+    if oracle > 0:
+        ev.metrics["learned_share_of_oracle"] = rows["learned"] / oracle
+    ev.tables["true_value"] = pd.Series(rows, name="true_incremental_margin_per_contact").to_frame()

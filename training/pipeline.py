@@ -1,0 +1,163 @@
+"""`winback train`: one MLflow run that fits, evaluates, logs and registers a challenger."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import joblib
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+
+from features.settings import Settings, get_settings
+from models.policy_model import PolicyModel
+from models.pyfunc import ARTIFACT_FILE, ARTIFACT_KEY, WinbackPolicyPyfunc
+from training import plots
+from training.errors import TrackingError
+from training.evaluate import Evaluation, evaluate_reactivation, evaluate_response, matrix_for
+from training.fit import build_policy_model, fit_reactivation, fit_response
+from training.inputs import TrainingInputs, load_training_inputs
+from training.registry import CHALLENGER, MODEL_NAME, set_alias, set_version_tags
+from training.tracking import DEFAULT_EXPERIMENT, configure_tracking, log_dataset, use_experiment
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    run_id: str
+    model_uri: str
+    version: str
+    trained: list[str]
+    skipped: dict[str, str]
+    evaluation: Evaluation
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def fit_policy(
+    inputs: TrainingInputs, seed: int, z: float = 1.96, n_bags: int = 8
+) -> tuple[PolicyModel, Evaluation]:
+    """Fit what the inputs support, assemble the PolicyModel and evaluate it on held-out rows."""
+    react = fit_reactivation(inputs.reactivation, seed) if inputs.reactivation else None
+    resp = fit_response(inputs.offer_response, seed, n_bags) if inputs.offer_response else None
+    meta = {"seed": str(seed), "n_bags": str(n_bags)}
+    if resp is not None:
+        meta.update({"response_learner": resp.learner_name, **resp.split})
+    if react is not None:
+        meta.update(react.split)
+    model = build_policy_model(
+        inputs.catalog, resp, react, inputs.offer_response, inputs.reactivation, meta, z=z
+    )
+    ev = Evaluation()
+    if react is not None and inputs.reactivation is not None:
+        evaluate_reactivation(model, inputs.reactivation, ev)
+        ev.tables["feature_importance"] = react.model.feature_importances_.to_frame("gain")
+    if resp is not None and inputs.offer_response is not None:
+        evaluate_response(model, inputs.offer_response, seed, ev, inputs.ground_truth)
+        for name, auuc in resp.auuc_by_learner.items():
+            ev.metrics[f"oob_auuc_{name}"] = auuc
+    return model, ev
+
+
+def _log_figures(ev: Evaluation, folder: Path) -> None:
+    if ev.curves.get("qini"):
+        mlflow.log_artifact(str(plots.qini_figure(ev.curves["qini"], folder / "qini.png")), "plots")
+    if "reliability" in ev.curves:
+        path = plots.reliability_figure(ev.curves["reliability"], folder / "reliability.png")
+        mlflow.log_artifact(str(path), "plots")
+    if "feature_importance" in ev.tables:
+        imp = ev.tables["feature_importance"]["gain"]
+        mlflow.log_artifact(str(plots.importance_figure(imp, folder / "importance.png")), "plots")
+    for name, table in ev.tables.items():
+        path = folder / f"{name}.csv"
+        table.to_csv(path)
+        mlflow.log_artifact(str(path), "tables")
+
+
+def _input_example(model: PolicyModel, inputs: TrainingInputs) -> pd.DataFrame:
+    frame = inputs.offer_response or inputs.reactivation
+    assert frame is not None
+    X = matrix_for(model, frame)[:5]
+    return pd.DataFrame(X, columns=list(model.feature_columns))
+
+
+def log_policy_model(model: PolicyModel, example: pd.DataFrame, folder: Path) -> tuple[str, str]:
+    """Log the pyfunc, register a new version of winback-policy; return (model uri, version)."""
+    path = folder / ARTIFACT_FILE
+    joblib.dump(model, path)
+    output = model.predict_frame(example)
+    info = mlflow.pyfunc.log_model(
+        name="winback-policy",
+        python_model=WinbackPolicyPyfunc(),
+        artifacts={ARTIFACT_KEY: str(path)},
+        signature=infer_signature(example, output),
+        input_example=example,
+        registered_model_name=MODEL_NAME,
+    )
+    return info.model_uri, str(info.registered_model_version)
+
+
+def train(
+    source: Path,
+    experiment: str = DEFAULT_EXPERIMENT,
+    seed: int = 0,
+    settings: Settings | None = None,
+    horizon_days: int | None = None,
+    z: float = 1.96,
+    n_bags: int = 8,
+) -> TrainResult:
+    """Train on a data directory or frame(s), log everything to MLflow, register a challenger."""
+    settings = settings or get_settings()
+    inputs = load_training_inputs(Path(source), horizon_days=horizon_days)
+    np.random.seed(seed)  # libraries that draw from the global generator stay reproducible
+    model, ev = fit_policy(inputs, seed, z=z, n_bags=n_bags)
+    configure_tracking(settings)
+    use_experiment(experiment, settings)
+    trained = [k for k in ("reactivation", "offer_response") if getattr(inputs, k) is not None]
+    try:
+        with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            mlflow.log_params(
+                {
+                    "seed": seed,
+                    "z": z,
+                    "feature_set": model.feature_set_key,
+                    "catalog_version": model.catalog_version,
+                    "options": ",".join(model.options),
+                    "default_option": model.default_option,
+                    **{f"meta.{k}": v for k, v in model.metadata.items()},
+                }
+            )
+            tags = {f"skipped.{k}": v for k, v in inputs.skipped.items()}
+            mlflow.set_tags(tags | {"trained": ",".join(trained)})
+            for name in trained:
+                frame = getattr(inputs, name)
+                log_dataset(frame.data, inputs.file_for(name), name, "training")
+            mlflow.log_metrics({k: v for k, v in ev.metrics.items() if np.isfinite(v)})
+            (folder / "feature_set.json").write_text(model.feature_set)
+            mlflow.log_artifact(str(folder / "feature_set.json"))
+            (folder / "evaluation.json").write_text(json.dumps(ev.to_json(), indent=2, default=str))
+            mlflow.log_artifact(str(folder / "evaluation.json"))
+            _log_figures(ev, folder)
+            model.metadata["run_id"] = run.info.run_id
+            model_uri, version = log_policy_model(model, _input_example(model, inputs), folder)
+        set_alias(CHALLENGER, version)
+        set_version_tags(
+            version,
+            {
+                "feature_set": model.feature_set_key,
+                "catalog_version": model.catalog_version,
+                "trained": ",".join(trained),
+                "seed": str(seed),
+            },
+        )
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow: {exc.message}") from None
+    return TrainResult(
+        run.info.run_id, model_uri, version, trained, inputs.skipped, ev, model.metadata
+    )
