@@ -91,11 +91,19 @@ def materialize(
     feature_set: Annotated[
         Path | None, typer.Option("--feature-set", help="a model's feature-set JSON to compute")
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", help="take the feature set from a registered model (models:/...@champion)"
+        ),
+    ] = None,
 ) -> None:
     """Write the current features of every customer as a new snapshot version."""
     root = out or get_settings().snapshot_dir
     try:
         fs = FeatureSet.from_json(feature_set.read_text(encoding="utf-8")) if feature_set else None
+        if model is not None:
+            fs = FeatureSet.from_json(_model_feature_set(model))
         data = load_data_dir(directory)
         when = as_of or pd.Timestamp.now(tz="UTC").tz_localize(None)
         config = _config()
@@ -113,6 +121,20 @@ def materialize(
         f"{view.feature_set.key}, as of {view.as_of}",
         highlight=False,
     )
+
+
+def _model_feature_set(model_uri: str) -> str:
+    """The feature-set JSON stored with a registered model (so category codes match it)."""
+    import mlflow
+
+    from models.errors import ModelsError
+    from models.pyfunc import load_policy_model
+
+    mlflow.set_tracking_uri(get_settings().resolved_tracking_uri())
+    try:
+        return load_policy_model(model_uri).feature_set
+    except ModelsError as exc:
+        raise FeaturesError(str(exc)) from None
 
 
 @group.command("list")
