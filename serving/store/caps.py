@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Final
 
+from features.constants import NO_INCENTIVE
 from serving.policy import FrequencyCaps
 
 # Reason codes of a blocked contact (stable: they end up in the decision log and the API).
@@ -107,7 +108,8 @@ def check_caps(
             code = CAP_ACROSS_CHANNELS if w.channel is None else CAP_CHANNEL
             scope = w.channel or "all channels"
             return code, f"{n} contact(s) on {scope} in {w.days} days (max {w.max_contacts})"
-    if offer_id is not None and caps.no_repeat_offer_days > 0:
+    # A plain message (`none`) is not an offer: the engine never blocks it as a repeat either.
+    if offer_id is not None and offer_id != NO_INCENTIVE and caps.no_repeat_offer_days > 0:
         start = now - timedelta(days=caps.no_repeat_offer_days)
         if any(p.offer_id == offer_id and p.ts > start for p in past):
             return CAP_REPEAT_OFFER, (

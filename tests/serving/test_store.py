@@ -290,6 +290,9 @@ def test_check_caps_rules() -> None:
     assert check_caps(past, repeat, T0, "email", "pct10")[0] == CAP_REPEAT_OFFER  # type: ignore[index]
     assert check_caps(past, repeat, T0, "email", "freeship") is None
     assert check_caps([], CAP_ONE, T0, "email", "pct10") is None
+    # a plain message is not an offer: sending another one is never a "repeat offer"
+    messages = [PastContact(T0 - timedelta(days=3), "email", "none")]
+    assert check_caps(messages, repeat, T0, "email", "none") is None
 
 
 def test_caps_from_policy() -> None:
