@@ -19,14 +19,12 @@ from datetime import datetime
 import numpy as np
 
 from features.constants import CHANNELS
-from features.featureset import WINBACK_V1
 from features.snapshot import Snapshot
 from serving.api.runtime import Runtime
-from serving.api.scoring import align_scores
-from serving.engine import CustomerBatch, Decision, Scores, decide
+from serving.decide import Decider, decide_rows, decision_key, gather
+from serving.engine import Decision
 from serving.engine.decision import NONE
-from serving.engine.timeutil import to_days
-from serving.errors import DuplicateDecisionError, ModelUnavailableError
+from serving.errors import DuplicateDecisionError
 from serving.store import ContactCaps, DecisionRecord, Preferences
 from serving.store.records import utc_naive
 
@@ -73,46 +71,12 @@ def top_categories(snapshot: Snapshot | None, row: np.ndarray | None) -> tuple[s
     return (vocab[int(code)],)
 
 
-def _lookback_days(rt: Runtime, now: datetime, as_of: datetime) -> int:
-    """Days of live contacts the guardrails need: the cap horizon and everything since as_of."""
-    horizon = rt.base_caps.horizon.total_seconds() / 86400
-    since_snapshot = to_days(now) - to_days(as_of)
-    return math.ceil(max(horizon, since_snapshot, 1.0)) + 1
-
-
 def _features(
     snapshot: Snapshot | None, ids: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | None]]:
-    width = len(snapshot.feature_set.columns) if snapshot is not None else len(WINBACK_V1.columns)
-    matrix = np.full((len(ids), width), np.nan)
-    known = np.zeros(len(ids), dtype=bool)
-    rows: list[np.ndarray | None] = []
-    for i, cid in enumerate(ids):
-        row = snapshot.get(cid) if snapshot is not None else None
-        rows.append(row)
-        if row is not None:
-            matrix[i] = row
-            known[i] = True
+    matrix, known = gather(snapshot, ids)
+    rows: list[np.ndarray | None] = [matrix[i] if known[i] else None for i in range(len(ids))]
     return matrix, known, rows
-
-
-def _scores(rt: Runtime, matrix: np.ndarray, snapshot: Snapshot | None) -> Scores | None:
-    scorer = rt.scorer
-    if scorer is None or snapshot is None:
-        return None
-    if scorer.feature_set_key != snapshot.feature_set.key:
-        log.warning(
-            "model %s expects feature set %s but the snapshot has %s: rules only",
-            scorer.version,
-            scorer.feature_set_key,
-            snapshot.feature_set.key,
-        )
-        return None
-    try:
-        return align_scores(scorer, matrix, rt.options)
-    except ModelUnavailableError as exc:
-        log.warning("scoring failed, deciding by rules only: %s", exc)
-        return None
 
 
 def _caps_for(rt: Runtime, prefs: Preferences | None) -> ContactCaps:
@@ -167,25 +131,24 @@ def decide_and_record(
     snapshot = rt.snapshot()
     matrix, known, rows = _features(snapshot, ids)
     as_of = snapshot.as_of.to_pydatetime() if snapshot is not None else at
-    live = rt.store.customer_states(ids, at, _lookback_days(rt, at, as_of))
     budgeted = [o for o, b in zip(rt.options.offer_ids, rt.options.budgets, strict=True) if b]
     usage = rt.store.budget_usage(budgeted, at.date()) if budgeted else None
-    fs = snapshot.feature_set if snapshot is not None else WINBACK_V1
-    batch = CustomerBatch.from_features(matrix, fs, ids, as_of, known, live)
-    scores = _scores(rt, matrix, snapshot)
-    rt.metrics.degraded.set(1 if scores is None or snapshot is None else 0)
-    key = request_id or campaign_id or at.date().isoformat()
-    result = decide(
-        batch,
-        rt.options,
-        rt.policy,
-        scores,
+    decided = decide_rows(
+        Decider(rt.options, rt.policy, rt.scorer, rt.base_caps),
+        matrix,
+        known,
+        ids,
+        snapshot.feature_set if snapshot is not None else None,
+        as_of,
         at,
-        channel=channel,
-        decision_key=key,
+        channel,
+        decision_key(at, request_id, campaign_id),
+        store=rt.store,
         candidate_offer_ids=candidate_offer_ids,
         budget_usage=usage,
     )
+    result, live = decided.batch, decided.live
+    rt.metrics.degraded.set(1 if not decided.scored or snapshot is None else 0)
     out: list[Outcome] = []
     for i in range(len(result)):
         did = decision_ids[i] if decision_ids is not None else new_decision_id()

@@ -83,7 +83,15 @@ def customer_eligibility(
     """(n, 1, 1) masks: lapse state, then value tier, unknown or not eligible."""
     states = _lookup(LAPSE_STATES, eligibility.lapse_states)
     tiers = _lookup(VALUE_TIERS, eligibility.value_tiers)
-    return ~states[lapse_state + 1][:, None, None], ~tiers[value_tier + 1][:, None, None]
+    return (
+        ~states[_known_code(lapse_state, len(LAPSE_STATES)) + 1][:, None, None],
+        ~tiers[_known_code(value_tier, len(VALUE_TIERS)) + 1][:, None, None],
+    )
+
+
+def _known_code(codes: IntArray, size: int) -> IntArray:
+    """Codes outside the vocabulary count as unknown (-1): never eligible, never an error."""
+    return np.where((codes >= 0) & (codes < size), codes, -1)
 
 
 def offer_tier(value_tier: IntArray, options: OptionSet) -> Mask:

@@ -235,3 +235,13 @@ def test_budget_exhausted_at_any_limit_and_defaults_apply() -> None:
     assert blocked[k["pct10"]] and not blocked[k["freeship"]] and not blocked[k["none"]]
     no_default = OptionSet.from_catalog(catalog())
     assert not rules.budget_exhausted(no_default, usage).any()
+
+
+def test_out_of_vocabulary_codes_are_unknown_not_an_error() -> None:
+    from serving.engine.rules import customer_eligibility
+    from serving.policy import Eligibility
+
+    lapse, tier = customer_eligibility(np.array([1, 9, -1]), np.array([7, 0, 1]), Eligibility())
+    # code 9 / 7 are outside the vocabularies: treated as unknown, hence blocked
+    assert lapse[:, 0, 0].tolist() == [False, True, True]
+    assert tier[:, 0, 0].tolist() == [True, False, False]

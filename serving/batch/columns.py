@@ -1,0 +1,106 @@
+"""A `DecisionBatch` as output columns, read straight from its arrays (no per-row objects).
+
+One row per customer: the decision (action, offer, channel, stage), its expected incremental
+margin and propensity, the reason codes (`;`-separated), the model and policy versions, the
+offer's display fields and the decision id (derived from the wave id and the customer id).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from serving.engine import DecisionBatch
+from serving.engine import reasons as r
+
+COLUMNS: tuple[str, ...] = (
+    "customer_id",
+    "decision_id",
+    "action",
+    "offer_id",
+    "channel",
+    "stage",
+    "stage_name",
+    "expected_incremental_margin",
+    "propensity",
+    "reasons",
+    "model_version",
+    "policy_version",
+    "offer_title",
+    "offer_description",
+)
+SCHEMA = pa.schema(
+    [
+        ("customer_id", pa.string()),
+        ("decision_id", pa.string()),
+        ("action", pa.string()),
+        ("offer_id", pa.string()),
+        ("channel", pa.string()),
+        ("stage", pa.int64()),
+        ("stage_name", pa.string()),
+        ("expected_incremental_margin", pa.float64()),
+        ("propensity", pa.float64()),
+        ("reasons", pa.string()),
+        ("model_version", pa.string()),
+        ("policy_version", pa.string()),
+        ("offer_title", pa.string()),
+        ("offer_description", pa.string()),
+    ]
+)
+REASON_SEP = ";"
+_NAMESPACE = uuid.UUID("6f1c2a52-8d0e-4b8a-9a43-3f3c5d2e7b10")
+
+
+def wave_decision_ids(wave_id: str, customer_ids: Sequence[str]) -> list[str]:
+    """Deterministic decision ids: the same wave and customer always give the same id."""
+    return [uuid.uuid5(_NAMESPACE, f"{wave_id}\x1f{cid}").hex for cid in customer_ids]
+
+
+def reason_strings(result: DecisionBatch) -> npt.NDArray[np.object_]:
+    """(n,) reason codes joined by `;` (`model_unavailable;...` in rules-only mode)."""
+    names = np.array(r.CHOICE_ORDER, dtype=object)
+    if result.rules_only:
+        prefixed = np.array(
+            [
+                n if n in (r.UNKNOWN_CUSTOMER, r.HOLDOUT_GROUP) else f"{r.MODEL_UNAVAILABLE};{n}"
+                for n in r.CHOICE_ORDER
+            ],
+            dtype=object,
+        )
+        return prefixed[result.choice]
+    return names[result.choice]
+
+
+def _display(result: DecisionBatch, field: str) -> npt.NDArray[np.object_]:
+    offers = result.options.offers
+    values = [getattr(offers[o], field) if o in offers else None for o in result.options.offer_ids]
+    return np.array([*values, None], dtype=object)[result.chosen]
+
+
+def decision_table(result: DecisionBatch, decision_ids: Sequence[str]) -> pa.Table:
+    """The output columns of `result` (see `COLUMNS`)."""
+    n = len(result)
+    stage = result.stage
+    stage_names = np.array([None, *result.stage_names], dtype=object)
+    value = result.value
+    arrays = [
+        pa.array(result.customer_ids.astype(str), pa.string()),
+        pa.array(decision_ids, pa.string()),
+        pa.array(result.action, pa.string()),
+        pa.array(result.offer_id, pa.string()),
+        pa.array(result.channel, pa.string()),
+        pa.array(stage, pa.int64(), mask=stage == 0),
+        pa.array(stage_names[stage], pa.string()),
+        pa.array(value, pa.float64(), mask=np.isnan(value)),
+        pa.array(result.propensity, pa.float64()),
+        pa.array(reason_strings(result), pa.string()),
+        pa.array(np.full(n, result.model_version, dtype=object), pa.string()),
+        pa.array(np.full(n, result.policy_version, dtype=object), pa.string()),
+        pa.array(_display(result, "title"), pa.string()),
+        pa.array(_display(result, "description"), pa.string()),
+    ]
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)

@@ -1,0 +1,198 @@
+"""`--record`: write a wave's decisions to the store, in batches, one transaction each.
+
+Decision ids derive from the wave id and the customer id (`columns.wave_decision_ids`), so a
+rerun of the same wave finds the decisions it already wrote and counts them once: a recorded
+decision is skipped and the output row shows what the store holds. A contact decision is
+checked against the caps inside its transaction, as the API does (`Store.try_record_contact`):
+if a contact recorded since the chunk was decided fills a cap, the decision becomes `none`
+with the cap's reason code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from features.constants import CHANNELS, NO_INCENTIVE
+from serving.batch.columns import REASON_SEP
+from serving.engine import DecisionBatch
+from serving.engine.decision import NONE
+from serving.errors import StoreError, StoreUnavailableError
+from serving.store import ContactCaps, CustomerState, Store, check_caps, queries
+from serving.store.engine import WRITE_OPTION
+from serving.store.models import ACTION_OFFER, CONTACT_ACTIONS, SENT, Contact, Decision
+
+Columns = dict[str, list[Any]]
+RECORD_BATCH = 2_000
+"""Decisions per transaction."""
+
+
+@dataclass
+class RecordCounts:
+    """What recording a wave did."""
+
+    recorded: int = 0
+    contacts: int = 0
+    already_recorded: int = 0
+    blocked_by_cap: int = 0
+
+    def add(self, other: RecordCounts) -> None:
+        self.recorded += other.recorded
+        self.contacts += other.contacts
+        self.already_recorded += other.already_recorded
+        self.blocked_by_cap += other.blocked_by_cap
+
+
+def _caps_for(base: ContactCaps, state: CustomerState | None) -> ContactCaps:
+    prefs = state.preferences if state is not None else None
+    if prefs is None:
+        return base
+    off = [] if prefs.channels is None else [c for c in CHANNELS if c not in prefs.channels]
+    return base.tightened(prefs.max_contacts, prefs.per_days, off)
+
+
+def _decision_row(
+    result: DecisionBatch, i: int, decision_id: str, at: datetime, wave_id: str
+) -> Decision:
+    d = result.decision(i)
+    return Decision(
+        decision_id=decision_id,
+        request_id=None,
+        customer_id=d.customer_id,
+        ts=at,
+        action=d.action,
+        offer_id=d.offer_id,
+        channel=d.channel,
+        stage=d.stage,
+        propensity=d.propensity,
+        expected_value=d.value,
+        reasons=list(d.reasons),
+        scores={k: (v if math.isfinite(v) else None) for k, v in d.scores.items()} or None,
+        excluded=[{"offer_id": e.offer_id, "reason": e.reason} for e in d.excluded],
+        model_version=d.model_version,
+        policy_version=d.policy_version,
+        campaign_id=wave_id,
+        dry_run=False,
+    )
+
+
+def _show_stored(cols: Columns, j: int, row: Decision) -> None:
+    """Make output row j say what the store holds for its decision id."""
+    cols["action"][j] = row.action
+    cols["offer_id"][j] = row.offer_id
+    cols["channel"][j] = row.channel
+    cols["stage"][j] = row.stage
+    cols["expected_incremental_margin"][j] = row.expected_value
+    cols["propensity"][j] = row.propensity
+    cols["reasons"][j] = REASON_SEP.join(map(str, row.reasons))
+    cols["model_version"][j] = row.model_version
+    cols["policy_version"][j] = row.policy_version
+
+
+def _block(cols: Columns, j: int, row: Decision, code: str) -> None:
+    row.reasons = [code, *row.reasons]
+    row.action, row.offer_id, row.channel, row.expected_value = NONE, None, None, None
+    _show_stored(cols, j, row)
+    for col in ("offer_title", "offer_description"):
+        cols[col][j] = None
+
+
+def record_rows(
+    store: Store,
+    cols: Columns,
+    result: DecisionBatch,
+    at: datetime,
+    wave_id: str,
+    caps: ContactCaps,
+    live: Mapping[str, CustomerState],
+    rows: range,
+) -> RecordCounts:
+    """Record `rows` of `result` (and of its output columns `cols`) in one transaction.
+
+    `cols` (the output table as lists, `pa.Table.to_pydict()`) is updated in place where the
+    store's answer differs: an already recorded decision, or a contact a cap blocked.
+    """
+    counts = RecordCounts()
+    ids = dict(zip(rows, cols["decision_id"][rows.start : rows.stop], strict=True))
+    try:
+        with Session(store.engine, expire_on_commit=False) as s, s.begin():
+            s.connection(execution_options={WRITE_OPTION: True})
+            existing = {
+                d.decision_id: d
+                for d in s.scalars(
+                    select(Decision).where(Decision.decision_id.in_(list(ids.values())))
+                )
+            }
+            action, customer = cols["action"], cols["customer_id"]
+            contact_customers = sorted(
+                {
+                    str(customer[j])
+                    for j, did in ids.items()
+                    if action[j] in CONTACT_ACTIONS and did not in existing
+                }
+            )
+            if store.dialect == "postgresql" and contact_customers:
+                s.execute(
+                    text(
+                        "SELECT pg_advisory_xact_lock(hashtextextended(cid, 0)) "
+                        "FROM unnest(CAST(:ids AS text[])) AS cid"
+                    ),
+                    {"ids": contact_customers},
+                )
+            past = queries.counted_contacts(s, contact_customers, at - caps.horizon)
+            contacts: list[Contact] = []
+            for j, did in ids.items():
+                if did in existing:
+                    _show_stored(cols, j, existing[did])
+                    counts.already_recorded += 1
+                    continue
+                row = _decision_row(result, j, did, at, wave_id)
+                if row.action in CONTACT_ACTIONS and row.channel:
+                    cid = row.customer_id
+                    offer = row.offer_id if row.action == ACTION_OFFER else None
+                    blocked = check_caps(
+                        past.get(cid, []),
+                        _caps_for(caps, live.get(cid)),
+                        at,
+                        row.channel,
+                        None if offer == NO_INCENTIVE else offer,
+                    )
+                    if blocked is not None:
+                        _block(cols, j, row, blocked[0])
+                        counts.blocked_by_cap += 1
+                    else:
+                        s.add(row)
+                        contacts.append(
+                            Contact(
+                                contact_id=did,
+                                decision_id=did,
+                                customer_id=cid,
+                                ts=at,
+                                channel=row.channel,
+                                offer_id=row.offer_id,
+                                campaign_id=wave_id,
+                                stage=row.stage,
+                                status=SENT,
+                            )
+                        )
+                        counts.contacts += 1
+                        counts.recorded += 1
+                        continue
+                s.add(row)
+                counts.recorded += 1
+            s.flush()  # the contacts refer to their decisions
+            s.add_all(contacts)
+    except OperationalError as exc:
+        raise StoreUnavailableError(f"store: database error: {exc.orig}") from None
+    except SQLAlchemyError as exc:
+        raise StoreError(
+            f"store: recording wave {wave_id!r}: {type(exc).__name__}: {exc}"
+        ) from None
+    return counts

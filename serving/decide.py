@@ -1,0 +1,181 @@
+"""Decide for a set of customer rows: the one step the API and the batch scorer share.
+
+snapshot rows (+ live overlay from the store) -> `CustomerBatch` -> scores (`align_scores`)
+-> `decide` -> a columnar `DecisionBatch`. The API calls it with the rows of one request;
+the batch scorer with chunks of the whole snapshot. Given the same rows, store state, model,
+policy, time and decision key both get the same decisions, because both go through
+`decide_rows`. Recording (and the HTTP view) stays with the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from features.featureset import WINBACK_V1, FeatureSet
+from features.snapshot import Snapshot
+from serving.engine import CustomerBatch, DecisionBatch, OptionSet, Scores, decide
+from serving.engine.rules import BudgetUsage
+from serving.engine.timeutil import to_days
+from serving.errors import ModelUnavailableError
+from serving.policy import Policy
+from serving.store import ContactCaps, CustomerState, Store
+
+if TYPE_CHECKING:
+    # `serving.api` imports this module; its scoring protocol is imported lazily.
+    from serving.api.scoring import Scorer
+
+log = logging.getLogger("winback.decide")
+
+STATE_CHUNK = 5_000
+"""Customers per store read (keeps each `IN (...)` list well under SQLite's bind limit)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Decider:
+    """What a decision needs besides the customers: options, policy, scorer and caps."""
+
+    options: OptionSet
+    policy: Policy
+    scorer: Scorer | None
+    base_caps: ContactCaps
+
+
+@dataclass(frozen=True, eq=False)
+class Decided:
+    """A `DecisionBatch` plus the live state it was made with (for the caller's recording)."""
+
+    batch: DecisionBatch
+    live: Mapping[str, CustomerState]
+    scored: bool
+
+
+def decision_key(
+    at: datetime, request_id: str | None = None, campaign_id: str | None = None
+) -> str:
+    """The exploration key: the request id, else the campaign (wave) id, else the date.
+
+    The batch scorer passes its wave id as `campaign_id`, so an API call with the same
+    campaign id (and no request id) on the same customer draws identically.
+    """
+    return request_id or campaign_id or at.date().isoformat()
+
+
+def lookback_days(caps: ContactCaps, now: datetime, as_of: datetime) -> int:
+    """Days of live contacts the guardrails need: the cap horizon and everything since as_of."""
+    horizon = caps.horizon.total_seconds() / 86400
+    since_snapshot = to_days(now) - to_days(as_of)
+    return math.ceil(max(horizon, since_snapshot, 1.0)) + 1
+
+
+def gather(
+    snapshot: Snapshot | None, ids: Sequence[str]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """(matrix, known) for `ids` from the snapshot (NaN rows for customers it lacks)."""
+    width = len(snapshot.feature_set.columns) if snapshot is not None else len(WINBACK_V1.columns)
+    matrix = np.full((len(ids), width), np.nan)
+    if snapshot is None:
+        return matrix, np.zeros(len(ids), dtype=bool)
+    pos = np.array([snapshot.row_of.get(cid, -1) for cid in ids], dtype=np.int64)
+    known = pos >= 0
+    matrix[known] = snapshot.matrix[pos[known]]
+    return matrix, known
+
+
+def live_states(
+    store: Store | None, ids: Sequence[str], at: datetime, days: int
+) -> dict[str, CustomerState]:
+    """The store's live overlay for `ids`, keeping only customers with something live."""
+    if store is None:
+        return {}
+    out: dict[str, CustomerState] = {}
+    for start in range(0, len(ids), STATE_CHUNK):
+        part = store.customer_states(ids[start : start + STATE_CHUNK], at, days)
+        out.update(
+            (cid, s)
+            for cid, s in part.items()
+            if s.contacts or s.consent or s.preferences is not None or s.last_order_ts is not None
+        )
+    return out
+
+
+def score_rows(
+    scorer: Scorer | None,
+    matrix: npt.NDArray[np.float64],
+    feature_set: FeatureSet | None,
+    options: OptionSet,
+) -> Scores | None:
+    """The scorer's values aligned to `options`, or None (rules only) when it cannot score."""
+    if scorer is None or feature_set is None:
+        return None
+    if scorer.feature_set_key != feature_set.key:
+        log.warning(
+            "model %s expects feature set %s but the snapshot has %s: rules only",
+            scorer.version,
+            scorer.feature_set_key,
+            feature_set.key,
+        )
+        return None
+    from serving.api.scoring import align_scores
+
+    try:
+        return align_scores(scorer, matrix, options)
+    except ModelUnavailableError as exc:
+        log.warning("scoring failed, deciding by rules only: %s", exc)
+        return None
+
+
+def decide_rows(
+    decider: Decider,
+    matrix: npt.NDArray[np.float64],
+    known: npt.NDArray[np.bool_],
+    ids: Sequence[str] | npt.NDArray[np.object_],
+    feature_set: FeatureSet | None,
+    as_of: datetime,
+    at: datetime,
+    channel: str,
+    key: str,
+    store: Store | None = None,
+    candidate_offer_ids: Sequence[str] | None = None,
+    budget_usage: Mapping[str, BudgetUsage] | None = None,
+) -> Decided:
+    """Decide for these customer rows (the shared API/batch step).
+
+    Args:
+        decider: options, policy, scorer and caps.
+        matrix, known: feature rows in `feature_set` order; `known` False = not in snapshot.
+        ids: the customer ids of the rows.
+        feature_set: the snapshot's feature set (None when there is no snapshot).
+        as_of: the snapshot's point in time.
+        at: the decision time (naive UTC).
+        channel: a channel name or `auto`.
+        key: the exploration key (see `decision_key`).
+        store: read for the live overlay (None: no live state).
+        candidate_offer_ids, budget_usage: passed to `decide`.
+    """
+    id_list = [str(c) for c in ids]
+    live = live_states(store, id_list, at, lookback_days(decider.base_caps, at, as_of))
+    fs = feature_set or WINBACK_V1
+    batch = CustomerBatch.from_features(
+        matrix, fs, np.asarray(id_list, dtype=object), as_of, known, live
+    )
+    scores = score_rows(decider.scorer, matrix, feature_set, decider.options)
+    result = decide(
+        batch,
+        decider.options,
+        decider.policy,
+        scores,
+        at,
+        channel=channel,
+        decision_key=key,
+        candidate_offer_ids=candidate_offer_ids,
+        budget_usage=budget_usage,
+    )
+    return Decided(result, live, scores is not None)
