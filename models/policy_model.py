@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from models.base import predict_numpy
 from models.errors import FeatureMismatchError, InvalidInputError
 from models.reactivation import ReactivationClassifier
 from models.uplift import BaggedOptionLearner, DRLearner, SLearner, TLearner
@@ -148,9 +149,9 @@ class PolicyModel:
                 design = np.empty((n * k, X.shape[1] + 1))
                 design[:, :-1] = np.tile(X, (k, 1))
                 design[:, -1] = np.repeat(np.arange(k), n)
-                p = _predict(model, design).reshape(k, n).T
+                p = predict_numpy(model, design).reshape(k, n).T
             elif isinstance(learner, TLearner | DRLearner):
-                p = np.column_stack([_predict(m, X) for m in model])
+                p = np.column_stack([predict_numpy(m, X) for m in model])
                 if isinstance(learner, DRLearner):
                     p = np.clip(p, _EPS, 1 - _EPS)
             else:  # pragma: no cover - guarded at construction
@@ -214,11 +215,6 @@ class PolicyModel:
             out["best_offer"] = np.full(len(X), "", dtype=object)
             out["best_value"] = np.full(len(X), np.nan)
         return pd.DataFrame(out, index=X.index)
-
-
-def _predict(booster: Any, X: np.ndarray) -> np.ndarray:
-    best = booster.best_iteration if booster.best_iteration > 0 else None
-    return np.asarray(booster.predict(X, num_iteration=best), dtype=float)
 
 
 def costs_from_catalog(catalog: Any, options: Sequence[str]) -> dict[str, OptionCost]:

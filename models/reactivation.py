@@ -17,6 +17,7 @@ from models.base import (
     check_fitted,
     check_weights,
     lgb_params,
+    predict_numpy,
     train_booster,
 )
 from models.calibration import BinaryCalibrator, choose_calibration
@@ -163,8 +164,7 @@ class ReactivationClassifier:
                 f"X: expected {self.n_features_in_} columns in feature_names_in_ order, "
                 f"got shape {arr.shape}"
             )
-        best = self.booster_.best_iteration if self.booster_.best_iteration > 0 else None
-        p = np.asarray(self.booster_.predict(arr, num_iteration=best), dtype=float)
+        p = predict_numpy(self.booster_, arr)
         if self.calibrator_ is not None:
             p = self.calibrator_.transform(p)
         return p
