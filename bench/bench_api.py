@@ -1,0 +1,626 @@
+"""Benchmark of the decision API over HTTP, beside a bare scoring endpoint and MLflow serving.
+
+Usage::
+
+    .venv/bin/python bench/bench_api.py [--world /tmp/wb_bench_1m] [--work /tmp/wb_bench_api]
+
+Set-up (each step skipped when its output exists in `--work`): a 1,000,000-customer world
+(`winback generate`, at `--world`), a training world of `--train-customers` (another seed),
+`winback train` + `winback promote` into the work dir's own MLflow store (so the repo's
+`mlruns/` is untouched), the champion's feature set, and `winback features materialize` of
+the big world as of the day after its last order with that feature set.
+
+Then, one server at a time on loopback, each stopped before the next starts:
+
+1. the decision API as `winback serve` runs it (uvicorn, `--api-workers` processes, JSON logs
+   on, SQLite store in WAL mode, a fresh database per run) on `POST /v1/recommendations`
+   with `dry_run: false` and a new `request_id` per request, so every request records a
+   decision and caps start blocking customers drawn twice;
+2. `bench/api_bare.py`: FastAPI + the same `PolicyModel.score` on `--rows` snapshot rows;
+3. `mlflow models serve` on the same registered model, `--rows` rows per request.
+
+For each: the highest requests/s `wrk` sustains over `--duration` seconds with no error
+(closed loop, each of `--connections`), and latency percentiles at each fixed rate of
+`--rates` from a paced async client that times every request from its scheduled send time
+(so a stalled server is charged for the queue it causes); server CPU per request and the
+cores unrelated processes used meanwhile (the machine may be shared). Customer ids are drawn
+from the snapshot with `--seed`, each run on its own slice. The API's action mix is read
+back from its decision log. `--profile api` adds a py-spy profile of one worker under load
+(py-spy on PATH or `PY_SPY=/path/to/py-spy`; it is not a project dependency). Needs `wrk`
+(`apt-get install wrk`). Servers run with `OMP_NUM_THREADS=--omp-threads` (default 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = ROOT / ".venv" / "bin"
+API_KEY = "bench-key"
+CHAMPION = "models:/winback-policy@champion"
+
+WRK_LUA = r"""
+local bodies, n, counter, tag = {}, 0, 0, "x"
+function setup(thread) thread:set("tid", tostring(math.random(1, 1e9))) end
+function init(args)
+  for line in io.lines(args[1]) do n = n + 1; bodies[n] = line end
+  tag = args[2] .. "-" .. tid
+  counter = tonumber(args[3] or "0")
+  wrk.headers["Content-Type"] = "application/json"
+  wrk.headers["X-API-Key"] = "%KEY%"
+end
+function request()
+  counter = counter + 1
+  local b = string.gsub(bodies[(counter - 1) % n + 1], "@RID@", tag .. "-" .. counter)
+  return wrk.format("POST", nil, nil, b)
+end
+function done(s, latency, requests)
+  local e = s.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,' ..
+    '"status":%d,"timeout":%d,"p50_us":%d,"p99_us":%d}\n',
+    s.requests, s.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+""".replace("%KEY%", API_KEY)
+
+
+# --- set-up -------------------------------------------------------------------------------------
+def _env(work: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WINBACK_")}
+    env |= {
+        "WINBACK_MLRUNS_DIR": str(work / "mlruns"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlruns' / 'mlflow.db'}",
+        "PATH": f"{VENV_BIN}:{env.get('PATH', '')}",
+        **extra,
+    }
+    return env
+
+
+def _run(cmd: str, env: dict[str, str]) -> None:
+    """Run a winback command line (paths without spaces) from the repo root."""
+    print("$", cmd, flush=True)
+    subprocess.run(cmd.split(), env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+
+
+def prepare(world: Path, work: Path, train_customers: int, seed: int) -> tuple[Path, pd.Timestamp]:
+    """World, champion model, feature set and 1M snapshot; returns (snapshot dir, as_of)."""
+    env = _env(work)
+    winback = str(VENV_BIN / "winback")
+    (work / "mlruns").mkdir(parents=True, exist_ok=True)
+    if not (world / "offers.yaml").exists():
+        _run(f"{winback} generate --customers 1000000 --seed {seed} --out {world}", env)
+    train_world = work / "train_world"
+    if not (train_world / "offers.yaml").exists():
+        n, s = train_customers, seed + 4
+        _run(f"{winback} generate --customers {n} --seed {s} --out {train_world}", env)
+    fs_file = work / "feature_set.json"
+    if not fs_file.exists():
+        _run(f"{winback} train {train_world} --seed {seed}", env)
+        _run(f"{winback} promote {train_world}", env)
+        import mlflow
+
+        from models.pyfunc import load_policy_model
+
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+        fs_file.write_text(load_policy_model(CHAMPION).feature_set, encoding="utf-8")
+    last = pd.read_parquet(world / "orders.parquet", columns=["order_ts"])["order_ts"].max()
+    as_of = pd.Timestamp(last).normalize() + pd.Timedelta(days=1)
+    snap = work / "snapshot"
+    if not (snap / "CURRENT").exists():
+        when = as_of.isoformat()
+        _run(
+            f"{winback} features materialize {world} --as-of {when} --out {snap}"
+            f" --feature-set {fs_file}",
+            env,
+        )
+    return snap, as_of
+
+
+def _snapshot_ids(snap: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(customer ids, feature matrix (memory-mapped), column names) of the current version."""
+    version = (snap / "CURRENT").read_text().strip()
+    path = snap / "versions" / version
+    ids = pd.read_parquet(path / "state.parquet", columns=["customer_id"])["customer_id"]
+    manifest = json.loads((path / "manifest.json").read_text())
+    cols = [f["name"] for f in manifest["feature_set"]["features"]]
+    return ids.astype(str).to_numpy(), np.load(path / "features.npy", mmap_mode="r"), cols
+
+
+def write_bodies(
+    work: Path, snap: Path, as_of: pd.Timestamp, n: int, rows: int, seed: int
+) -> dict[str, Path]:
+    """One JSON body per line for each target, for the same seeded customer draw."""
+    ids, matrix, cols = _snapshot_ids(snap)
+    pick = np.random.default_rng(seed).integers(0, len(ids), size=n)
+    when = (as_of + pd.Timedelta(hours=9)).isoformat()
+    out = {k: work / f"bodies_{k}.jsonl" for k in ("api", "bare", "mlflow")}
+    with out["api"].open("w") as a, out["bare"].open("w") as b:
+        for i in pick:
+            body = {
+                "customer_id": ids[i],
+                "channel": "auto",
+                "dry_run": False,
+                "request_id": "@RID@",
+                "context": {"timestamp": when},
+            }
+            a.write(json.dumps(body) + "\n")
+            b.write(json.dumps({"customer_id": ids[i]}) + "\n")
+    with out["mlflow"].open("w") as m:
+        for i in pick[:2000]:
+            start = min(int(i), len(ids) - rows)
+            data = np.asarray(matrix[start : start + rows], dtype=float)
+            split = {
+                "columns": cols,
+                "data": [[None if np.isnan(x) else float(x) for x in r] for r in data],
+            }
+            m.write(json.dumps({"dataframe_split": split}) + "\n")
+    return out
+
+
+# --- servers ------------------------------------------------------------------------------------
+@dataclass
+class Server:
+    name: str
+    url: str
+    proc: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def start(name: str, cmd: str, env: dict[str, str], log: Path) -> Server:
+    proc = subprocess.Popen(
+        cmd.split(),
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    return Server(name, f"http://127.0.0.1:{PORTS[name]}", proc)
+
+
+def wait_ready(
+    server: Server, path: str, body: str, headers: dict[str, str], timeout: float = 240
+) -> None:
+    """Poll until `path` answers 200 several times in a row fast (every worker warmed up)."""
+    import httpx
+
+    deadline, fast = time.monotonic() + timeout, 0
+    with httpx.Client(base_url=server.url, timeout=60, headers=headers) as client:
+        while fast < 40:
+            if server.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{server.name} did not start (exit {server.proc.poll()})")
+            t = time.perf_counter()
+            try:
+                r = client.post(path, content=body.encode())
+                ok = r.status_code == 200
+            except httpx.TransportError:
+                ok = False
+            fast = fast + 1 if ok and time.perf_counter() - t < 0.1 else 0
+            if not ok:
+                time.sleep(0.5)
+
+
+# --- load ---------------------------------------------------------------------------------------
+def run_wrk(
+    url: str, bodies: Path, tag: str, connections: int, duration: int, lua: Path, start: int = 0
+) -> dict[str, float]:
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(lua),
+        url,
+        "--",
+        str(bodies),
+        tag,
+        str(start),  # first body line: each run starts on customers not drawn yet
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
+    r = json.loads(line.removeprefix("WRKJSON "))
+    errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+    kinds = {k: r[k] for k in ("connect", "read", "write", "status", "timeout") if r[k]}
+    return {
+        "seconds": r["duration_us"] / 1e6,
+        "rps": r["requests"] / (r["duration_us"] / 1e6),
+        "errors": errors,
+        "error_kinds": kinds,  # status = non-2xx answers
+        "p50_ms": r["p50_us"] / 1e3,
+        "p99_ms": r["p99_us"] / 1e3,
+        "c": connections,
+    }
+
+
+async def _paced(url: str, bodies: list[str], rate: float, duration: float) -> dict[str, float]:
+    import aiohttp
+
+    total = int(rate * duration)
+    lat = np.full(total, np.nan)
+    status = np.zeros(total, dtype=np.int32)
+    headers = {"Content-Type": "application/json", "X-API-Key": API_KEY}
+    timeout = aiohttp.ClientTimeout(total=5)
+    conn = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout, headers=headers) as s:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time() + 0.05
+
+        async def one(i: int, due: float) -> None:
+            body = bodies[i % len(bodies)].replace("@RID@", f"paced-{i}")
+            try:
+                async with s.post(url, data=body) as r:
+                    await r.read()
+                    status[i] = r.status
+            except (aiohttp.ClientError, TimeoutError):
+                status[i] = -1
+            lat[i] = loop.time() - due  # from the scheduled time: queueing counts
+
+        tasks = []
+        for i in range(total):
+            due = t0 + i / rate
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, due)))
+        await asyncio.gather(*tasks)
+        elapsed = loop.time() - t0
+    ok = status == 200
+    return {
+        "seconds": elapsed,
+        "rps": ok.sum() / elapsed,
+        "errors": float((~ok).sum()),
+        "p50_ms": float(np.nanpercentile(lat, 50) * 1e3),
+        "p99_ms": float(np.nanpercentile(lat, 99) * 1e3),
+        "max_ms": float(np.nanmax(lat) * 1e3),
+    }
+
+
+def run_paced(
+    url: str, bodies: Path, rate: float, duration: float, start: int = 0
+) -> dict[str, float]:
+    """The paced client in its own process (it needs most of a core at 500 req/s)."""
+    cmd = [sys.executable, __file__, "--pace", url, str(bodies), str(rate), str(duration)]
+    cmd.append(str(start))
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of every live process in process group `pgid`."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:  # fields after "(comm)": state ppid pgrp ...
+                total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def load_average() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def action_mix(db: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """Decisions by action, and the five commonest first reasons of `none` decisions."""
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        rows = con.execute("SELECT action, COUNT(*) FROM decisions GROUP BY action").fetchall()
+        why = con.execute(
+            "SELECT json_extract(reasons, '$[0]') AS r, COUNT(*) AS n FROM decisions "
+            "WHERE action = 'none' GROUP BY r ORDER BY n DESC LIMIT 5"
+        ).fetchall()
+    return {str(a): int(n) for a, n in rows}, {str(r): int(n) for r, n in why}
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent not idle (all cores), from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def accounted(server: Server, fn: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """Run one load run; add server CPU ms per request and the cores other processes used."""
+    busy0, srv0 = machine_busy_seconds(), group_cpu_seconds(server.proc.pid)
+    cli0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    r = fn()
+    wall = time.perf_counter() - t0
+    cli1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    srv = group_cpu_seconds(server.proc.pid) - srv0
+    cli = cli1.ru_utime + cli1.ru_stime - cli0.ru_utime - cli0.ru_stime
+    done = r["rps"] * r.get("seconds", wall)
+    r["server_cpu_ms"] = srv * 1e3 / max(done, 1)
+    r["server_cores"] = srv / wall
+    r["client_cores"] = cli / wall
+    r["other_cores"] = max(machine_busy_seconds() - busy0 - srv - cli, 0.0) / wall
+    return r
+
+
+def measure(
+    server: Server, path: str, bodies: Path, args: argparse.Namespace, lua: Path
+) -> dict[str, object]:
+    url = server.url + path
+    # each run starts on its own slice of the seeded draw, so no run re-asks earlier customers
+    step = args.lines // (len(args.connections) + 1 + len(args.rates))
+    runs = []
+    for i, c in enumerate(args.connections):
+        wrk = partial(run_wrk, url, bodies, f"{server.name}{c}", c, args.duration, lua, i * step)
+        runs.append(accounted(server, wrk))
+    clean = [r for r in runs if r["errors"] == 0]
+    best = max(clean, key=lambda r: r["rps"]) if clean else max(runs, key=lambda r: r["rps"])
+    print(f"  {server.name}: wrk {runs}", flush=True)
+    if server.name in args.profile:
+        profile(server, path, bodies, args, lua, len(args.connections) * step)
+    # lowest rate first: an overloaded run leaves a backlog the server works off afterwards
+    paced = {}
+    for j, rate in enumerate(sorted(args.rates)):
+        start = (len(args.connections) + 1 + j) * step
+        paced[rate] = accounted(server, partial(run_paced, url, bodies, rate, args.duration, start))
+        print(f"  {server.name}: paced {rate:.0f}/s {paced[rate]}", flush=True)
+    return {"max": best, "all": runs, "paced": paced}
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Pids of process group `pgid` other than its leader (the uvicorn worker processes)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pid = int(stat.parent.name)
+            if int(fields[2]) == pgid and pid != pgid:
+                pids.append(pid)
+    return sorted(pids)
+
+
+def profile(
+    server: Server, path: str, bodies: Path, args: argparse.Namespace, lua: Path, start: int
+) -> None:
+    """py-spy one worker under wrk load; print inclusive and own shares of the samples."""
+    spy = shutil.which("py-spy") or os.environ.get("PY_SPY", "")
+    workers = group_pids(server.proc.pid)  # the busiest is a worker, not a helper process
+    workers.sort(
+        key=lambda p: int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[11])
+    )
+    if not spy or not workers:
+        print("profile skipped: py-spy not found (PY_SPY=path) or no worker process")
+        return
+    raw = args.work / f"profile_{server.name}.txt"
+    cmd = [
+        spy,
+        "record",
+        "--pid",
+        str(workers[-1]),
+        "--duration",
+        str(args.duration - 2),
+        "--rate",
+        "250",
+        "--format",
+        "raw",
+        "--nonblocking",
+        "--gil",
+        "-o",
+        str(raw),
+    ]
+    spy_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    url = server.url + path
+    c = min(args.connections)
+    load = run_wrk(url, bodies, f"prof{server.name}", c, args.duration, lua, start)
+    spy_proc.wait(60)
+    incl: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].split("/")[-1] + ")"
+            for f in stack.split(";")
+        ]
+        n = int(count)
+        total += n
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+    print(
+        f"\nprofile of worker {workers[-1]} under wrk at {load['rps']:,.0f} req/s "
+        f"({total:,} samples, samples of the GIL holder; file {raw})"
+    )
+    for title, table in (("inclusive", incl), ("own", own)):
+        print(f"  top {title}:")
+        for f, n in sorted(table.items(), key=lambda kv: -kv[1])[: args.profile_top]:
+            print(f"    {n / total:6.1%}  {f}")
+
+
+PORTS = {"api": 18431, "bare": 18432, "mlflow": 18433}
+PATHS = {"api": "/v1/recommendations", "bare": "/score", "mlflow": "/invocations"}
+
+
+def launch(
+    name: str, args: argparse.Namespace, work: Path, snap: Path
+) -> tuple[str, dict[str, str], str]:
+    """(command line, environment, request path) of one target server."""
+    port, bin_ = PORTS[name], VENV_BIN
+    if name == "api":  # exactly what `winback serve` runs, configured through WINBACK_*
+        env = _env(
+            work,
+            WINBACK_DATABASE_URL=f"sqlite:///{work / 'bench.db'}",
+            WINBACK_SNAPSHOT_DIR=str(snap),
+            WINBACK_CATALOG_PATH=str(args.world / "offers.yaml"),
+            WINBACK_POLICY_PATH=str(ROOT / "policy.example.yaml"),
+            WINBACK_API_KEYS=API_KEY,
+            WINBACK_MODEL_URI=CHAMPION,
+            WINBACK_RELOAD_STATE_PATH=str(work / "reload.json"),
+        )
+        return f"{bin_}/winback serve --port {port} --workers {args.api_workers}", env, PATHS[name]
+    w = args.side_workers
+    if name == "bare":
+        env = _env(work, BARE_SNAPSHOT_DIR=str(snap), BARE_MODEL_URI=CHAMPION)
+        env["BARE_ROWS"] = str(args.rows)
+        cmd = f"{bin_}/uvicorn bench.api_bare:app_from_env --factory --port {port} --workers {w}"
+        return cmd + " --no-access-log", env, PATHS[name]
+    cmd = f"{bin_}/mlflow models serve -m {CHAMPION} -h 127.0.0.1 -p {port} -w {w}"
+    return cmd + " --env-manager local", _env(work), PATHS[name]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--world", type=Path, default=Path("/tmp/wb_bench_1m"))
+    p.add_argument("--work", type=Path, default=Path("/tmp/wb_bench_api"))
+    p.add_argument("--train-customers", type=int, default=50_000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--duration", type=int, default=20, help="seconds per load run")
+    p.add_argument("--connections", type=lambda s: [int(x) for x in s.split(",")], default=[16, 64])
+    p.add_argument(
+        "--rates",
+        type=lambda s: [float(x) for x in s.split(",")],
+        default=[500.0, 50.0],
+        help="fixed rates of the paced latency runs (req/s)",
+    )
+    p.add_argument("--rows", type=int, default=10, help="rows per bare / mlflow request")
+    p.add_argument("--api-workers", type=int, default=2)
+    p.add_argument("--side-workers", type=int, default=1, help="bare and mlflow workers")
+    p.add_argument(
+        "--omp-threads",
+        type=int,
+        default=1,
+        help="OMP_NUM_THREADS for every server (0 = unset: LightGBM uses all cores per call, "
+        "which stalls single-row predictions when the cores are busy)",
+    )
+    p.add_argument("--only", default="api,bare,mlflow", help="targets to run")
+    p.add_argument("--profile", default="", help="targets to profile with py-spy (e.g. api)")
+    p.add_argument("--profile-top", type=int, default=30)
+    args = p.parse_args()
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    snap, as_of = prepare(args.world, work, args.train_customers, args.seed)
+    # enough distinct draws for every run at several thousand req/s
+    args.lines = 5000 * args.duration
+    bodies = write_bodies(work, snap, as_of, args.lines, args.rows, args.seed)
+    lua = work / "post.lua"
+    lua.write_text(WRK_LUA)
+    results: dict[str, dict[str, object]] = {}
+    db = work / "bench.db"
+    targets = args.only.split(",")
+    for name in targets:
+        cmd, env, path = launch(name, args, work, snap)
+        if args.omp_threads > 0:  # LightGBM's OpenMP pool, per process (see --help)
+            env["OMP_NUM_THREADS"] = str(args.omp_threads)
+        if name == "api":
+            for f in work.glob("bench.db*"):
+                f.unlink()
+        first = bodies[name].read_text().splitlines()[0]
+        warm = first.replace('"dry_run": false', '"dry_run": true')  # warm-up records nothing
+        server = start(name, cmd, env, work / f"{name}.log")
+        try:
+            t = time.perf_counter()
+            headers = {"Content-Type": "application/json", "X-API-Key": API_KEY}
+            wait_ready(server, path, warm, headers)
+            print(f"{name} ready in {time.perf_counter() - t:.0f} s", flush=True)
+            results[name] = measure(server, path, bodies[name], args, lua)
+        finally:
+            server.stop()
+    report(results, db if "api" in targets else None, args)
+
+
+def report(results: dict[str, dict[str, Any]], db: Path | None, args: argparse.Namespace) -> None:
+    omp = args.omp_threads or "unset"
+    print(
+        f"\nOMP_NUM_THREADS={omp}; loopback; the 2 cores are shared by servers, load clients "
+        f"and unrelated processes ('others', in cores); {args.duration} s per run\n"
+    )
+    head = f"{'target':<38}{'req/s':>8}{'conns':>6}{'p50 ms':>8}{'p99 ms':>8}{'cpu ms/req':>11}"
+    print("max sustained with no errors (wrk -t1, closed loop)\n" + head + f"{'others':>8}")
+    labels = {
+        "api": f"decision API, {args.api_workers} workers, SQLite",
+        "bare": f"bare FastAPI, {args.rows} rows, {args.side_workers} worker",
+        "mlflow": f"mlflow models serve, {args.rows} rows, {args.side_workers} w",
+    }
+    for k, r in results.items():
+        m = r["max"]
+        print(
+            f"{labels[k]:<38}{m['rps']:>8,.0f}{m['c']:>6}{m['p50_ms']:>8.1f}{m['p99_ms']:>8.1f}"
+            f"{m['server_cpu_ms']:>11.2f}{m['other_cores']:>8.2f}"
+            + ("" if m["errors"] == 0 else f"  (no clean run; errors {m['errors']:.0f})")
+        )
+    print("\nlatency at a fixed rate (paced client, from each request's scheduled time)")
+    print(
+        f"{'target':<38}{'rate':>6}{'ok/s':>7}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'others':>8}"
+    )
+    for k, r in results.items():
+        for rate, q in r["paced"].items():
+            print(
+                f"{labels[k]:<38}{rate:>6.0f}{q['rps']:>7.0f}{q['p50_ms']:>9.1f}{q['p99_ms']:>9.1f}"
+                f"{q['errors']:>8.0f}{q['other_cores']:>8.2f}"
+            )
+    if "api" in results:
+        api = results["api"]["max"]
+        print()
+        for k in ("bare", "mlflow"):
+            if k in results:
+                o = results[k]["max"]
+                print(
+                    f"api / {k}: req/s {api['rps'] / o['rps']:.2f}, "
+                    f"server CPU per request {api['server_cpu_ms'] / o['server_cpu_ms']:.2f}"
+                )
+        q = results["api"]["paced"].get(500.0)
+        ok_rps = api["rps"] >= 1000 and api["errors"] == 0
+        print(
+            f"target >= 1,000 req/s with no errors: {api['rps']:,.0f} "
+            f"-> {'met' if ok_rps else 'MISSED'}"
+        )
+        if q is not None:
+            ok_p99 = q["p99_ms"] <= 20 and q["errors"] == 0
+            print(
+                f"target p99 <= 20 ms at 500 req/s: {q['p99_ms']:,.1f} ms, "
+                f"{q['errors']:.0f} errors -> {'met' if ok_p99 else 'MISSED'}"
+            )
+    if db is not None and db.exists():
+        mix, why = action_mix(db)
+        total = sum(mix.values())
+        print(
+            f"API decisions recorded: {total:,};",
+            ", ".join(f"{a} {n / total:.1%}" for a, n in sorted(mix.items())),
+        )
+        print("first reason of 'none':", ", ".join(f"{r} {n:,}" for r, n in why.items()))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 7 and sys.argv[1] == "--pace":
+        _, _, url, file, rate, dur, first = sys.argv
+        lines = Path(file).read_text().splitlines()
+        lines = lines[int(first) :] + lines[: int(first)]
+        print(json.dumps(asyncio.run(_paced(url, lines, float(rate), float(dur)))))
+    else:
+        main()
