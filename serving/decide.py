@@ -50,11 +50,31 @@ class Decider:
 
 @dataclass(frozen=True, eq=False)
 class Decided:
-    """A `DecisionBatch` plus the live state it was made with (for the caller's recording)."""
+    """A `DecisionBatch` plus the live state it was made with (for the caller's recording).
+
+    `value_tier` and `lapse_state` are the customers' segments as the snapshot states them,
+    decoded to their names (None for a customer not in the snapshot or without a value); the
+    decision log records them so the report can compare each segment with its own holdouts.
+    """
 
     batch: DecisionBatch
     live: Mapping[str, CustomerState]
     scored: bool
+    value_tier: npt.NDArray[np.object_]
+    lapse_state: npt.NDArray[np.object_]
+
+    def segment(self, i: int) -> tuple[str | None, str | None]:
+        """(value tier, lapse state) of row i."""
+        return self.value_tier[i], self.lapse_state[i]
+
+
+def decode(
+    codes: npt.NDArray[np.int64], known: npt.NDArray[np.bool_], vocabulary: Sequence[str]
+) -> npt.NDArray[np.object_]:
+    """Category names of integer `codes` (None where unknown, out of range or not `known`)."""
+    names = np.array([*vocabulary, None], dtype=object)
+    ok = known & (codes >= 0) & (codes < len(vocabulary))
+    return names[np.where(ok, codes, len(vocabulary))]
 
 
 def decision_key(
@@ -178,4 +198,10 @@ def decide_rows(
         candidate_offer_ids=candidate_offer_ids,
         budget_usage=budget_usage,
     )
-    return Decided(result, live, scores is not None)
+    return Decided(
+        result,
+        live,
+        scores is not None,
+        value_tier=decode(batch.value_tier, batch.known, fs.feature("value_tier").vocabulary),
+        lapse_state=decode(batch.lapse_state, batch.known, fs.feature("lapse_state").vocabulary),
+    )

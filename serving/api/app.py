@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from serving.api.errors import install_error_handlers
 from serving.api.logs import configure_logging
 from serving.api.metrics import LatencyMiddleware, Metrics
-from serving.api.routes import admin, customers, events, health, recommendations
+from serving.api.routes import admin, customers, events, health, recommendations, reports
 from serving.api.runtime import Clock, SnapshotSource, build_runtime, utc_now
 from serving.api.scoring import ScorerLoader
 from serving.api.sync import read_target, watch
@@ -76,7 +76,7 @@ def create_app(
     app.state.runtime = None
     app.state.generation = 0
     install_error_handlers(app)
-    for module in (recommendations, customers, events, admin, health):
+    for module in (recommendations, customers, events, reports, admin, health):
         app.include_router(module.router)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     return app

@@ -86,4 +86,5 @@ def decision_from_row(row: DecisionRow, policy: Policy) -> Decision:
         reasons=tuple(row.reasons or ()),
         model_version=row.model_version or "",
         policy_version=row.policy_version or "",
+        p_convert=row.p_convert,
     )

@@ -87,7 +87,13 @@ def _caps_for(rt: Runtime, prefs: Preferences | None) -> ContactCaps:
     return rt.base_caps.tightened(prefs.max_contacts, prefs.per_days, off)
 
 
-def _record(d: Decision, decision_id: str, now: datetime, meta: _Meta) -> DecisionRecord:
+Segment = tuple[str | None, str | None]
+"""(value tier, lapse state) of a customer when decided (see `Decided.segment`)."""
+
+
+def _record(
+    d: Decision, decision_id: str, now: datetime, meta: _Meta, segment: Segment
+) -> DecisionRecord:
     return DecisionRecord(
         decision_id=decision_id,
         customer_id=d.customer_id,
@@ -106,6 +112,9 @@ def _record(d: Decision, decision_id: str, now: datetime, meta: _Meta) -> Decisi
         request_id=meta.request_id,
         campaign_id=meta.campaign_id,
         dry_run=meta.dry_run,
+        value_tier=segment[0],
+        lapse_state=segment[1],
+        p_convert=d.p_convert if d.is_contact else None,
     )
 
 
@@ -155,7 +164,13 @@ def decide_and_record(
         d = result.decision(i)
         state = live.get(d.customer_id)
         outcome = _commit(
-            rt, d, did, at, state.preferences if state else None, request_id, campaign_id, dry_run
+            rt,
+            d,
+            did,
+            at,
+            state.preferences if state else None,
+            _Meta(request_id, campaign_id, dry_run),
+            decided.segment(i),
         )
         outcome = replace(outcome, top_categories=top_categories(snapshot, rows[i]))
         rt.metrics.count_decision(
@@ -187,18 +202,16 @@ def _commit(
     decision_id: str,
     at: datetime,
     prefs: Preferences | None,
-    request_id: str | None,
-    campaign_id: str | None,
-    dry_run: bool,
+    meta: _Meta,
+    segment: Segment,
 ) -> Outcome:
-    meta = _Meta(request_id, campaign_id, dry_run)
-    base = Outcome(decision_id, d, request_id, campaign_id, dry_run, False, ())
-    if dry_run:
+    base = Outcome(decision_id, d, meta.request_id, meta.campaign_id, meta.dry_run, False, ())
+    if meta.dry_run:
         return base
     try:
         if d.is_contact:
             res = rt.store.try_record_contact(
-                _record(d, decision_id, at, meta), _caps_for(rt, prefs), now=at
+                _record(d, decision_id, at, meta, segment), _caps_for(rt, prefs), now=at
             )
             if res.recorded:
                 return replace(base, recorded=True)
@@ -209,10 +222,11 @@ def _commit(
                 offer_id=None,
                 channel=None,
                 value=None,
+                p_convert=None,
                 reasons=(res.reason or "cap", *d.reasons),
             )
             base = replace(base, decision=d)
-        rt.store.record_decision(_record(d, decision_id, at, meta))
+        rt.store.record_decision(_record(d, decision_id, at, meta, segment))
         return replace(base, recorded=True)
     except DuplicateDecisionError:
         # The same deterministic id was recorded by a concurrent call: that one stands.

@@ -99,9 +99,7 @@ def _record(
     cols = table.to_pydict()
     for start in range(0, table.num_rows, RECORD_BATCH):
         rows = range(start, min(start + RECORD_BATCH, table.num_rows))
-        into.add(
-            record_rows(store, cols, decided.batch, wave.at, wave.wave_id, caps, decided.live, rows)
-        )
+        into.add(record_rows(store, cols, decided, wave.at, wave.wave_id, caps, rows))
     return pa.Table.from_pydict(cols, schema=table.schema)
 
 

@@ -5,13 +5,14 @@ rerun of the same wave finds the decisions it already wrote and counts them once
 decision is skipped and the output row shows what the store holds. A contact decision is
 checked against the caps inside its transaction, as the API does (`Store.try_record_contact`):
 if a contact recorded since the chunk was decided fills a cap, the decision becomes `none`
-with the cap's reason code.
+with the cap's reason code. Each decision row carries the customer's value tier and lapse
+state (holdouts too: the report compares every segment with its own holdouts) and the
+model's P(convert) of the chosen option.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from features.constants import CHANNELS, NO_INCENTIVE
 from serving.batch.columns import REASON_SEP
-from serving.engine import DecisionBatch
+from serving.decide import Decided
 from serving.engine.decision import NONE
 from serving.errors import StoreError, StoreUnavailableError
 from serving.store import ContactCaps, CustomerState, Store, check_caps, queries
@@ -59,9 +60,10 @@ def _caps_for(base: ContactCaps, state: CustomerState | None) -> ContactCaps:
 
 
 def _decision_row(
-    result: DecisionBatch, i: int, decision_id: str, at: datetime, wave_id: str
+    decided: Decided, i: int, decision_id: str, at: datetime, wave_id: str
 ) -> Decision:
-    d = result.decision(i)
+    d = decided.batch.decision(i)
+    tier, lapse = decided.segment(i)
     return Decision(
         decision_id=decision_id,
         request_id=None,
@@ -80,6 +82,9 @@ def _decision_row(
         policy_version=d.policy_version,
         campaign_id=wave_id,
         dry_run=False,
+        value_tier=tier,
+        lapse_state=lapse,
+        p_convert=d.p_convert if d.is_contact else None,
     )
 
 
@@ -99,6 +104,7 @@ def _show_stored(cols: Columns, j: int, row: Decision) -> None:
 def _block(cols: Columns, j: int, row: Decision, code: str) -> None:
     row.reasons = [code, *row.reasons]
     row.action, row.offer_id, row.channel, row.expected_value = NONE, None, None, None
+    row.p_convert = None  # nothing is sent, so there is no predicted conversion to check
     _show_stored(cols, j, row)
     for col in ("offer_title", "offer_description"):
         cols[col][j] = None
@@ -107,14 +113,13 @@ def _block(cols: Columns, j: int, row: Decision, code: str) -> None:
 def record_rows(
     store: Store,
     cols: Columns,
-    result: DecisionBatch,
+    decided: Decided,
     at: datetime,
     wave_id: str,
     caps: ContactCaps,
-    live: Mapping[str, CustomerState],
     rows: range,
 ) -> RecordCounts:
-    """Record `rows` of `result` (and of its output columns `cols`) in one transaction.
+    """Record `rows` of `decided` (and of its output columns `cols`) in one transaction.
 
     `cols` (the output table as lists, `pa.Table.to_pydict()`) is updated in place where the
     store's answer differs: an already recorded decision, or a contact a cap blocked.
@@ -153,13 +158,13 @@ def record_rows(
                     _show_stored(cols, j, existing[did])
                     counts.already_recorded += 1
                     continue
-                row = _decision_row(result, j, did, at, wave_id)
+                row = _decision_row(decided, j, did, at, wave_id)
                 if row.action in CONTACT_ACTIONS and row.channel:
                     cid = row.customer_id
                     offer = row.offer_id if row.action == ACTION_OFFER else None
                     blocked = check_caps(
                         past.get(cid, []),
-                        _caps_for(caps, live.get(cid)),
+                        _caps_for(caps, decided.live.get(cid)),
                         at,
                         row.channel,
                         None if offer == NO_INCENTIVE else offer,

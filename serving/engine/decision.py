@@ -46,6 +46,7 @@ class Decision:
     reasons: tuple[str, ...]
     model_version: str
     policy_version: str
+    p_convert: float | None = None  # the model's P(convert) of the chosen option, if scored
 
     @property
     def is_contact(self) -> bool:
@@ -63,6 +64,8 @@ class DecisionBatch:
         stage: (n,) 1-based journey stage of the next step, 0 when unknown or sunset.
         value: (n,) model value of the chosen option (NaN when nothing is sent, or rules-only).
         propensity: (n,) probability the policy gave the chosen action.
+        p_convert: (n,) the scorer's P(convert) of the chosen option (NaN when nothing is
+            sent, or rules-only).
         values: (n, K) option values (model values, or rules-only preference scores, which
             `Decision` does not report: they are an order, not money).
         exclusion: (n, K) reason code per option (0 = allowed), see reasons.EXCLUSION_ORDER.
@@ -78,6 +81,7 @@ class DecisionBatch:
     stage: npt.NDArray[np.int64]
     value: npt.NDArray[np.float64]
     propensity: npt.NDArray[np.float64]
+    p_convert: npt.NDArray[np.float64]
     values: npt.NDArray[np.float64]
     exclusion: npt.NDArray[np.int64]
     choice: npt.NDArray[np.int64]
@@ -126,6 +130,7 @@ class DecisionBatch:
             reasons=self.reasons(i),
             model_version=self.model_version,
             policy_version=self.policy_version,
+            p_convert=None if np.isnan(self.p_convert[i]) else float(self.p_convert[i]),
         )
 
     def decisions(self) -> list[Decision]:

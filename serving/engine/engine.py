@@ -184,6 +184,12 @@ def decide(
     choice = np.where(~batch.known, r.CHOICE_CODE[r.UNKNOWN_CUSTOMER], choice)
     propensity = np.where(holdout, policy.holdout.share, picked.propensity)
     stage = np.where(batch.known & ~journey.sunset, journey.stage_index + 1, 0)
+    contacted = sent & ~holdout
+    p_convert = (
+        np.where(contacted, np.asarray(scores.p_convert, dtype=np.float64)[rows, safe], np.nan)
+        if scores is not None
+        else np.full(n, np.nan)
+    )
     return DecisionBatch(
         customer_ids=ids,
         options=options,
@@ -194,6 +200,7 @@ def decide(
         stage=stage,
         value=np.where(sent & (scores is not None), values[rows, safe], np.nan),
         propensity=propensity,
+        p_convert=p_convert,
         values=values,
         exclusion=exclusion,
         choice=choice,

@@ -3,10 +3,12 @@
 Only this module touches SQLAlchemy; `serving.reporting.metrics` works on what it returns.
 
 - decisions: the (non dry-run) decision log in the period, optionally of one campaign, with
-  the status of the contact each one implied. The log has no columns for the customer's value
-  tier, lapse state or predicted conversion; they are read, when present, from the decision's
-  recorded context: a mapping inside `reasons` (``{"value_tier": "mid"}``) or a key of
-  `scores` (`value_tier`, `lapse_state`, `p_convert`).
+  the status of the contact each one implied. The customer's value tier, lapse state and
+  predicted conversion come from the log's own columns (`value_tier`, `lapse_state`,
+  `p_convert`, since store revision 0002); for rows written before them (NULL there) they
+  are read, when present, from the decision's recorded context: a mapping inside `reasons`
+  (``{"value_tier": "mid"}``) or a key of `scores` (`value_tier`, `lapse_state`,
+  `p_convert`).
 - events: every event of those customers from the start of the period on (outcomes after
   `until` still count for decisions made before it).
 - budget: incentive redemptions and cost per offer and day in the period.
@@ -118,6 +120,19 @@ def _decision_context(reasons: Any, scores: Any) -> dict[str, Any]:
     }
 
 
+def _segment(row: Any) -> dict[str, Any]:
+    """The logged columns, each falling back to the recorded context when NULL (old rows)."""
+    logged = {
+        "value_tier": row.value_tier,
+        "lapse_state": row.lapse_state,
+        "predicted_conversion": row.p_convert,
+    }
+    if all(v is not None for v in logged.values()):
+        return logged
+    old = _decision_context(row.reasons, row.scores)
+    return {k: v if v is not None else old[k] for k, v in logged.items()}
+
+
 def _float_or_none(value: Any) -> float | None:
     try:
         return float(value) if value is not None else None
@@ -153,6 +168,9 @@ def _decisions_stmt(f: ReportFilter) -> Executable:
             Decision.excluded,
             Decision.reasons,
             Decision.scores,
+            Decision.value_tier,
+            Decision.lapse_state,
+            Decision.p_convert,
             Contact.status,
         )
         .outerjoin(Contact, Contact.decision_id == Decision.decision_id)
@@ -210,7 +228,7 @@ def _decision_frame(rows: Sequence[Any]) -> pd.DataFrame:
                 "excluded": list(r.excluded or ()),
                 "reasons": [x for x in r.reasons or () if isinstance(x, str)],
                 "contact_status": r.status,
-                **_decision_context(r.reasons, r.scores),
+                **_segment(r),
             }
         )
     df = pd.DataFrame.from_records(records, columns=list(DECISION_COLUMNS))

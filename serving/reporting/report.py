@@ -112,7 +112,7 @@ def build_report(
     if not calib:
         notes.append(
             "calibration: fewer than 50 contacts carry a logged predicted conversion "
-            "(decision scores key `p_convert`)"
+            "(decision log column `p_convert`, filled when a model scored the decision)"
         )
     budget = (
         frames.budget.groupby("offer_id")[["redemptions", "cost"]].sum().reset_index()

@@ -4,7 +4,9 @@ Timestamps are timezone-naive UTC, as everywhere in winback. Ids are strings cho
 caller (decision ids by the engine, event ids by the sender of the event). The schema itself
 is created and changed only by the Alembic migrations in `serving/store/migrations`.
 
-- `decisions`        append-only decision log: one row per decision, never updated.
+- `decisions`        append-only decision log: one row per decision, never updated; it
+                     carries the customer's value tier and lapse state and the predicted
+                     conversion, so the campaign report can break results down by segment.
 - `contacts`         contacts implied by decisions; `status` says whether one still counts
                      against the frequency caps (`sent`) or not (`not_sent`, `released`).
 - `events`           events reported back (sent, open, order, unsubscribe, ...), unique by id.
@@ -77,6 +79,11 @@ class Decision(Base):
     policy_version: Mapped[str | None] = mapped_column(String(64))
     campaign_id: Mapped[str | None] = mapped_column(ID)
     dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The customer's segment when decided (snapshot state) and the model's P(convert) of the
+    # chosen option (NULL in rules-only mode and for no-contact actions); added in 0002.
+    value_tier: Mapped[str | None] = mapped_column(String(16))
+    lapse_state: Mapped[str | None] = mapped_column(String(16))
+    p_convert: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (Index("ix_decisions_customer_ts", "customer_id", "ts"),)
 

@@ -22,7 +22,12 @@ def utc_naive(ts: datetime) -> datetime:
 
 @dataclass(frozen=True)
 class DecisionRecord:
-    """A decision to append to the log; `offer`/`message` decisions also imply a contact."""
+    """A decision to append to the log; `offer`/`message` decisions also imply a contact.
+
+    `value_tier` and `lapse_state` are the customer's segment when decided (None when not in
+    the snapshot); `p_convert` is the model's P(convert) of the chosen option (None in
+    rules-only mode and for decisions that contact nobody).
+    """
 
     decision_id: str
     customer_id: str
@@ -41,6 +46,9 @@ class DecisionRecord:
     policy_version: str | None = None
     campaign_id: str | None = None
     dry_run: bool = False
+    value_tier: str | None = None
+    lapse_state: str | None = None
+    p_convert: float | None = None
 
     @property
     def implies_contact(self) -> bool:

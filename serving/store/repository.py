@@ -81,6 +81,9 @@ def _decision_row(d: DecisionRecord) -> Decision:
         policy_version=d.policy_version,
         campaign_id=d.campaign_id,
         dry_run=d.dry_run,
+        value_tier=d.value_tier,
+        lapse_state=d.lapse_state,
+        p_convert=d.p_convert,
     )
 
 
