@@ -29,6 +29,7 @@ import pandas as pd
 from models.base import predict_numpy
 from models.errors import FeatureMismatchError, InvalidInputError
 from models.reactivation import ReactivationClassifier
+from models.support import AssignmentSupport
 from models.uplift import BaggedOptionLearner, DRLearner, SLearner, TLearner
 from models.value import incremental_margin
 
@@ -73,6 +74,9 @@ class PolicyModel:
         z: normal quantile of the one-sided bound used by decision values.
         revenue_feature, margin_rate_feature: columns giving a customer's expected order
             revenue and margin rate; fallback_revenue/fallback_margin_rate where they are NaN.
+        support: estimated P(option was sent | features) from the logged assignments, or None.
+        min_support: below this estimated sending probability an option gets no decision value
+            (NaN): the history holds no evidence of how such customers respond to it.
         metadata: free-form facts recorded at training (seed, learner, run id...).
     """
 
@@ -91,6 +95,8 @@ class PolicyModel:
     margin_rate_feature: str | None = None
     fallback_revenue: float = 0.0
     fallback_margin_rate: float = 0.0
+    support: AssignmentSupport | None = None
+    min_support: float = 0.02
     metadata: dict[str, str] = field(default_factory=dict)
 
     # --- derived -----------------------------------------------------------------------------
@@ -193,7 +199,26 @@ class PolicyModel:
         lcb = gain.mean(axis=0) - self.z * gain.std(axis=0, ddof=1)
         decision = value[:, [d]] + lcb
         decision[:, d] = value[:, d]
+        if self.support is not None:
+            decision[~self.supported(X)] = np.nan
         return Scores(p, value, decision, p_react, revenue, margin)
+
+    def supported(self, X: np.ndarray) -> np.ndarray:
+        """(n, k) whether each option was sent to customers like this often enough to judge.
+
+        The control (no contact) is always supported; options never logged never are.
+        """
+        n, k = X.shape[0], len(self.options)
+        if self.support is None:
+            return np.ones((n, k), dtype=bool)
+        est = self.support.predict_proba_numpy(X)
+        out = np.zeros((n, k), dtype=bool)
+        for j, o in enumerate(self.options):
+            if o == self.control:
+                out[:, j] = True
+            elif o in self.support.options_:
+                out[:, j] = est[:, self.support.options_.index(o)] >= self.min_support
+        return out
 
     def predict_frame(self, X: pd.DataFrame) -> pd.DataFrame:
         """The pyfunc output: p_<option>, value_<option>, best_offer, best_value per row."""
@@ -208,7 +233,8 @@ class PolicyModel:
             out[f"value_{o}"] = s.value[:, j]
         out["p_reactivation"] = s.p_reactivation
         if self.response is not None:
-            best = np.nanargmax(s.decision_value, axis=1)
+            dv = np.where(np.isfinite(s.decision_value), s.decision_value, -np.inf)
+            best = np.argmax(dv, axis=1)
             out["best_offer"] = np.asarray(self.options, dtype=object)[best]
             out["best_value"] = s.value[np.arange(len(best)), best]
         else:

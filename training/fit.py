@@ -27,6 +27,7 @@ from models.policy_model import (
     mean_value_default,
 )
 from models.reactivation import ReactivationClassifier
+from models.support import AssignmentSupport
 from models.uplift import BaggedOptionLearner, SLearner, TLearner
 from models.value import incremental_margin
 from training.errors import TrainingError
@@ -128,6 +129,7 @@ class ResponseFit:
     test_mask: np.ndarray
     auuc_by_learner: dict[str, float]
     split: dict[str, str] = field(default_factory=dict)
+    support: AssignmentSupport | None = None
 
 
 def response_split(frame: Frame, seed: int, test_share: float = 0.3) -> np.ndarray:
@@ -187,8 +189,11 @@ def fit_response(frame: Frame, seed: int, n_bags: int = 8) -> ResponseFit:
     oob = chosen.oob_proba_options_
     ok = np.isfinite(oob.to_numpy()).all(axis=1)
     calibrator = OptionCalibrator().fit(oob[ok], t[train][ok], y[train][ok], e[train][ok])
+    support = AssignmentSupport(
+        categorical_features=list(enc.categorical), random_state=seed, n_jobs=2
+    ).fit(Xtr, t[train])
     split = {"test_rows": str(int(test.sum())), "train_rows": str(int(train.sum()))}
-    return ResponseFit(chosen, best, calibrator, train, test, scores, split)
+    return ResponseFit(chosen, best, calibrator, train, test, scores, split, support)
 
 
 def _mean_auuc(p: pd.DataFrame, t: np.ndarray, y: np.ndarray, control: str) -> float:
@@ -250,6 +255,7 @@ def build_policy_model(
         response=response.learner if response is not None else None,
         reactivation=reactivation.model if reactivation is not None else None,
         calibration_shift=dict(response.calibrator.shift_) if response is not None else {},
+        support=response.support if response is not None else None,
         z=z,
         revenue_feature=REVENUE_FEATURE if REVENUE_FEATURE in enc.X else None,
         margin_rate_feature=MARGIN_RATE_FEATURE if MARGIN_RATE_FEATURE in enc.X else None,
