@@ -16,7 +16,7 @@ DEMO_ADMIN_KEY ?= demo-admin-key
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "winback needs Python 3.11 or newer; set PYTHON=python3.x")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,postgres,spark]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,postgres,spark,compiled]'
 	touch $(STAMP)
 
 # The main job on the embedded defaults (SQLite store, ./mlruns): a synthetic world, a trained

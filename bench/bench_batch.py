@@ -33,7 +33,8 @@ from features.datadir import load_data_dir
 from features.featureset import FeatureSet
 from features.snapshot import Snapshot
 from features.synthetic.generate import generate_world, write_world
-from models.policy_model import PolicyModel, _predict
+from models.base import predict_numpy
+from models.policy_model import PolicyModel
 from models.uplift import SLearner
 from serving.batch.local import DEFAULT_CHUNK_ROWS, Wave, score_local
 from serving.batch.output import open_output
@@ -109,10 +110,10 @@ def bare_predictions(model: PolicyModel, matrix: np.ndarray, chunk: int) -> floa
                 design = np.empty((len(X) * k, X.shape[1] + 1))
                 design[:, :-1] = np.tile(X, (k, 1))
                 design[:, -1] = np.repeat(np.arange(k), len(X))
-                _predict(bag, design)
+                predict_numpy(bag, design)
             else:
                 for m in bag:
-                    _predict(m, X)
+                    predict_numpy(m, X)
     return time.perf_counter() - t
 
 

@@ -20,6 +20,7 @@ from models.errors import ModelsError
 from models.policy_model import PolicyModel
 from models.pyfunc import load_policy_model
 from serving.errors import ModelUnavailableError
+from serving.settings import ServingSettings, get_serving_settings
 
 FloatMatrix = npt.NDArray[np.float64]
 
@@ -63,16 +64,29 @@ def _version_label(model_uri: str) -> str:
     return f"{name}/{mv.version}"
 
 
-def mlflow_scorer_loader(settings: Settings | None = None) -> Callable[[str], PolicyScorer]:
-    """A ScorerLoader reading from winback's MLflow store (tracking URI from settings)."""
+def mlflow_scorer_loader(
+    settings: Settings | None = None, serving: ServingSettings | None = None
+) -> Callable[[str], PolicyScorer]:
+    """A ScorerLoader reading from winback's MLflow store (tracking URI from settings).
+
+    With `WINBACK_MODEL_BACKEND=lleaves` the boosters are compiled once at load (cached by
+    model text under `WINBACK_COMPILED_CACHE_DIR`); scores are identical to 1e-9.
+    """
     import mlflow
 
     def load(model_uri: str) -> PolicyScorer:
         mlflow.set_tracking_uri((settings or get_settings()).resolved_tracking_uri())
+        cfg = serving or get_serving_settings()
         try:
             model = load_policy_model(model_uri)
+            if cfg.model_backend == "lleaves":
+                from models.compiled import compile_policy_model
+
+                model = compile_policy_model(model, cfg.compiled_cache_dir)
         except ModelsError as exc:
             raise ModelUnavailableError(str(exc)) from None
+        # the backend changes how trees are evaluated, not the model: decisions record the
+        # registry version either way, so batch and API decisions stay identical
         return PolicyScorer(model, _version_label(model_uri))
 
     return load

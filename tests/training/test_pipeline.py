@@ -120,3 +120,21 @@ def test_cli_train_reports_skips_and_registers(world: Path, store: Path, tmp_pat
     )
     assert result.exit_code == 0, result.output
     assert out.exists() and "reactivation_auc" in out.read_text()
+
+
+def test_compiled_backend_scores_like_lightgbm(world: Path, store: Path, tmp_path: Path) -> None:
+    pytest.importorskip("lleaves", reason="the 'compiled' extra (lleaves) is not installed")
+    from serving.model_scorer import mlflow_scorer_loader
+    from serving.settings import ServingSettings
+
+    train(world, seed=6, n_bags=2)
+    uri = f"models:/winback-policy@{CHALLENGER}"
+    plain = mlflow_scorer_loader(serving=ServingSettings(model_backend="lightgbm"))(uri)
+    compiled = mlflow_scorer_loader(
+        serving=ServingSettings(model_backend="lleaves", compiled_cache_dir=tmp_path / "cc")
+    )(uri)
+    X = np.random.default_rng(1).normal(size=(50, len(plain.model.feature_columns)))
+    (p1, v1), (p2, v2) = plain.score(X), compiled.score(X)
+    np.testing.assert_allclose(p1, p2, atol=1e-9)
+    np.testing.assert_allclose(v1, v2, atol=1e-9, equal_nan=True)
+    assert plain.version == compiled.version
