@@ -480,6 +480,8 @@ def launch(
             WINBACK_API_KEYS=API_KEY,
             WINBACK_MODEL_URI=CHAMPION,
             WINBACK_RELOAD_STATE_PATH=str(work / "reload.json"),
+            WINBACK_MODEL_BACKEND=args.backend,
+            WINBACK_COMPILED_CACHE_DIR=str(work / "compiled"),  # not the repo's mlruns/
         )
         return f"{bin_}/winback serve --port {port} --workers {args.api_workers}", env, PATHS[name]
     w = args.side_workers
@@ -517,6 +519,13 @@ def main() -> None:
         default=1,
         help="OMP_NUM_THREADS for every server (0 = unset: LightGBM uses all cores per call, "
         "which stalls single-row predictions when the cores are busy)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("lightgbm", "lleaves"),
+        default="lightgbm",
+        help="WINBACK_MODEL_BACKEND of the decision API (lleaves: compiled trees, cached in "
+        "--work/compiled); the bare and mlflow servers always use LightGBM",
     )
     p.add_argument("--only", default="api,bare,mlflow", help="targets to run")
     p.add_argument("--profile", default="", help="targets to profile with py-spy (e.g. api)")
@@ -557,13 +566,14 @@ def main() -> None:
 def report(results: dict[str, dict[str, Any]], db: Path | None, args: argparse.Namespace) -> None:
     omp = args.omp_threads or "unset"
     print(
-        f"\nOMP_NUM_THREADS={omp}; loopback; the 2 cores are shared by servers, load clients "
-        f"and unrelated processes ('others', in cores); {args.duration} s per run\n"
+        f"\nOMP_NUM_THREADS={omp}; API model backend {args.backend}; loopback; the 2 cores "
+        f"are shared by servers, load clients and unrelated processes ('others', in cores); "
+        f"{args.duration} s per run\n"
     )
     head = f"{'target':<38}{'req/s':>8}{'conns':>6}{'p50 ms':>8}{'p99 ms':>8}{'cpu ms/req':>11}"
     print("max sustained with no errors (wrk -t1, closed loop)\n" + head + f"{'others':>8}")
     labels = {
-        "api": f"decision API, {args.api_workers} workers, SQLite",
+        "api": f"decision API, {args.api_workers} w, SQLite, {args.backend}",
         "bare": f"bare FastAPI, {args.rows} rows, {args.side_workers} worker",
         "mlflow": f"mlflow models serve, {args.rows} rows, {args.side_workers} w",
     }

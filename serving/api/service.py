@@ -141,7 +141,8 @@ def decide_and_record(
     matrix, known, rows = _features(snapshot, ids)
     as_of = snapshot.as_of.to_pydatetime() if snapshot is not None else at
     budgeted = [o for o, b in zip(rt.options.offer_ids, rt.options.budgets, strict=True) if b]
-    usage = rt.store.budget_usage(budgeted, at.date()) if budgeted else None
+    # cached for a second: see `Store.budget_usage_cached`
+    usage = rt.store.budget_usage_cached(budgeted, at.date()) if budgeted else None
     decided = decide_rows(
         Decider(rt.options, rt.policy, rt.scorer, rt.base_caps),
         matrix,

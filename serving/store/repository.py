@@ -16,11 +16,14 @@ SQLAlchemy errors are translated into `serving.errors` at this boundary.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
+from typing import Any, Final
 
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Connection, Engine, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -58,12 +61,18 @@ OPT_OUT_EVENTS = ("unsubscribe", "complaint")
 RELEASE_EVENTS = ("not_sent",)
 
 
+# The tables behind the ORM classes, for Core inserts on the request path.
+_DECISIONS: Final = Decision.metadata.tables["decisions"]
+_CONTACTS: Final = Contact.metadata.tables["contacts"]
+
+
 class _ConstraintError(StoreError):
     """An integrity constraint failed (translated to a public error where it has meaning)."""
 
 
-def _decision_row(d: DecisionRecord) -> Decision:
-    return Decision(
+def _decision_row(d: DecisionRecord) -> dict[str, Any]:
+    """The `decisions` row of a record, as Core insert parameters (no ORM object)."""
+    return dict(
         decision_id=d.decision_id,
         request_id=d.request_id,
         customer_id=d.customer_id,
@@ -87,11 +96,17 @@ def _decision_row(d: DecisionRecord) -> Decision:
     )
 
 
+BUDGET_CACHE_SECONDS: Final = 1.0
+"""How long `Store.budget_usage_cached` reuses a read (see there)."""
+
+
 class Store:
     """The decision store behind one engine (thread-safe; create one per process)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._budget_cache: dict[tuple[tuple[str, ...], date], tuple[float, Any]] = {}
+        self._budget_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, **engine_kwargs: int | bool) -> Store:
@@ -109,11 +124,26 @@ class Store:
     # --- plumbing ---------------------------------------------------------------------------
     @contextmanager
     def _session(self, write: bool) -> Iterator[Session]:
+        with self._translated(), Session(self.engine, expire_on_commit=False) as s, s.begin():
+            # Must be the first use of the session: the options apply before BEGIN.
+            s.connection(execution_options={WRITE_OPTION: write})
+            yield s
+
+    @contextmanager
+    def _connection(self, write: bool) -> Iterator[Connection]:
+        """One transaction on a bare Core connection: the request path's reads and writes
+        need no ORM session (whose set-up cost as much as the statements themselves)."""
+        with self._translated(), self.engine.connect() as conn:
+            conn.execution_options(**{WRITE_OPTION: write})  # before BEGIN (see engine)
+            with conn.begin():
+                yield conn
+
+    @staticmethod
+    @contextmanager
+    def _translated() -> Iterator[None]:
+        """SQLAlchemy errors raised inside, as `serving.errors` store errors."""
         try:
-            with Session(self.engine, expire_on_commit=False) as s, s.begin():
-                # Must be the first use of the session: the options apply before BEGIN.
-                s.connection(execution_options={WRITE_OPTION: write})
-                yield s
+            yield
         except (OperationalError, InterfaceError) as exc:
             raise StoreUnavailableError(f"store: database error: {exc.orig}") from None
         except IntegrityError as exc:
@@ -128,7 +158,7 @@ class Store:
             return sqlite.insert(table)
         raise StoreError(f"store: unsupported database dialect {self.dialect!r}")
 
-    def _lock_customer(self, s: Session, customer_id: str) -> None:
+    def _lock_customer(self, s: Connection, customer_id: str) -> None:
         if self.dialect == "postgresql":
             s.execute(
                 text("SELECT pg_advisory_xact_lock(hashtextextended(:cid, 0))"),
@@ -153,8 +183,8 @@ class Store:
         if decision.implies_contact:
             return self.try_record_contact(decision, caps or ContactCaps())
         try:
-            with self._session(write=True) as s:
-                s.add(_decision_row(decision))
+            with self._connection(write=True) as s:
+                s.execute(insert(_DECISIONS), _decision_row(decision))
         except StoreError as exc:
             raise self._duplicate_or(exc, decision.decision_id) from None
         return RecordResult(recorded=True, decision_id=decision.decision_id)
@@ -183,7 +213,7 @@ class Store:
         if offer == NO_INCENTIVE:
             offer = None
         try:
-            with self._session(write=True) as s:
+            with self._connection(write=True) as s:
                 self._lock_customer(s, decision.customer_id)
                 past = queries.counted_contacts(s, [decision.customer_id], at - caps.horizon).get(
                     decision.customer_id, []
@@ -192,20 +222,21 @@ class Store:
                 if blocked is not None:
                     code, detail = blocked  # nothing written: the commit only frees the lock
                     return RecordResult(False, decision.decision_id, reason=code, detail=detail)
-                s.add(_decision_row(decision))
-                s.flush()  # the contact refers to the decision
-                s.add(
-                    Contact(
-                        contact_id=decision.decision_id,
-                        decision_id=decision.decision_id,
-                        customer_id=decision.customer_id,
-                        ts=utc_naive(decision.ts),
-                        channel=decision.channel,
-                        offer_id=decision.offer_id,
-                        campaign_id=decision.campaign_id,
-                        stage=decision.stage,
-                        status=SENT,
-                    )
+                # Core inserts, decision first (the contact refers to it): no ORM unit of work.
+                s.execute(insert(_DECISIONS), _decision_row(decision))
+                s.execute(
+                    insert(_CONTACTS),
+                    {
+                        "contact_id": decision.decision_id,
+                        "decision_id": decision.decision_id,
+                        "customer_id": decision.customer_id,
+                        "ts": utc_naive(decision.ts),
+                        "channel": decision.channel,
+                        "offer_id": decision.offer_id,
+                        "campaign_id": decision.campaign_id,
+                        "stage": decision.stage,
+                        "status": SENT,
+                    },
                 )
         except StoreError as exc:
             raise self._duplicate_or(exc, decision.decision_id) from None
@@ -370,6 +401,8 @@ class Store:
                     },
                 )
             )
+        with self._budget_lock:  # after the commit: this process sees its own increments
+            self._budget_cache.clear()
 
     def budget_usage(self, offer_ids: Sequence[str], day: date) -> dict[str, BudgetTotals]:
         """Usage on `day` and in total for each offer (zeros for offers never used)."""
@@ -390,6 +423,31 @@ class Store:
             out[oid] = BudgetTotals(oid, int(dr or 0), float(dc or 0), int(tr), float(tc))
         return out
 
+    def budget_usage_cached(
+        self, offer_ids: Sequence[str], day: date, max_age_s: float = BUDGET_CACHE_SECONDS
+    ) -> dict[str, BudgetTotals]:
+        """`budget_usage`, reusing a read of the same offers and day for `max_age_s` seconds.
+
+        For the request path, which would otherwise read the usage on every decision. Budget
+        usage only grows with order events (redemptions), which come days after the contacts,
+        and the decision has never re-checked it inside its recording transaction, so a read
+        up to `max_age_s` old (default 1 s; other worker processes' increments show up within
+        that time) changes nothing that matters. `add_budget_usage` on this store empties the
+        cache, so a process always sees its own increments at once.
+        """
+        key = (tuple(offer_ids), day)
+        now = time.monotonic()
+        with self._budget_lock:
+            hit = self._budget_cache.get(key)
+        if hit is not None and now - hit[0] < max_age_s:
+            return dict(hit[1])
+        usage = self.budget_usage(offer_ids, day)
+        with self._budget_lock:
+            if len(self._budget_cache) > 64:  # a new day or offer set: drop the stale keys
+                self._budget_cache.clear()
+            self._budget_cache[key] = (now, usage)
+        return dict(usage)
+
     # --- reads for the guardrails -----------------------------------------------------------
     def customer_states(
         self, customer_ids: Sequence[str], now: datetime, lookback_days: int
@@ -397,5 +455,5 @@ class Store:
         """Counted contacts in the lookback, current consent and preferences, last order."""
         at = utc_naive(now)
         ids = list(dict.fromkeys(customer_ids))
-        with self._session(write=False) as s:
+        with self._connection(write=False) as s:
             return queries.customer_states(s, ids, at, lookback_days)

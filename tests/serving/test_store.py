@@ -272,6 +272,20 @@ def test_budget_usage_accumulates_per_day_and_in_total(store: Store) -> None:
     assert usage["freeship"].total_redemptions == 0
 
 
+def test_cached_budget_usage_sees_own_increments_and_expires(store: Store) -> None:
+    day = date(2026, 3, 1)
+    store.add_budget_usage("pct10", day, 1, 8.0)
+    first = store.budget_usage_cached(["pct10"], day, max_age_s=60)
+    assert first["pct10"].total_redemptions == 1
+    store.add_budget_usage("pct10", day, 1, 8.0)  # this process: the cache is emptied
+    assert store.budget_usage_cached(["pct10"], day, max_age_s=60)["pct10"].total_redemptions == 2
+    # another process's increment (same database, another Store) shows once the entry expires
+    other = Store(store.engine)
+    other.add_budget_usage("pct10", day, 1, 8.0)
+    assert store.budget_usage_cached(["pct10"], day, max_age_s=60)["pct10"].total_redemptions == 2
+    assert store.budget_usage_cached(["pct10"], day, max_age_s=0)["pct10"].total_redemptions == 3
+
+
 def test_store_without_migrations_raises_store_error(tmp_path: Path) -> None:
     store = Store.from_url(f"sqlite:///{tmp_path / 'empty.db'}")
     assert store.ping()
