@@ -14,14 +14,14 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from features.featureset import WINBACK_V1, FeatureSet
 from features.snapshot import Snapshot
-from serving.engine import CustomerBatch, DecisionBatch, OptionSet, Scores, decide
+from serving.engine import CustomerBatch, Decision, DecisionBatch, OptionSet, Scores, decide
 from serving.engine.rules import BudgetUsage
 from serving.engine.timeutil import to_days
 from serving.errors import ModelUnavailableError
@@ -205,3 +205,25 @@ def decide_rows(
         value_tier=decode(batch.value_tier, batch.known, fs.feature("value_tier").vocabulary),
         lapse_state=decode(batch.lapse_state, batch.known, fs.feature("lapse_state").vocabulary),
     )
+
+
+def decision_fields(d: Decision, segment: tuple[str | None, str | None]) -> dict[str, Any]:
+    """The decision-log columns that come from an engine decision (the API and batch both
+    record through this, so a decision is logged the same way wherever it was made)."""
+    return {
+        "customer_id": d.customer_id,
+        "action": d.action,
+        "offer_id": d.offer_id,
+        "channel": d.channel,
+        "stage": d.stage,
+        "propensity": d.propensity,
+        "expected_value": d.value,
+        "reasons": list(d.reasons),
+        "scores": {k: (v if math.isfinite(v) else None) for k, v in d.scores.items()} or None,
+        "excluded": [{"offer_id": e.offer_id, "reason": e.reason} for e in d.excluded],
+        "model_version": d.model_version,
+        "policy_version": d.policy_version,
+        "value_tier": segment[0],
+        "lapse_state": segment[1],
+        "p_convert": d.p_convert if d.is_contact else None,
+    }

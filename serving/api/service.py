@@ -18,14 +18,13 @@ from datetime import datetime
 
 import numpy as np
 
-from features.constants import CHANNELS
 from features.snapshot import Snapshot
 from serving.api.runtime import Runtime
-from serving.decide import Decider, decide_rows, decision_key, gather
+from serving.decide import Decider, decide_rows, decision_fields, decision_key, gather
 from serving.engine import Decision
 from serving.engine.decision import NONE
 from serving.errors import DuplicateDecisionError
-from serving.store import ContactCaps, DecisionRecord, Preferences
+from serving.store import DecisionRecord, Preferences
 from serving.store.records import utc_naive
 
 log = logging.getLogger("winback.api")
@@ -79,14 +78,6 @@ def _features(
     return matrix, known, rows
 
 
-def _caps_for(rt: Runtime, prefs: Preferences | None) -> ContactCaps:
-    """The policy's caps tightened by the customer's own frequency and channel choices."""
-    if prefs is None:
-        return rt.base_caps
-    off = [] if prefs.channels is None else [c for c in CHANNELS if c not in prefs.channels]
-    return rt.base_caps.tightened(prefs.max_contacts, prefs.per_days, off)
-
-
 Segment = tuple[str | None, str | None]
 """(value tier, lapse state) of a customer when decided (see `Decided.segment`)."""
 
@@ -96,25 +87,11 @@ def _record(
 ) -> DecisionRecord:
     return DecisionRecord(
         decision_id=decision_id,
-        customer_id=d.customer_id,
         ts=now,
-        action=d.action,
-        offer_id=d.offer_id,
-        channel=d.channel,
-        stage=d.stage,
-        propensity=d.propensity,
-        expected_value=d.value,
-        reasons=list(d.reasons),
-        scores={k: (v if math.isfinite(v) else None) for k, v in d.scores.items()} or None,
-        excluded=[{"offer_id": e.offer_id, "reason": e.reason} for e in d.excluded],
-        model_version=d.model_version,
-        policy_version=d.policy_version,
         request_id=meta.request_id,
         campaign_id=meta.campaign_id,
         dry_run=meta.dry_run,
-        value_tier=segment[0],
-        lapse_state=segment[1],
-        p_convert=d.p_convert if d.is_contact else None,
+        **decision_fields(d, segment),
     )
 
 
@@ -211,8 +188,9 @@ def _commit(
         return base
     try:
         if d.is_contact:
+            caps = rt.base_caps.for_preferences(prefs)
             res = rt.store.try_record_contact(
-                _record(d, decision_id, at, meta, segment), _caps_for(rt, prefs), now=at
+                _record(d, decision_id, at, meta, segment), caps, now=at
             )
             if res.recorded:
                 return replace(base, recorded=True)

@@ -12,7 +12,6 @@ model's P(convert) of the chosen option.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,12 +20,12 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from features.constants import CHANNELS, NO_INCENTIVE
+from features.constants import NO_INCENTIVE
 from serving.batch.columns import REASON_SEP
-from serving.decide import Decided
+from serving.decide import Decided, decision_fields
 from serving.engine.decision import NONE
 from serving.errors import StoreError, StoreUnavailableError
-from serving.store import ContactCaps, CustomerState, Store, check_caps, queries
+from serving.store import ContactCaps, CustomerState, Preferences, Store, check_caps, queries
 from serving.store.engine import WRITE_OPTION
 from serving.store.models import ACTION_OFFER, CONTACT_ACTIONS, SENT, Contact, Decision
 
@@ -51,40 +50,21 @@ class RecordCounts:
         self.blocked_by_cap += other.blocked_by_cap
 
 
-def _caps_for(base: ContactCaps, state: CustomerState | None) -> ContactCaps:
-    prefs = state.preferences if state is not None else None
-    if prefs is None:
-        return base
-    off = [] if prefs.channels is None else [c for c in CHANNELS if c not in prefs.channels]
-    return base.tightened(prefs.max_contacts, prefs.per_days, off)
+def _prefs(state: CustomerState | None) -> Preferences | None:
+    return state.preferences if state is not None else None
 
 
 def _decision_row(
     decided: Decided, i: int, decision_id: str, at: datetime, wave_id: str
 ) -> Decision:
-    d = decided.batch.decision(i)
-    tier, lapse = decided.segment(i)
+    fields = decision_fields(decided.batch.decision(i), decided.segment(i))
     return Decision(
         decision_id=decision_id,
         request_id=None,
-        customer_id=d.customer_id,
         ts=at,
-        action=d.action,
-        offer_id=d.offer_id,
-        channel=d.channel,
-        stage=d.stage,
-        propensity=d.propensity,
-        expected_value=d.value,
-        reasons=list(d.reasons),
-        scores={k: (v if math.isfinite(v) else None) for k, v in d.scores.items()} or None,
-        excluded=[{"offer_id": e.offer_id, "reason": e.reason} for e in d.excluded],
-        model_version=d.model_version,
-        policy_version=d.policy_version,
         campaign_id=wave_id,
         dry_run=False,
-        value_tier=tier,
-        lapse_state=lapse,
-        p_convert=d.p_convert if d.is_contact else None,
+        **fields,
     )
 
 
@@ -164,7 +144,7 @@ def record_rows(
                     offer = row.offer_id if row.action == ACTION_OFFER else None
                     blocked = check_caps(
                         past.get(cid, []),
-                        _caps_for(caps, decided.live.get(cid)),
+                        caps.for_preferences(_prefs(decided.live.get(cid))),
                         at,
                         row.channel,
                         None if offer == NO_INCENTIVE else offer,

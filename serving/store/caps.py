@@ -11,10 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from features.constants import NO_INCENTIVE
+from features.constants import CHANNELS, NO_INCENTIVE
 from serving.policy import FrequencyCaps
+
+if TYPE_CHECKING:  # records imports this module; the type is only needed for hints
+    from serving.store.records import Preferences
 
 # Reason codes of a blocked contact (stable: they end up in the decision log and the API).
 CAP_ACROSS_CHANNELS: Final = "cap_across_channels"
@@ -51,6 +54,13 @@ class ContactCaps:
             min_gap=timedelta(hours=caps.min_gap_hours),
             no_repeat_offer_days=caps.no_repeat_offer_days,
         )
+
+    def for_preferences(self, prefs: Preferences | None) -> ContactCaps:
+        """These caps tightened by a customer's own frequency and channel choices."""
+        if prefs is None:
+            return self
+        off = [] if prefs.channels is None else [c for c in CHANNELS if c not in prefs.channels]
+        return self.tightened(prefs.max_contacts, prefs.per_days, off)
 
     def tightened(
         self,
