@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -51,7 +51,7 @@ class RecommendationRequest(_In):
 class BatchRecommendationRequest(_In):
     """`POST /v1/recommendations/batch`: one decision per customer, same channel and context."""
 
-    customer_ids: list[str] = Field(min_length=1)
+    customer_ids: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(min_length=1)
     channel: ChannelOrAuto = "auto"
     context: DecisionContext = DecisionContext()
     candidate_offer_ids: list[str] | None = Field(None, min_length=1, max_length=64)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -56,9 +57,9 @@ class OptionSet:
     def __len__(self) -> int:
         return len(self.offer_ids)
 
-    @property
+    @cached_property
     def index(self) -> dict[str, int]:
-        """Position of each offer id."""
+        """Position of each offer id (built once; the option set is immutable)."""
         return {o: i for i, o in enumerate(self.offer_ids)}
 
     @property
