@@ -20,14 +20,13 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from features.constants import NO_INCENTIVE
 from serving.batch.columns import REASON_SEP
 from serving.decide import Decided, decision_fields
 from serving.engine.decision import NONE
 from serving.errors import StoreError, StoreUnavailableError
 from serving.store import ContactCaps, CustomerState, Preferences, Store, check_caps, queries
 from serving.store.engine import WRITE_OPTION
-from serving.store.models import ACTION_OFFER, CONTACT_ACTIONS, SENT, Contact, Decision
+from serving.store.models import CONTACT_ACTIONS, SENT, Contact, Decision
 
 Columns = dict[str, list[Any]]
 RECORD_BATCH = 2_000
@@ -141,13 +140,12 @@ def record_rows(
                 row = _decision_row(decided, j, did, at, wave_id)
                 if row.action in CONTACT_ACTIONS and row.channel:
                     cid = row.customer_id
-                    offer = row.offer_id if row.action == ACTION_OFFER else None
-                    blocked = check_caps(
+                    blocked = check_caps(  # exempts the plain message `none` from "no repeat"
                         past.get(cid, []),
                         caps.for_preferences(_prefs(decided.live.get(cid))),
                         at,
                         row.channel,
-                        None if offer == NO_INCENTIVE else offer,
+                        row.offer_id,
                     )
                     if blocked is not None:
                         _block(cols, j, row, blocked[0])

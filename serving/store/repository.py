@@ -28,13 +28,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from features.constants import CHANNELS, CONSENT_STATUSES, NO_INCENTIVE, OPTED_OUT
+from features.constants import CHANNELS, CONSENT_STATUSES, OPTED_OUT
 from serving.errors import DuplicateDecisionError, StoreError, StoreUnavailableError
 from serving.store import queries
 from serving.store.caps import ContactCaps, check_caps
 from serving.store.engine import WRITE_OPTION, create_store_engine
 from serving.store.models import (
-    ACTION_OFFER,
     CONTACT_STATUSES,
     NOT_SENT,
     SENT,
@@ -209,9 +208,9 @@ class Store:
                 "decision with a channel implies a contact"
             )
         at = utc_naive(now or decision.ts)
-        offer = decision.offer_id if decision.action == ACTION_OFFER else None
-        if offer == NO_INCENTIVE:
-            offer = None
+        # content messages count as offers for "no repeat" (as in the engine); check_caps
+        # exempts the plain message `none`
+        offer = decision.offer_id
         try:
             with self._connection(write=True) as s:
                 self._lock_customer(s, decision.customer_id)

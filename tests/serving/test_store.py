@@ -124,6 +124,21 @@ def test_cap_blocks_second_contact_and_not_sent_releases_it(store: Store) -> Non
     assert store.try_record_contact(offer("d3", ts=T0 + timedelta(days=8)), CAP_ONE).recorded
 
 
+def test_content_message_is_not_repeated_but_a_plain_message_may_be(store: Store) -> None:
+    caps = ContactCaps(no_repeat_offer_days=30)
+
+    def message(did: str, offer_id: str, days: int) -> DecisionRecord:
+        return DecisionRecord(
+            did, "c1", T0 + timedelta(days=days), "message", offer_id=offer_id, channel="email"
+        )
+
+    assert store.try_record_contact(message("m1", "guide", 0), caps).recorded
+    again = store.try_record_contact(message("m2", "guide", 3), caps)
+    assert (again.recorded, again.reason) == (False, "cap_repeat_offer")  # as the engine rules
+    assert store.try_record_contact(message("m3", "none", 4), caps).recorded
+    assert store.try_record_contact(message("m4", "none", 5), caps).recorded
+
+
 def test_per_channel_cap_and_other_customers_are_independent(store: Store) -> None:
     caps = ContactCaps(windows=(CapWindow(1, 7, "sms"),))
     assert store.try_record_contact(offer("d1", channel="sms"), caps).recorded
