@@ -42,7 +42,7 @@ from models.policy_model import PolicyModel, mean_value_default
 from models.uplift import BaggedOptionLearner, SLearner, TLearner
 from models.value import incremental_margin
 from training.evaluate import held_out
-from training.fit import _propensity, encode_features, response_split
+from training.fit import encode_features, logged_propensity, response_split
 from training.inputs import load_training_inputs
 
 BAR = 0.85
@@ -155,7 +155,7 @@ def model_for(learner: BaggedOptionLearner, base: PolicyModel, frame: Frame, see
     train = ~response_split(frame, seed)
     t = frame.data[frame.spec.treatment_column].astype(str).to_numpy()[train]
     y = frame.data[mf.CONVERTED].astype(int).to_numpy()[train]
-    e = _propensity(frame)[train]
+    e = logged_propensity(frame)[train]
     oob = learner.oob_proba_options_
     ok = np.isfinite(oob.to_numpy()).all(axis=1)
     cal = OptionCalibrator().fit(oob[ok], t[ok], y[ok], e[ok])

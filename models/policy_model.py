@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -100,10 +101,29 @@ class PolicyModel:
     metadata: dict[str, str] = field(default_factory=dict)
 
     # --- derived -----------------------------------------------------------------------------
-    @property
+    # Cached: scoring runs per API request, and these only depend on fields fixed at build time
+    # (dataclasses.replace builds a new object, so its caches start empty).
+    @cached_property
     def feature_set_key(self) -> str:
         raw = json.loads(self.feature_set)
         return f"{raw['name']}@{raw['version']}"
+
+    @cached_property
+    def _column_index(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.feature_columns)}
+
+    @cached_property
+    def _reactivation_cols(self) -> list[int]:
+        assert self.reactivation is not None
+        missing = [c for c in self.reactivation.feature_names_in_ if c not in self._column_index]
+        if missing:
+            raise FeatureMismatchError(f"reactivation model needs columns absent here: {missing}")
+        return [self._column_index[c] for c in self.reactivation.feature_names_in_]
+
+    @cached_property
+    def _cost_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        costs = [self.costs.get(o, OptionCost()) for o in self.options]
+        return np.array([c.revenue_fraction for c in costs]), np.array([c.fixed for c in costs])
 
     @property
     def has_response(self) -> bool:
@@ -121,9 +141,8 @@ class PolicyModel:
         return arr
 
     def _col(self, X: np.ndarray, name: str | None) -> np.ndarray | None:
-        if name is None or name not in self.feature_columns:
-            return None
-        return X[:, self.feature_columns.index(name)]
+        i = None if name is None else self._column_index.get(name)
+        return None if i is None else X[:, i]
 
     def economics(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Expected revenue and margin of a converting order, per customer."""
@@ -138,8 +157,7 @@ class PolicyModel:
 
     def cost_matrix(self, revenue: np.ndarray) -> np.ndarray:
         """(n, k) expected cost of each option if redeemed on an order of `revenue`."""
-        frac = np.array([self.costs.get(o, OptionCost()).revenue_fraction for o in self.options])
-        fixed = np.array([self.costs.get(o, OptionCost()).fixed for o in self.options])
+        frac, fixed = self._cost_vectors
         return revenue[:, None] * frac[None, :] + fixed[None, :]
 
     # --- response bags on numpy ---------------------------------------------------------------
@@ -183,9 +201,7 @@ class PolicyModel:
         revenue, margin = self.economics(X)
         p_react = np.full(n, np.nan)
         if self.reactivation is not None:
-            react_cols = list(self.reactivation.feature_names_in_)
-            cols = [self.feature_columns.index(c) for c in react_cols]
-            p_react = self.reactivation.predict_proba_numpy(X[:, cols])
+            p_react = self.reactivation.predict_proba_numpy(X[:, self._reactivation_cols])
         if self.response is None:
             nan = np.full((n, k), np.nan)
             return Scores(nan, nan.copy(), nan.copy(), p_react, revenue, margin)

@@ -317,7 +317,9 @@ class DRLearner(BaggedOptionLearner):
         for f in (0, 1):
             for j, o in enumerate(self.options_):
                 fit_rows = (t == j) & (counts > 0) & (fold != f)
-                val_rows = (t == j) & (counts > 0) & (fold == f)
+                # stop early on out-of-bag rows of the fitting fold: rows of fold f get their mu
+                # from this model, so their labels must not pick its number of trees.
+                val_rows = (t == j) & (counts == 0) & (fold != f)
                 m = self._booster(
                     "binary",
                     X,

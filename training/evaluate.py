@@ -23,7 +23,7 @@ from features import modeling_frame as mf
 from features.frames import Frame
 from models.policy_model import PolicyModel
 from training import metrics as m
-from training.fit import response_split
+from training.fit import logged_propensity, response_split
 from training.policy_value import (
     LoggedData,
     deterministic_policy,
@@ -174,7 +174,7 @@ def held_out(model: PolicyModel, frame: Frame, seed: int) -> HeldOut:
     best = np.argmax(np.where(np.isfinite(dv), dv, -np.inf), axis=1)
     learned = np.asarray(logged_opts, dtype=object)[best]
     reward, unit = _reward(model, df, X)
-    e = _logged_propensity(df, spec.propensity_column)
+    e = logged_propensity(Frame(df, spec))
     logged = LoggedData.from_labels(logged_opts, df["__action__"], e, reward)
     rev, mar = model.economics(X)
     if unit == "revenue":
@@ -240,15 +240,6 @@ def evaluate_response(
     ev.metrics["share_deviating_from_best_single"] = float(np.mean(learned != best_single))
     if ground_truth is not None and c.CONTACT_ID in df:
         _true_values(model, df, ground_truth, learned, policies, logged_opts, ev)
-
-
-def _logged_propensity(df: pd.DataFrame, column: str) -> np.ndarray:
-    """Logged propensities; where missing, the option's share of the rows."""
-    share = df["__action__"].map(df["__action__"].value_counts(normalize=True))
-    if not column or column not in df:
-        return share.to_numpy(dtype=float)
-    e = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float)
-    return np.where(np.isfinite(e) & (e > 0), e, share.to_numpy(dtype=float))
 
 
 def _true_values(

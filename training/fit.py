@@ -144,7 +144,8 @@ def response_split(frame: Frame, seed: int, test_share: float = 0.3) -> np.ndarr
     return np.asarray(rng.random(len(ts)) < test_share)
 
 
-def _propensity(frame: Frame) -> np.ndarray:
+def logged_propensity(frame: Frame) -> np.ndarray:
+    """Logged propensity per row; where it is missing, the option's share of the frame's rows."""
     df, spec = frame.data, frame.spec
     t = df[spec.treatment_column].astype(str)
     share = t.map(t.value_counts(normalize=True)).to_numpy(dtype=float)
@@ -162,7 +163,7 @@ def fit_response(frame: Frame, seed: int, n_bags: int = 8) -> ResponseFit:
     train = ~test
     t = df[spec.treatment_column].astype(str).to_numpy()
     y = df[mf.CONVERTED].astype(int).to_numpy()
-    e = _propensity(frame)
+    e = logged_propensity(frame)
     if spec.control_value not in set(t[train]):
         raise TrainingError(f"offer response: no '{spec.control_value}' rows in the training split")
     common = dict(
@@ -244,7 +245,8 @@ def build_policy_model(
     elif reactivation_frame is not None:
         d = reactivation_frame.data
         pos = d[mf.LABEL].astype(bool)
-        revenue = float(pd.to_numeric(d.loc[pos, mf.OUTCOME_REVENUE]).mean() or 0.0)
+        mean_rev = float(pd.to_numeric(d.loc[pos, mf.OUTCOME_REVENUE], errors="coerce").mean())
+        revenue = mean_rev if np.isfinite(mean_rev) else 0.0  # NaN (no positives) is truthy
     model = PolicyModel(
         feature_set=enc.feature_set_json,
         feature_columns=tuple(enc.X.columns),

@@ -135,7 +135,10 @@ def load_training_inputs(
                 skipped["offer_response"] = "the data holds no past contacts (e.g. CDNOW)"
             truth = source / c.GROUND_TRUTH_FILE
             if truth.exists():
-                inputs.ground_truth = pd.read_parquet(truth)
+                try:
+                    inputs.ground_truth = pd.read_parquet(truth)
+                except (OSError, ValueError) as exc:  # pyarrow errors subclass these
+                    raise TrainingError(f"{truth}: cannot read ground truth: {exc}") from None
         else:
             inputs = TrainingInputs(source, _catalog_beside(source))
             pairs = ((REACTIVATION_FILE, "reactivation"), (OFFER_RESPONSE_FILE, "offer_response"))
