@@ -101,7 +101,12 @@ def materialize(
     """Write the current features of every customer as a new snapshot version."""
     root = out or get_settings().snapshot_dir
     try:
-        fs = FeatureSet.from_json(feature_set.read_text(encoding="utf-8")) if feature_set else None
+        fs = None
+        if feature_set is not None:
+            try:
+                fs = FeatureSet.from_json(feature_set.read_text(encoding="utf-8"))
+            except FeaturesError as exc:
+                raise FeaturesError(f"{feature_set}: {exc}") from None
         if model is not None:
             fs = FeatureSet.from_json(_model_feature_set(model))
         data = load_data_dir(directory)

@@ -204,6 +204,11 @@ def _fk(table: str, column: str, values: pd.Series, known: pd.Series, target: st
     ]
 
 
+def _lookup(keys: pd.Series, mapping: pd.Series) -> pd.Series:
+    """`keys.map(mapping)`, also when `mapping` is empty (pandas then casts it to float)."""
+    return pd.Series(mapping.reindex(keys.to_numpy()).to_numpy(), index=keys.index)
+
+
 def _not_before(
     table: str, column: str, ts: pd.Series, ref: pd.Series, ids: pd.Series, what: str
 ) -> list[Problem]:
@@ -230,7 +235,7 @@ def check_relations(tables: dict[str, pd.DataFrame], offer_ids: Iterable[str]) -
         c.ORDERS,
         c.ORDER_TS,
         orders[c.ORDER_TS],
-        orders[c.CUSTOMER_ID].map(signup),
+        _lookup(orders[c.CUSTOMER_ID], signup),
         orders[c.ORDER_ID],
         "order placed before the customer's signup_ts",
     )
@@ -269,7 +274,7 @@ def check_relations(tables: dict[str, pd.DataFrame], offer_ids: Iterable[str]) -
         c.CONTACTS,
         c.TS,
         contacts[c.TS],
-        contacts[c.CUSTOMER_ID].map(signup),
+        _lookup(contacts[c.CUSTOMER_ID], signup),
         contacts[c.CONTACT_ID],
         "contact before the customer's signup_ts",
     )
@@ -284,7 +289,7 @@ def check_relations(tables: dict[str, pd.DataFrame], offer_ids: Iterable[str]) -
             c.EVENTS,
             c.TS,
             ev[c.TS],
-            ev[c.CONTACT_ID].map(contact_ts),
+            _lookup(ev[c.CONTACT_ID], contact_ts),
             ev[c.EVENT_ID],
             "event before the contact it refers to",
         )

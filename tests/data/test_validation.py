@@ -307,3 +307,12 @@ def test_cli_validate_missing_directory(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "not a directory" in result.output
     assert "Traceback" not in result.output
+
+
+def test_header_only_customers_reports_foreign_keys_not_traceback(tmp_path: Path) -> None:
+    directory = _write(tmp_path, lambda t: t.update({c.CUSTOMERS: t[c.CUSTOMERS].iloc[0:0]}), "csv")
+    report, data = validate_data_dir(directory)
+    assert data is None
+    assert {(p.table, p.rule) for p in report.problems} >= {(c.ORDERS, "foreign_key")}
+    result = CliRunner().invoke(app, ["validate", str(directory)])
+    assert result.exit_code == 1 and "Traceback" not in result.output

@@ -134,3 +134,14 @@ def test_cli_materialize_and_contract_errors(tmp_path: Path) -> None:
     assert res.exit_code == 1
     assert "data contract problem" in res.output and "orders.revenue" in res.output
     assert "Traceback" not in res.output
+
+
+def test_cli_materialize_bad_feature_set_file_is_named(tmp_path: Path) -> None:
+    data_dir = small_world().write(tmp_path / "data")
+    bad = tmp_path / "fs.json"
+    bad.write_text("not json", encoding="utf-8")
+    res = CliRunner().invoke(
+        app, ["features", "materialize", str(data_dir), "--feature-set", str(bad), "--out", "x"]
+    )
+    assert res.exit_code == 1
+    assert "fs.json" in res.output and "invalid feature set JSON" in res.output
