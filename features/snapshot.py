@@ -82,8 +82,17 @@ def write_snapshot(
     return version
 
 
+def _created(name: str) -> str:
+    """The creation stamp of a version name `<as_of>-<created>` (what "newest" means)."""
+    return name.partition("-")[2] or name
+
+
 def _prune(versions: Path, current: str, keep: int) -> None:
-    names = sorted(p.name for p in versions.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """Keep the `keep` most recently written versions (not the latest as-of times)."""
+    names = sorted(
+        (p.name for p in versions.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=_created,
+    )
     for name in names[: max(len(names) - keep, 0)]:
         if name != current:
             shutil.rmtree(versions / name, ignore_errors=True)
