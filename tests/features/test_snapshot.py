@@ -151,8 +151,7 @@ def test_pruning_keeps_the_newest_writes_not_the_latest_as_of(tmp_path: Path) ->
     data = dataset(small_world())
     late = write_snapshot(build_customer_view(data, "2024-01-01"), tmp_path, keep=2)
     early = [
-        write_snapshot(build_customer_view(data, f"2023-0{m}-01"), tmp_path, keep=2)
-        for m in (6, 7)
+        write_snapshot(build_customer_view(data, f"2023-0{m}-01"), tmp_path, keep=2) for m in (6, 7)
     ]
     kept = sorted(p.name for p in (tmp_path / "versions").iterdir())
     # the two most recent writes stay (and the last is current), whatever their as-of times
