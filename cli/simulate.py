@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.table import Table
 
@@ -33,25 +35,35 @@ def simulate_command(
     campaign: Annotated[str | None, typer.Option(help="only this campaign id")] = None,
     n_boot: Annotated[int, typer.Option(help="bootstrap resamples of the intervals")] = 300,
     seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
+    since: Annotated[
+        datetime | None,
+        typer.Option(
+            help="only rows logged at or after this time (UTC): use the end of the model's "
+            "training window, so the model is not judged on rows it learned from"
+        ),
+    ] = None,
 ) -> None:
     """Estimate (IPS/SNIPS, DR with a model) a candidate policy against the logged one."""
     try:
         candidate = load_policy(policy)
         loaded: PolicyModel | None = mlflow_scorer_loader()(model).model if model else None
-        sim = simulate(data, candidate, loaded, campaign, n_boot, seed)
+        sim = simulate(data, candidate, loaded, campaign, n_boot, seed, since)
     except (ServingError, TrainingError, FeaturesError) as exc:
         fail(str(exc))
         return
+    for warning in sim.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     table = Table(title=f"per logged row ({sim.rows:,} rows; SNIPS, 95% bootstrap intervals)")
     for col in ("metric", "current", "candidate", "difference", "candidate DR"):
         table.add_column(col, justify="right")
     for name, r in sim.table.iterrows():
+        dr = (r["candidate_dr"], r["candidate_dr_low"], r["candidate_dr_high"])
         table.add_row(
             str(name),
             f"{r['current']:.4f}",
             f"{r['candidate']:.4f} [{r['candidate_low']:.4f}, {r['candidate_high']:.4f}]",
             f"{r['difference']:+.4f} [{r['diff_low']:+.4f}, {r['diff_high']:+.4f}]",
-            "" if r["candidate_dr"] != r["candidate_dr"] else f"{r['candidate_dr']:.4f}",
+            "" if np.isnan(dr[0]) else f"{dr[0]:.4f} [{dr[1]:.4f}, {dr[2]:.4f}]",
         )
     console.print(table)
     for label, r in sim.incremental_margin.iterrows():

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from cli.simulation import simulate
+from cli.simulation import Simulation, simulate
+from features import constants as c
 from features.synthetic import SyntheticWorld, generate_world, write_world
+from models.policy_model import PolicyModel
 from serving.policy import parse_policy
 from training.errors import TrainingError
+from training.fit import response_split
+from training.inputs import load_training_inputs
+from training.pipeline import fit_policy
 
 # Rules only: content first, then the plain message; occasional customers are not eligible,
 # so they fall to the holdout arm. A policy different from the randomized logging policy.
@@ -29,6 +36,28 @@ eligibility:
   lapse_states: [at_risk, lapsed, churned]
 channel_preference: [email, sms, push, in_app, direct_mail]
 """
+
+
+def model_policy(offer_types: str) -> str:
+    """Every stage allows `offer_types`, everyone is eligible: the model decides."""
+    stage = f"{{name: s, offer_types: {offer_types}, min_days_since_previous: 0}}"
+    stages = "\n".join(f"    - {stage.replace('s,', f's{i},')}" for i in range(8))
+    return f"""
+journey:
+  stages:
+{stages}
+  sunset_days: 0
+holdout: {{share: 0.0, salt: s}}
+eligibility:
+  lapse_states: [at_risk, lapsed, churned]
+channel_preference: [email, sms, push, in_app, direct_mail]
+"""
+
+
+ALL_TYPES = (
+    "[percent_discount, amount_discount, free_shipping, bundle, extended_warranty, "
+    "expert_consult, content, none]"
+)
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +105,85 @@ def test_cli_simulate(world: tuple[SyntheticWorld, Path], tmp_path: Path) -> Non
     assert "conversions" in res.output and "incremental margin" in res.output
     bad = runner.invoke(app, ["simulate", "--data", str(data), "--policy", str(tmp_path / "x")])
     assert bad.exit_code == 1
+
+
+def true_conversion(w: SyntheticWorld, contact_ids: pd.Index, options: np.ndarray) -> float:
+    """Mean TRUE P(convert) of giving each logged row `options` (the ground truth's p_*)."""
+    truth = w.ground_truth.set_index(c.CONTACT_ID).loc[contact_ids]
+    p = truth[[f"p_{o}" for o in w.model.option_ids]].to_numpy()
+    col = pd.Index(w.model.option_ids).get_indexer(pd.Index(options.astype(str)))
+    return float(p[np.arange(len(p)), col].mean())
+
+
+@pytest.fixture(scope="module")
+def trained(world: tuple[SyntheticWorld, Path]) -> tuple[PolicyModel, pd.Timestamp]:
+    """A small response model (2 bags, no reactivation model) trained on the world's log, and
+    the first time after its training rows (fit_response trains on the earliest 70%)."""
+    _, data = world
+    inputs = load_training_inputs(data)
+    frame = inputs.offer_response
+    assert frame is not None
+    inputs = dataclasses.replace(inputs, reactivation=None, ground_truth=None)
+    model, _ = fit_policy(inputs, seed=1, n_bags=2)
+    trained_on = ~response_split(frame, seed=1)
+    last = pd.to_datetime(frame.data[c.TS])[trained_on].max()
+    return model, last + pd.Timedelta(1, "s")
+
+
+@pytest.fixture(scope="module")
+def unseen(tmp_path_factory: pytest.TempPathFactory) -> tuple[SyntheticWorld, Path]:
+    """Another world from the same generator: a log the trained model has never seen."""
+    w = generate_world(8_000, 4)
+    return w, write_world(w, tmp_path_factory.mktemp("sim") / "unseen")
+
+
+@pytest.mark.slow
+def test_model_candidate_estimates_cover_the_truth(
+    unseen: tuple[SyntheticWorld, Path], trained: tuple[PolicyModel, pd.Timestamp]
+) -> None:
+    """With a candidate model, IPS/SNIPS and DR (the model as reward model) cover the TRUE
+    conversion of the candidate on a log the model was not trained on, the paired difference
+    covers the true difference, and a clearly worse candidate (plain messages only) is told
+    apart from the current policy. Measured (8,216 rows): all offers true 0.0989, SNIPS 0.095
+    [0.080, 0.112], DR 0.093 [0.078, 0.110]; plain messages only: true difference -0.0345,
+    SNIPS -0.034 [-0.049, -0.016]."""
+    w, data = unseen
+    model, _ = trained
+    logged = w.tables[c.CONTACTS].set_index(c.CONTACT_ID)[c.OFFER_ID]
+
+    def check(sim: Simulation) -> tuple[float, float]:
+        rows = sim.choices.index
+        true_cand = true_conversion(w, rows, sim.choices.to_numpy())
+        true_diff = true_cand - true_conversion(w, rows, logged.loc[rows].to_numpy())
+        conv = sim.table.loc["conversions"].astype(float).to_dict()
+        assert conv["candidate_low"] <= true_cand <= conv["candidate_high"], (true_cand, conv)
+        assert conv["candidate_dr_low"] <= true_cand <= conv["candidate_dr_high"], (true_cand, conv)
+        assert conv["diff_low"] <= true_diff <= conv["diff_high"], (true_diff, conv)
+        return true_diff, conv["diff_high"]
+
+    since = pd.Timestamp("2000-01-01", tz="UTC")  # every row: the model never saw this log
+    good = simulate(data, parse_policy(model_policy(ALL_TYPES)), model, n_boot=200, since=since)
+    assert good.rows == len(w.tables[c.CONTACTS]) and not good.warnings
+    assert len(set(good.choices) - {"guide", "none", "holdout"}) >= 3  # the model chooses
+    check(good)
+    worse = simulate(data, parse_policy(model_policy("[none]")), model, n_boot=200, since=since)
+    true_diff, diff_high = check(worse)
+    assert true_diff < -0.02 and diff_high < 0.0
+
+
+@pytest.mark.slow
+def test_model_candidate_is_judged_after_its_training_window(
+    world: tuple[SyntheticWorld, Path], trained: tuple[PolicyModel, pd.Timestamp]
+) -> None:
+    """On its own training log the model is judged only on rows logged after its training
+    rows (`since`); without `since` the simulation warns that the estimate is biased."""
+    w, data = world
+    model, end = trained
+    policy = parse_policy(model_policy(ALL_TYPES))
+    after = simulate(data, policy, model, n_boot=20, since=end)
+    ts = w.tables[c.CONTACTS].set_index(c.CONTACT_ID)[c.TS].loc[after.choices.index]
+    assert after.since == end.tz_localize("UTC") and not after.warnings
+    assert 0 < after.rows < len(w.tables[c.CONTACTS]) and (pd.to_datetime(ts) >= end).all()
+    in_sample = simulate(data, policy, model, n_boot=20)
+    assert in_sample.since is None and "training window" in in_sample.warnings[0]
+    assert in_sample.rows > after.rows

@@ -53,10 +53,14 @@ WORLD_SEED = 11
 ROUNDS = 3
 WAVE_DAYS = 35
 DAY = timedelta(days=1)
-TOLERANCE = 0.15
-"""Currency per decided customer a retrained model may lose against the model it replaces on
-the same customers: two bags on a few thousand logged contacts are noisy (measured changes
--0.01 to +0.12 at 8,000 customers; -0.16 once at 6,000). It must always beat random."""
+REFIT_SD = 0.05
+"""Standard deviation (currency per decided customer) of the TRUE value change when a model
+(n_bags=2) is replaced by its retrained successor, on the same customers. Measured as the
+spread of learned - previous over 3 world seeds x 2 retrainings at 8,000 customers (seed 11:
++0.043, +0.090; 12: +0.031, -0.003; 13: -0.035, -0.039; SD 0.050), while the spread over
+customers of one comparison (`change_se`) is only 0.008-0.012: the retrained model itself,
+not the customers or the sampled outcomes, is the noise. A retrained model may lose at most
+3 x sqrt(REFIT_SD^2 + change_se^2) (about 0.15) against the one it replaces."""
 
 TYPES = "[percent_discount, amount_discount, free_shipping, bundle, extended_warranty, " + (
     "expert_consult, content, none]"
@@ -144,6 +148,7 @@ class RoundResult:
 
     learned: float
     previous_model: float | None
+    change_se: float | None
     random: float
     oracle: float
     realised_incremental: float
@@ -170,22 +175,22 @@ def greedy_value(
     world: SyntheticWorld,
     im: np.ndarray,
     rows: np.ndarray,
-) -> tuple[float, float]:
-    """(greedy policy's true value, uniform random over allowed options' true value)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per customer: the greedy policy's true value, and uniform random over allowed options'."""
     matrix, known = gather(snap, ids)
     d = decide_rows(
         decider, matrix, known, ids, snap.feature_set, snap.as_of.to_pydatetime(), at,
         "auto", "greedy", store=store,
     ).batch  # fmt: skip
     cols = option_columns(world, d.offer_id, d.action)
-    learned = float(im[rows, cols].mean())
+    learned = im[rows, cols]
     col = {o: j for j, o in enumerate(world.model.option_ids)}
     truth_cols = np.array([col[o] for o in d.options.offer_ids])
     allowed = (d.exclusion == 0) & (d.action != "holdout")[:, None]
     per_option = im[rows][:, truth_cols]
     k = allowed.sum(axis=1)
     rand = np.where(k > 0, (per_option * allowed).sum(axis=1) / np.maximum(k, 1), 0.0)
-    return learned, float(rand.mean())
+    return learned, rand
 
 
 def post_outcomes(
@@ -283,10 +288,13 @@ def run_wave(
     learned, rand = greedy_value(
         Decider(options, greedy, scorer, caps), snap, wave_ids, at, store, world, im, lapsed
     )
-    prev = None
+    prev = change_se = None
     if previous is not None:
         prev_dec = Decider(options, greedy, PolicyScorer(previous, f"loop/{rnd - 1}"), caps)
-        prev, _ = greedy_value(prev_dec, snap, wave_ids, at, store, world, im, lapsed)
+        prev_values, _ = greedy_value(prev_dec, snap, wave_ids, at, store, world, im, lapsed)
+        prev = float(prev_values.mean())
+        change = learned - prev_values
+        change_se = float(change.std(ddof=1) / np.sqrt(len(change)))
     sink = _Sink()
     result = score_local(
         snap,
@@ -302,9 +310,10 @@ def run_wave(
     assert result.recorded is not None
     eligible = im[lapsed][(decisions["action"] != "holdout").to_numpy()]
     wave = RoundResult(
-        learned=learned,
+        learned=float(learned.mean()),
         previous_model=prev,
-        random=rand,
+        change_se=change_se,
+        random=float(rand.mean()),
         oracle=float(np.maximum(eligible, 0).sum() / len(lapsed)),
         realised_incremental=realised,
         decided=len(lapsed),
@@ -313,9 +322,11 @@ def run_wave(
     return wave, decisions
 
 
-def run_loop(tmp_path: Path, rounds: int = ROUNDS) -> list[RoundResult]:
+def run_loop(
+    tmp_path: Path, rounds: int = ROUNDS, world_seed: int = WORLD_SEED
+) -> list[RoundResult]:
     """Train on the history, then `rounds` waves of decide -> outcomes -> export -> retrain."""
-    world = generate_world(N_CUSTOMERS, WORLD_SEED)
+    world = generate_world(N_CUSTOMERS, world_seed)
     base = write_world(world, tmp_path / "base")
     url = f"sqlite:///{tmp_path / 'store.db'}"
     upgrade_database(url)
@@ -351,8 +362,9 @@ def test_learning_loop_improves_on_random_and_does_not_fall(tmp_path: Path) -> N
         assert w.learned > w.random, w
         assert w.learned <= w.oracle + 1e-9, w
     for w in waves[1:]:
-        assert w.previous_model is not None
-        assert w.learned >= w.previous_model - TOLERANCE, waves
+        assert w.previous_model is not None and w.change_se is not None
+        tolerance = 3.0 * float(np.hypot(REFIT_SD, w.change_se))
+        assert w.learned >= w.previous_model - tolerance, waves
 
 
 def check_export(frame: pd.DataFrame, decisions: pd.DataFrame, wave: str, policy: Policy) -> None:
