@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
+import numpy as np
 import pandas as pd
 import typer
 from pydantic import ValidationError
@@ -19,7 +20,10 @@ from features.featureset import FeatureSet, get_feature_set
 from features.frames import summarize_offer_response, summarize_reactivation, write_frames
 from features.offers import format_pydantic_error
 from features.settings import get_settings
-from features.snapshot import write_snapshot
+from features.snapshot import Attachment, write_snapshot
+
+if TYPE_CHECKING:
+    from serving.model_scorer import PolicyScorer
 
 app = typer.Typer(no_args_is_help=True)
 group = typer.Typer(no_args_is_help=True, help="Point-in-time features, frames and snapshots.")
@@ -94,51 +98,74 @@ def materialize(
     model: Annotated[
         str | None,
         typer.Option(
-            "--model", help="take the feature set from a registered model (models:/...@champion)"
+            "--model",
+            help="take the feature set from a registered model (models:/...@champion) and "
+            "store its scores with the snapshot",
         ),
     ] = None,
+    scores: Annotated[
+        bool,
+        typer.Option(
+            "--scores/--no-scores",
+            help="with --model: score every customer now, so the API and batch jobs look the "
+            "scores up instead of calling the model (used while that model version serves)",
+        ),
+    ] = True,
 ) -> None:
     """Write the current features of every customer as a new snapshot version."""
     root = out or get_settings().snapshot_dir
+    if feature_set is not None and model is not None:
+        fail("--feature-set and --model: give one (--model takes the model's feature set)")
+        return
     try:
         fs = None
+        scorer = None
         if feature_set is not None:
             try:
                 fs = FeatureSet.from_json(feature_set.read_text(encoding="utf-8"))
             except FeaturesError as exc:
                 raise FeaturesError(f"{feature_set}: {exc}") from None
         if model is not None:
-            fs = FeatureSet.from_json(_model_feature_set(model))
+            scorer = _model_scorer(model)
+            fs = FeatureSet.from_json(scorer.model.feature_set)
         data = load_data_dir(directory)
         when = as_of or pd.Timestamp.now(tz="UTC").tz_localize(None)
         config = _config()
         with console.status("computing features"):
             view = build_customer_view(data, when, config, fs)
-            version = write_snapshot(view, root, config)
+        attachments: dict[str, Attachment] = {}
+        if scorer is not None and scores:
+            from serving.precomputed import SCORES, scores_attachment
+
+            with console.status(f"scoring {len(view.features):,} customers with {scorer.version}"):
+                matrix = view.features.to_numpy(np.float64)
+                attachments[SCORES] = scores_attachment(scorer, matrix)
+        with console.status("writing the snapshot"):
+            version = write_snapshot(view, root, config, attachments=attachments)
     except OSError as exc:
         fail(f"{exc.filename or root}: {exc.strerror}")
         return
     except FeaturesError as exc:
         fail(str(exc))
         return
+    stored = f", scores of {scorer.version}" if attachments and scorer is not None else ""
     console.print(
         f"[green]snapshot[/] {root} version {version}: {len(view.features):,} customers, "
-        f"{view.feature_set.key}, as of {view.as_of}",
+        f"{view.feature_set.key}, as of {view.as_of}{stored}",
         highlight=False,
     )
 
 
-def _model_feature_set(model_uri: str) -> str:
-    """The feature-set JSON stored with a registered model (so category codes match it)."""
-    import mlflow
+def _model_scorer(model_uri: str) -> PolicyScorer:
+    """The registered model as the API loads it (its feature set keeps category codes equal)."""
+    from serving.errors import ModelUnavailableError
+    from serving.model_scorer import mlflow_scorer_loader
+    from serving.settings import ServingSettings
 
-    from models.errors import ModelsError
-    from models.pyfunc import load_policy_model
-
-    mlflow.set_tracking_uri(get_settings().resolved_tracking_uri())
     try:
-        return load_policy_model(model_uri).feature_set
-    except ModelsError as exc:
+        # the plain LightGBM backend: the stored scores are the reference computation
+        return mlflow_scorer_loader(serving=ServingSettings(model_backend="lightgbm"))(model_uri)
+    except ModelUnavailableError as exc:
         raise FeaturesError(str(exc)) from None
 
 

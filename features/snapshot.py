@@ -7,6 +7,9 @@ Layout of a snapshot directory::
         manifest.json               feature set (JSON), as-of time, created, row count
         features.npy                float64 matrix, rows = customers, columns = feature set
         state.parquet               customer_id + decoded guardrail state, same row order
+        <name>.<array>.npy          optional attachments: arrays with one row per customer,
+                                    same row order, described in the manifest (e.g. the
+                                    serving layer's precomputed model scores)
 
 `Snapshot` is one loaded version: `get(customer_id)` is a dict lookup plus a row view (well
 under a microsecond). `SnapshotStore` holds the live `Snapshot` and, on `refresh()`, loads a
@@ -20,7 +23,8 @@ import json
 import os
 import shutil
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +51,48 @@ class SnapshotError(FeaturesError):
     code = "snapshot"
 
 
+@dataclass(frozen=True)
+class Attachment:
+    """Arrays stored with a snapshot version, one row per customer in the snapshot's order.
+
+    The snapshot does not interpret them: `meta` (JSON-serialisable) says what they are and
+    what they were computed with, and the layer that wrote them decides whether they still
+    apply (serving's precomputed scores check the model version recorded there).
+    """
+
+    arrays: Mapping[str, np.ndarray]
+    meta: Mapping[str, Any]
+
+
+def _check_attachments(attachments: Mapping[str, Attachment], n_rows: int) -> None:
+    for name, att in attachments.items():
+        if not name.isidentifier():
+            raise SnapshotError(f"attachment {name!r}: name must be an identifier")
+        for key, arr in att.arrays.items():
+            if not key.isidentifier():
+                raise SnapshotError(f"attachment {name}.{key}: name must be an identifier")
+            if arr.ndim == 0 or arr.shape[0] != n_rows:
+                raise SnapshotError(
+                    f"attachment {name}.{key}: expected {n_rows:,} rows (one per customer), "
+                    f"got shape {arr.shape}"
+                )
+
+
 def write_snapshot(
-    view: CustomerView, root: Path, config: FeatureConfig | None = None, keep: int = 3
+    view: CustomerView,
+    root: Path,
+    config: FeatureConfig | None = None,
+    keep: int = 3,
+    attachments: Mapping[str, Attachment] | None = None,
 ) -> str:
     """Write `view` as a new version under `root`, make it current, prune old versions.
 
     Returns the version name. Readers never see a partial version: the directory is renamed
     into place only when complete, and CURRENT is replaced atomically afterwards.
+    `attachments` are stored beside the features (see `Attachment`).
     """
+    attachments = dict(attachments or {})
+    _check_attachments(attachments, len(view.features))
     root = Path(root)
     created = pd.Timestamp.now(tz="UTC").tz_localize(None)
     version = f"{view.as_of:%Y%m%dT%H%M%S}-{created:%Y%m%dT%H%M%S%f}"
@@ -64,6 +102,9 @@ def write_snapshot(
     np.save(tmp / MATRIX, np.ascontiguousarray(view.features.to_numpy(np.float64)))
     state = view.state.reset_index()
     state.to_parquet(tmp / STATE, index=False)
+    for name, att in attachments.items():
+        for key, arr in att.arrays.items():
+            np.save(tmp / f"{name}.{key}.npy", np.ascontiguousarray(arr))
     manifest = {
         "version": version,
         "feature_set": view.feature_set.to_dict(),
@@ -72,6 +113,10 @@ def write_snapshot(
         "created": created.isoformat(),
         "n_customers": len(view.features),
         "feature_config": (config or FeatureConfig()).model_dump(),
+        "attachments": {
+            name: {"arrays": list(att.arrays), "meta": dict(att.meta)}
+            for name, att in attachments.items()
+        },
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     os.replace(tmp, versions / version)
@@ -80,6 +125,11 @@ def write_snapshot(
     os.replace(pointer, root / CURRENT_FILE)
     _prune(versions, version, keep)
     return version
+
+
+def _read_only(arr: np.ndarray) -> np.ndarray:
+    arr.setflags(write=False)
+    return arr
 
 
 def _created(name: str) -> str:
@@ -118,6 +168,7 @@ class Snapshot:
     matrix: np.ndarray
     row_of: dict[str, int]
     state_columns: dict[str, np.ndarray]
+    attachments: Mapping[str, Attachment] = field(default_factory=dict)
 
     @classmethod
     def load(cls, root: Path, version: str | None = None) -> Snapshot:
@@ -128,6 +179,16 @@ class Snapshot:
             manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
             matrix = np.load(path / MATRIX)
             state = pd.read_parquet(path / STATE)
+            attachments = {
+                name: Attachment(
+                    {key: _read_only(np.load(path / f"{name}.{key}.npy")) for key in a["arrays"]},
+                    a.get("meta", {}),
+                )
+                for name, a in manifest.get("attachments", {}).items()
+            }
+            _check_attachments(attachments, len(matrix))
+        except SnapshotError as exc:
+            raise SnapshotError(f"{path}: {exc}") from None
         except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
             raise SnapshotError(f"{path}: cannot read snapshot: {exc}") from None
         matrix.setflags(write=False)
@@ -144,6 +205,7 @@ class Snapshot:
             matrix=matrix,
             row_of={str(cid): i for i, cid in enumerate(ids)},
             state_columns=columns,
+            attachments=attachments,
         )
 
     def __len__(self) -> int:

@@ -20,10 +20,11 @@ import numpy as np
 
 from features.snapshot import Snapshot
 from serving.api.runtime import Runtime
-from serving.decide import Decider, decide_rows, decision_fields, decision_key, gather
+from serving.decide import Decider, decide_rows, decision_fields, decision_key, gather_rows
 from serving.engine import Decision
 from serving.engine.decision import NONE
 from serving.errors import DuplicateDecisionError
+from serving.precomputed import precomputed_scores
 from serving.store import DecisionRecord, Preferences
 from serving.store.records import utc_naive
 
@@ -73,9 +74,10 @@ def top_categories(snapshot: Snapshot | None, row: np.ndarray | None) -> tuple[s
 def _features(
     snapshot: Snapshot | None, ids: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | None]]:
-    matrix, known = gather(snapshot, ids)
-    rows: list[np.ndarray | None] = [matrix[i] if known[i] else None for i in range(len(ids))]
-    return matrix, known, rows
+    """(matrix, snapshot row per id or -1, the feature row per id or None)."""
+    matrix, pos = gather_rows(snapshot, ids)
+    rows: list[np.ndarray | None] = [matrix[i] if pos[i] >= 0 else None for i in range(len(ids))]
+    return matrix, pos, rows
 
 
 Segment = tuple[str | None, str | None]
@@ -115,7 +117,7 @@ def decide_and_record(
     at = utc_naive(now) if now is not None else rt.clock()
     ids = list(customer_ids)
     snapshot = rt.snapshot()
-    matrix, known, rows = _features(snapshot, ids)
+    matrix, pos, rows = _features(snapshot, ids)
     as_of = snapshot.as_of.to_pydatetime() if snapshot is not None else at
     budgeted = [o for o, b in zip(rt.options.offer_ids, rt.options.budgets, strict=True) if b]
     # cached for a second: see `Store.budget_usage_cached`
@@ -123,7 +125,7 @@ def decide_and_record(
     decided = decide_rows(
         Decider(rt.options, rt.policy, rt.scorer, rt.base_caps),
         matrix,
-        known,
+        pos >= 0,
         ids,
         snapshot.feature_set if snapshot is not None else None,
         as_of,
@@ -133,6 +135,8 @@ def decide_and_record(
         store=rt.store,
         candidate_offer_ids=candidate_offer_ids,
         budget_usage=usage,
+        stored=precomputed_scores(snapshot),
+        rows=pos,
     )
     result, live = decided.batch, decided.live
     rt.metrics.degraded.set(1 if not decided.scored or snapshot is None else 0)

@@ -35,7 +35,8 @@ from serving.batch.errors import BatchError
 from serving.batch.output import TableSink
 from serving.batch.record import RECORD_BATCH, RecordCounts, record_rows
 from serving.batch.summary import Summary
-from serving.decide import Decided, Decider, decide_rows, decision_key, gather
+from serving.decide import Decided, Decider, decide_rows, decision_key, gather_rows
+from serving.precomputed import precomputed_scores
 from serving.store import ContactCaps, Store
 
 DEFAULT_CHUNK_ROWS = 100_000
@@ -74,18 +75,19 @@ def snapshot_ids(snapshot: Snapshot) -> npt.NDArray[np.object_]:
 
 def chunks(
     snapshot: Snapshot, customers: Sequence[str] | None, chunk_rows: int
-) -> Iterator[tuple[npt.NDArray[np.object_], npt.NDArray[np.float64], npt.NDArray[np.bool_]]]:
-    """(ids, feature rows, known) per chunk: the whole snapshot, or the listed customers."""
+) -> Iterator[tuple[npt.NDArray[np.object_], npt.NDArray[np.float64], npt.NDArray[np.int64]]]:
+    """(ids, feature rows, snapshot rows (-1 = not in it)) per chunk: the whole snapshot, or
+    the listed customers."""
     if customers is None:
         ids = snapshot_ids(snapshot)
         for start in range(0, len(ids), chunk_rows):
             stop = min(start + chunk_rows, len(ids))
-            yield ids[start:stop], snapshot.matrix[start:stop], np.ones(stop - start, bool)
+            yield ids[start:stop], snapshot.matrix[start:stop], np.arange(start, stop)
         return
     for start in range(0, len(customers), chunk_rows):
         part = list(customers[start : start + chunk_rows])
-        matrix, known = gather(snapshot, part)
-        yield np.asarray(part, dtype=object), matrix, known
+        matrix, rows = gather_rows(snapshot, part)
+        yield np.asarray(part, dtype=object), matrix, rows
 
 
 def _record(
@@ -135,11 +137,12 @@ def score_local(
     started = time.perf_counter()
     result = BatchResult(recorded=RecordCounts() if record else None)
     as_of = snapshot.as_of.to_pydatetime()
-    for ids, matrix, known in chunks(snapshot, customers, chunk_rows):
+    stored = precomputed_scores(snapshot)
+    for ids, matrix, rows in chunks(snapshot, customers, chunk_rows):
         decided = decide_rows(
             decider,
             matrix,
-            known,
+            rows >= 0,
             ids,
             snapshot.feature_set,
             as_of,
@@ -147,6 +150,8 @@ def score_local(
             wave.channel,
             wave.key,
             store=store,
+            stored=stored,
+            rows=rows,
         )
         table = decision_table(decided.batch, wave_decision_ids(wave.wave_id, ids.tolist()))
         if record and store is not None and result.recorded is not None:

@@ -75,8 +75,8 @@ def export_snapshot(snapshot: Snapshot, path: Path, customers: Sequence[str] | N
         + [(n, pa.float64()) for n in snapshot.feature_set.columns]
     )
     with pq.ParquetWriter(path, schema) as writer:
-        for ids, matrix, known in chunks(snapshot, customers, EXPORT_CHUNK_ROWS):
-            cols = [pa.array(ids.astype(str)), pa.array(known)]
+        for ids, matrix, rows in chunks(snapshot, customers, EXPORT_CHUNK_ROWS):
+            cols = [pa.array(ids.astype(str)), pa.array(rows >= 0)]
             cols += [pa.array(matrix[:, j]) for j in range(matrix.shape[1])]
             writer.write_table(pa.Table.from_arrays(cols, names=names))
 
