@@ -1,5 +1,8 @@
 """FastAPI dependencies as `Annotated` aliases: the loaded runtime and the API-key scopes.
 
+The dependencies are `async def` although they never wait: FastAPI runs a plain `def`
+dependency in its thread pool, and that hand-off cost more than the check itself.
+
 Keys come from settings and are compared with `hmac.compare_digest` against every configured
 key (no early exit on the first match, so timing does not reveal which list matched).
 A missing or unknown key is 401; a valid key of the other scope is 403.
@@ -19,7 +22,7 @@ from serving.api.runtime import Runtime
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     """The runtime the lifespan loaded (or a reload swapped in)."""
     rt: Runtime | None = getattr(request.app.state, "runtime", None)
     if rt is None:
@@ -48,14 +51,18 @@ def _scope_of(rt: Runtime, key: str | None) -> str:
     raise ApiError(401, "invalid_api_key", "X-API-Key: key is not valid", "X-API-Key")
 
 
-def require_client(rt: RuntimeDep, key: Annotated[str | None, Security(_api_key_header)]) -> str:
+async def require_client(
+    rt: RuntimeDep, key: Annotated[str | None, Security(_api_key_header)]
+) -> str:
     """A client key (for `/v1/*`)."""
     if _scope_of(rt, key) != "client":
         raise ApiError(403, "wrong_scope", "X-API-Key: an admin key cannot call /v1", "X-API-Key")
     return "client"
 
 
-def require_admin(rt: RuntimeDep, key: Annotated[str | None, Security(_api_key_header)]) -> str:
+async def require_admin(
+    rt: RuntimeDep, key: Annotated[str | None, Security(_api_key_header)]
+) -> str:
     """An admin key (for `/admin/*`)."""
     if _scope_of(rt, key) != "admin":
         raise ApiError(

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from fastapi import Response
+from pydantic import BaseModel
+
 from serving.api import schemas
 from serving.api.runtime import Runtime
 from serving.api.service import Outcome
 from serving.engine.reasons import MODEL_UNAVAILABLE
+
+
+def json_response(body: BaseModel) -> Response:
+    """`body` as a JSON response, serialised once (the route's `response_model` still
+    documents it; FastAPI does not re-validate a returned Response)."""
+    return Response(content=body.model_dump_json(), media_type="application/json")
 
 
 def offer_display(rt: Runtime, offer_id: str | None) -> schemas.OfferDisplay | None:

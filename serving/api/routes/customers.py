@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 
 from serving.api import schemas
 from serving.api.decision_log import (
@@ -16,7 +16,7 @@ from serving.api.decision_log import (
 )
 from serving.api.deps import ClientKey, RuntimeDep
 from serving.api.errors import ApiError
-from serving.api.present import next_offer_out
+from serving.api.present import json_response, next_offer_out
 from serving.api.runtime import Runtime
 from serving.api.service import Outcome, decide_and_record, new_decision_id, top_categories
 from serving.engine.timeutil import to_days
@@ -43,21 +43,22 @@ def _from_log(rt: Runtime, row: DecisionRow, campaign_id: str | None) -> Outcome
 
 
 @router.get("/{customer_id}/next-offer", response_model=schemas.NextOffer)
-def next_offer(
+async def next_offer(
     customer_id: CustomerId,
     rt: RuntimeDep,
     _: ClientKey,
     channel: Annotated[schemas.ChannelOrAuto, Query()] = "auto",
     campaign: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
-) -> schemas.NextOffer:
+) -> Response:
     """The decision as flat JSON for template engines; repeated calls within the window for
     the same customer and campaign return the same decision and count once."""
+    # on the event loop, serialised once: see `recommendations.recommend`
     now = rt.clock()
     window = rt.settings.next_offer_window_seconds
     if window > 0:
         row = recent_next_offer(rt.store, customer_id, campaign, now, window)
         if row is not None:
-            return next_offer_out(rt, _from_log(rt, row, campaign))
+            return json_response(next_offer_out(rt, _from_log(rt, row, campaign)))
         bucket = int(to_days(now) * 86400 // window)
         did = next_offer_decision_id(customer_id, campaign, bucket)
     else:
@@ -76,7 +77,7 @@ def next_offer(
         if row is None:
             raise ApiError(503, "store_unavailable", "decision log: concurrent write not visible")
         outcome = _from_log(rt, row, campaign)
-    return next_offer_out(rt, outcome)
+    return json_response(next_offer_out(rt, outcome))
 
 
 @router.put("/{customer_id}/preferences", response_model=schemas.PreferencesOut)
