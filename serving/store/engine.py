@@ -6,6 +6,12 @@ transaction handling is switched off so that SQLAlchemy emits `BEGIN` itself: a 
 `winback_write=True`, which takes the database's write lock up front. A cap check and the
 write that follows it therefore run under one lock and cannot interleave with another writer.
 
+Writers of one SQLite file also queue at a `WriteGate` (a lock file next to the database,
+taken with `flock`) before `BEGIN IMMEDIATE`: SQLite's own busy handler makes a waiting
+writer sleep and retry with growing pauses (up to 100 ms), which under two API processes
+turned a lock held for a fraction of a millisecond into multi-second tail latencies; a
+process blocked in `flock` is woken by the kernel the moment the lock is released.
+
 PostgreSQL is reached through psycopg 3 (`postgresql+psycopg://user@host/db`; a bare
 `postgresql://` URL is given that driver). It runs at READ COMMITTED, where each statement
 sees what committed before it started, which the per-customer advisory lock in
@@ -14,8 +20,17 @@ sees what committed before it started, which the per-customer advisory lock in
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Final
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: the in-process lock only (SQLite's busy handler between processes)
+    fcntl = None  # type: ignore[assignment]
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -37,6 +52,53 @@ def normalize_url(url: str | URL) -> URL:
     if u.drivername in ("postgresql", "postgres"):
         u = u.set(drivername="postgresql+psycopg")
     return u
+
+
+class WriteGate:
+    """A lock shared by every thread and process writing one SQLite database file.
+
+    In-process a `threading.Lock` (flock locks belong to the open file, which the threads of
+    a process share), across processes `flock` on `<database>-writegate`. Held from before
+    `BEGIN IMMEDIATE` until after `COMMIT`, it only orders writers that SQLite's lock would
+    serialize anyway, without the busy handler's sleeps.
+    """
+
+    def __init__(self, database: str | Path) -> None:
+        self.path = Path(f"{database}-writegate")
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._pid = -1
+
+    def _file(self) -> int:
+        if self._fd is None or self._pid != os.getpid():  # a forked child opens its own
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._pid = os.getpid()
+        return self._fd
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._lock:
+            if fcntl is None:
+                yield
+                return
+            fd = self._file()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def write_gate(engine: Engine) -> WriteGate | None:
+    """The `WriteGate` of a file-backed SQLite engine (None for other databases)."""
+    gate = getattr(engine, "_winback_write_gate", None)
+    return gate if isinstance(gate, WriteGate) else None
+
+
+def gated(engine: Engine, write: bool) -> AbstractContextManager[None]:
+    """Hold the engine's write gate for a write transaction (a no-op otherwise)."""
+    gate = write_gate(engine) if write else None
+    return gate.held() if gate is not None else nullcontext()
 
 
 def _sqlite_engine(u: URL, busy_timeout_ms: int, echo: bool) -> Engine:
@@ -68,6 +130,8 @@ def _sqlite_engine(u: URL, busy_timeout_ms: int, echo: bool) -> Engine:
         write = conn.get_execution_options().get(WRITE_OPTION, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
+    if not in_memory:
+        engine._winback_write_gate = WriteGate(Path(str(u.database)).expanduser())  # type: ignore[attr-defined]
     return engine
 
 

@@ -32,7 +32,7 @@ from features.constants import CHANNELS, CONSENT_STATUSES, OPTED_OUT
 from serving.errors import DuplicateDecisionError, StoreError, StoreUnavailableError
 from serving.store import queries
 from serving.store.caps import ContactCaps, check_caps
-from serving.store.engine import WRITE_OPTION, create_store_engine
+from serving.store.engine import WRITE_OPTION, create_store_engine, gated
 from serving.store.models import (
     CONTACT_STATUSES,
     NOT_SENT,
@@ -123,7 +123,12 @@ class Store:
     # --- plumbing ---------------------------------------------------------------------------
     @contextmanager
     def _session(self, write: bool) -> Iterator[Session]:
-        with self._translated(), Session(self.engine, expire_on_commit=False) as s, s.begin():
+        with (
+            self._translated(),
+            gated(self.engine, write),
+            Session(self.engine, expire_on_commit=False) as s,
+            s.begin(),
+        ):
             # Must be the first use of the session: the options apply before BEGIN.
             s.connection(execution_options={WRITE_OPTION: write})
             yield s
@@ -132,7 +137,7 @@ class Store:
     def _connection(self, write: bool) -> Iterator[Connection]:
         """One transaction on a bare Core connection: the request path's reads and writes
         need no ORM session (whose set-up cost as much as the statements themselves)."""
-        with self._translated(), self.engine.connect() as conn:
+        with self._translated(), gated(self.engine, write), self.engine.connect() as conn:
             conn.execution_options(**{WRITE_OPTION: write})  # before BEGIN (see engine)
             with conn.begin():
                 yield conn

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -35,6 +36,7 @@ from serving.store import (
     upgrade_database,
 )
 from serving.store.caps import CAP_CHANNEL, CAP_MIN_GAP, CAP_REPEAT_OFFER, PastContact
+from serving.store.engine import WriteGate, write_gate
 from serving.store.migrate import current_revision
 from serving.store.models import Base, Contact, Decision
 
@@ -200,6 +202,44 @@ def test_two_processes_under_cap_of_one_record_exactly_one(store: Store, url: st
         wins = pool.starmap(_process_worker, [(url, "p0", 15), (url, "p1", 15)])
     assert sum(wins) == 1
     assert _contacts(store) == 1
+
+
+def _hold_gate(database: str, held: Any, release: Any) -> None:
+    gate = WriteGate(database)
+    with gate.held():
+        held.set()
+        release.wait(30)
+
+
+def test_sqlite_writers_queue_at_the_write_gate_across_processes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'gate.db'}"
+    upgrade_database(url)
+    store = Store.from_url(url)
+    gate = write_gate(store.engine)
+    assert gate is not None and write_gate(Store.from_url("sqlite://").engine) is None
+    ctx = multiprocessing.get_context("spawn")
+    held, release = ctx.Event(), ctx.Event()
+    other = ctx.Process(target=_hold_gate, args=(str(tmp_path / "gate.db"), held, release))
+    other.start()
+    try:
+        assert held.wait(30)
+        done = threading.Event()
+
+        def write() -> None:
+            store.record_decision(DecisionRecord("gated", "c1", T0, "none", reasons=["x"]))
+            done.set()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert store.customer_states(["c1"], T0, 30)  # reads do not queue at the gate
+        assert not done.wait(0.5)  # the write waits for the other process's gate
+        release.set()
+        assert done.wait(10)
+        writer.join()
+    finally:
+        release.set()
+        other.join(10)
+    assert store.decision_exists("gated")
 
 
 # --- events --------------------------------------------------------------------------------
