@@ -102,8 +102,11 @@ def _run(cmd: str, env: dict[str, str]) -> None:
     subprocess.run(cmd.split(), env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
 
 
-def prepare(world: Path, work: Path, train_customers: int, seed: int) -> tuple[Path, pd.Timestamp]:
-    """World, champion model, feature set and 1M snapshot; returns (snapshot dir, as_of)."""
+def prepare(
+    world: Path, work: Path, train_customers: int, seed: int
+) -> tuple[Path, Path, pd.Timestamp]:
+    """World, champion model, feature set and the 1M snapshots; returns (snapshot without
+    scores, snapshot with the champion's scores stored, as_of)."""
     env = _env(work)
     winback = str(VENV_BIN / "winback")
     (work / "mlruns").mkdir(parents=True, exist_ok=True)
@@ -133,7 +136,15 @@ def prepare(world: Path, work: Path, train_customers: int, seed: int) -> tuple[P
             f" --feature-set {fs_file}",
             env,
         )
-    return snap, as_of
+    scored = work / "snapshot_scored"
+    if not (scored / "CURRENT").exists():
+        when = as_of.isoformat()
+        _run(
+            f"{winback} features materialize {world} --as-of {when} --out {scored}"
+            f" --model {CHAMPION}",
+            env,
+        )
+    return snap, scored, as_of
 
 
 def _snapshot_ids(snap: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -154,6 +165,7 @@ def write_bodies(
     pick = np.random.default_rng(seed).integers(0, len(ids), size=n)
     when = (as_of + pd.Timedelta(hours=9)).isoformat()
     out = {k: work / f"bodies_{k}.jsonl" for k in ("api", "bare", "mlflow")}
+    out["api-live"] = out["api"]
     with out["api"].open("w") as a, out["bare"].open("w") as b:
         for i in pick:
             body = {
@@ -461,20 +473,27 @@ def profile(
             print(f"    {n / total:6.1%}  {f}")
 
 
-PORTS = {"api": 18431, "bare": 18432, "mlflow": 18433}
-PATHS = {"api": "/v1/recommendations", "bare": "/score", "mlflow": "/invocations"}
+PORTS = {"api": 18431, "api-live": 18434, "bare": 18432, "mlflow": 18433}
+PATHS = {
+    "api": "/v1/recommendations",
+    "api-live": "/v1/recommendations",
+    "bare": "/score",
+    "mlflow": "/invocations",
+}
 
 
 def launch(
-    name: str, args: argparse.Namespace, work: Path, snap: Path
+    name: str, args: argparse.Namespace, work: Path, snap: Path, scored: Path
 ) -> tuple[str, dict[str, str], str]:
     """(command line, environment, request path) of one target server."""
     port, bin_ = PORTS[name], VENV_BIN
-    if name == "api":  # exactly what `winback serve` runs, configured through WINBACK_*
+    if name in ("api", "api-live"):  # what `winback serve` runs, configured by WINBACK_*
+        # api: the snapshot carries the champion's scores (`materialize --model`), looked up
+        # per request; api-live: no stored scores, every request calls the boosters
         env = _env(
             work,
             WINBACK_DATABASE_URL=f"sqlite:///{work / 'bench.db'}",
-            WINBACK_SNAPSHOT_DIR=str(snap),
+            WINBACK_SNAPSHOT_DIR=str(scored if name == "api" else snap),
             WINBACK_CATALOG_PATH=str(args.world / "offers.yaml"),
             WINBACK_POLICY_PATH=str(ROOT / "policy.example.yaml"),
             WINBACK_API_KEYS=API_KEY,
@@ -527,13 +546,17 @@ def main() -> None:
         help="WINBACK_MODEL_BACKEND of the decision API (lleaves: compiled trees, cached in "
         "--work/compiled); the bare and mlflow servers always use LightGBM",
     )
-    p.add_argument("--only", default="api,bare,mlflow", help="targets to run")
+    p.add_argument(
+        "--only",
+        default="api,api-live,bare,mlflow",
+        help="targets to run (api: scores stored with the snapshot; api-live: scored per request)",
+    )
     p.add_argument("--profile", default="", help="targets to profile with py-spy (e.g. api)")
     p.add_argument("--profile-top", type=int, default=30)
     args = p.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    snap, as_of = prepare(args.world, work, args.train_customers, args.seed)
+    snap, scored, as_of = prepare(args.world, work, args.train_customers, args.seed)
     # enough distinct draws for every run at several thousand req/s
     args.lines = 5000 * args.duration
     bodies = write_bodies(work, snap, as_of, args.lines, args.rows, args.seed)
@@ -543,10 +566,10 @@ def main() -> None:
     db = work / "bench.db"
     targets = args.only.split(",")
     for name in targets:
-        cmd, env, path = launch(name, args, work, snap)
+        cmd, env, path = launch(name, args, work, snap, scored)
         if args.omp_threads > 0:  # LightGBM's OpenMP pool, per process (see --help)
             env["OMP_NUM_THREADS"] = str(args.omp_threads)
-        if name == "api":
+        if name in ("api", "api-live"):
             for f in work.glob("bench.db*"):
                 f.unlink()
         first = bodies[name].read_text().splitlines()[0]
@@ -573,7 +596,8 @@ def report(results: dict[str, dict[str, Any]], db: Path | None, args: argparse.N
     head = f"{'target':<38}{'req/s':>8}{'conns':>6}{'p50 ms':>8}{'p99 ms':>8}{'cpu ms/req':>11}"
     print("max sustained with no errors (wrk -t1, closed loop)\n" + head + f"{'others':>8}")
     labels = {
-        "api": f"decision API, {args.api_workers} w, SQLite, {args.backend}",
+        "api": f"decision API, {args.api_workers} w, SQLite, stored",
+        "api-live": f"decision API, {args.api_workers} w, SQLite, {args.backend}",
         "bare": f"bare FastAPI, {args.rows} rows, {args.side_workers} worker",
         "mlflow": f"mlflow models serve, {args.rows} rows, {args.side_workers} w",
     }
