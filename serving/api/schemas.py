@@ -202,6 +202,9 @@ class Readiness(BaseModel):
     catalog_version: str | None
     snapshot_version: str | None
     store_reachable: bool
+    stored_scores: bool = Field(
+        description="the snapshot carries this model version's scores (looked up, not computed)"
+    )
 
 
 class ErrorBody(BaseModel):

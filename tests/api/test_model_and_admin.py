@@ -86,6 +86,7 @@ def test_readyz_without_a_snapshot_is_degraded_and_customers_unknown(
 def test_model_scores_choose_the_best_value(model_client: TestClient) -> None:
     ready = model_client.get("/readyz").json()
     assert ready["degraded"] is False and ready["model_version"] == "fake-model/1"
+    assert ready["stored_scores"] is False  # this snapshot carries no scores: scored live
     d = _recommend(model_client)
     assert d["action"] == "offer" and d["offer_id"] == "pct10"
     assert d["offer"]["value"] == 10.0

@@ -6,9 +6,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from features.snapshot import Snapshot
 from serving.api import schemas
 from serving.api.deps import RuntimeDep
 from serving.api.runtime import Runtime
+from serving.precomputed import precomputed_scores
 
 router = APIRouter(tags=["health"])
 
@@ -42,7 +44,13 @@ def readiness(rt: Runtime) -> schemas.Readiness:
         catalog_version=rt.catalog.version,
         snapshot_version=snap.version if snap is not None else None,
         store_reachable=store_ok,
+        stored_scores=_stored_scores_serve(rt, snap),
     )
+
+
+def _stored_scores_serve(rt: Runtime, snap: Snapshot | None) -> bool:
+    stored = precomputed_scores(snap)
+    return stored is not None and rt.scorer is not None and stored.serves(rt.scorer)
 
 
 @router.get(
