@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from serving.api import create_app
 from serving.api.sync import apply_pending
+from serving.precomputed import SCORES, scores_attachment
 from serving.settings import ServingSettings
 from tests.api.conftest import (
     ADMIN,
@@ -164,3 +167,23 @@ def test_a_reload_reaches_the_other_worker_processes(
         assert _recommend(b)["model_version"] == "fake-model/2"
         assert apply_pending(apps[1]) is False  # applied once
         assert apply_pending(apps[0]) is False  # a published it and runs it already
+
+
+def test_stored_scores_serve_their_model_until_a_reload_moves_on(
+    settings: ServingSettings, clock: Clock, models: dict[str, FakeScorer]
+) -> None:
+    plain = make_snapshot(CUSTOMERS)
+    stored = scores_attachment(models[CHAMPION], np.asarray(plain.matrix))
+    snap = dataclasses.replace(plain, attachments={SCORES: stored})
+    app = create_app(
+        settings, scorer_loader=loader_of(models), snapshots=FakeSnapshots(snap), clock=clock
+    )
+    with TestClient(app) as c:
+        assert c.get("/readyz").json()["stored_scores"] is True
+        d = _recommend(c)
+        assert d["offer_id"] == "pct10" and d["scores"]["pct10"] == 4.0
+        models[CHAMPION].broken = True  # proves the stored rows were used, not the model
+        assert _recommend(c)["offer_id"] == "pct10"
+        r = c.post("/admin/reload", json={"model_uri": CHALLENGER}, headers=ADMIN)
+        assert r.status_code == 200 and r.json()["stored_scores"] is False
+        assert _recommend(c)["offer_id"] == "freeship"  # the champion's rows no longer apply
