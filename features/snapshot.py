@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,8 +138,22 @@ def _created(name: str) -> str:
     return name.partition("-")[2] or name
 
 
+STALE_TMP_SECONDS = 6 * 3600
+"""A `.tmp-*` version directory untouched this long is a crashed writer's leftover."""
+
+
 def _prune(versions: Path, current: str, keep: int) -> None:
-    """Keep the `keep` most recently written versions (not the latest as-of times)."""
+    """Keep the `keep` most recently written versions (not the latest as-of times), and
+    remove what writers that crashed mid-write left behind (a writer still at work keeps
+    touching its directory, so only old ones go)."""
+    now = time.time()
+    for p in versions.glob(".tmp-*"):
+        try:
+            stale = now - p.stat().st_mtime > STALE_TMP_SECONDS
+        except OSError:  # removed meanwhile
+            continue
+        if stale:
+            shutil.rmtree(p, ignore_errors=True)
     names = sorted(
         (p.name for p in versions.iterdir() if p.is_dir() and not p.name.startswith(".")),
         key=_created,

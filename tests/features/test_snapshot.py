@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -165,3 +166,16 @@ def test_attachments_are_stored_read_only_and_checked(tmp_path: Path) -> None:
     with pytest.raises(SnapshotError, match=rf"attachment scores\.p: expected {n} rows"):
         write_snapshot(view, tmp_path, attachments={"scores": short})
     assert Snapshot.load(tmp_path).version == snap.version  # the failed write changed nothing
+
+
+def test_a_crashed_writers_leftover_is_removed_but_not_a_fresh_one(tmp_path: Path) -> None:
+    write(tmp_path, "2023-10-01")
+    versions = tmp_path / "versions"
+    old, fresh = versions / ".tmp-crashed", versions / ".tmp-writing-now"
+    for d in (old, fresh):
+        d.mkdir()
+        (d / "features.npy").write_bytes(b"partial")
+    day_ago = time.time() - 24 * 3600
+    os.utime(old, (day_ago, day_ago))
+    write(tmp_path, "2023-11-01")
+    assert not old.exists() and fresh.exists()
