@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -15,6 +23,41 @@ from serving.policy import load_policy
 from serving.settings import ServingSettings, get_serving_settings
 
 app = typer.Typer(no_args_is_help=True)
+
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextmanager
+def metrics_dir() -> Iterator[Path]:
+    """A fresh private directory exported as `PROMETHEUS_MULTIPROC_DIR` inside the block.
+
+    The workers uvicorn starts inside the block (spawned: they inherit the environment and
+    import prometheus_client afresh; with one worker the app is imported here, after the
+    variable is set) write their metrics there, and `/metrics` merges them all
+    (`serving.api.metrics`). A new directory per server keeps an earlier server's counts out.
+    On exit the variable is restored and the directory removed. prometheus_client must not
+    be imported in this process before the block: it picks its value class at import.
+    """
+    path = Path(tempfile.mkdtemp(prefix="winback-metrics-"))  # empty, mode 0700
+    previous = os.environ.get(METRICS_DIR_ENV)
+    os.environ[METRICS_DIR_ENV] = str(path)
+    # SIGTERM's default action ends the process without unwinding; uvicorn re-raises the
+    # signal after its graceful shutdown (one worker), so turn it into SystemExit here.
+    on_term = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield path
+    finally:
+        if on_term is not None:  # None: a handler installed outside Python, left as it is
+            signal.signal(signal.SIGTERM, on_term)
+        if previous is None:
+            os.environ.pop(METRICS_DIR_ENV, None)
+        else:
+            os.environ[METRICS_DIR_ENV] = previous
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
+    raise SystemExit(128 + signum)
 
 
 def _settings() -> ServingSettings:
@@ -50,12 +93,13 @@ def serve(
         f"model {settings.model_uri or '(none: rules only)'}",
         highlight=False,
     )
-    uvicorn.run(
-        "serving.api.app:app_from_env",
-        factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers or settings.workers,
-        log_level=settings.log_level,
-        access_log=False,
-    )
+    with metrics_dir():
+        uvicorn.run(
+            "serving.api.app:app_from_env",
+            factory=True,
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=workers or settings.workers,
+            log_level=settings.log_level,
+            access_log=False,
+        )

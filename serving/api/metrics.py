@@ -1,8 +1,16 @@
 """Prometheus metrics of the API: request latency, decisions by action/offer/reason, events.
 
-Each app gets its own `CollectorRegistry` (so tests can build many apps in one process).
-With several uvicorn workers each process counts for itself; scrape each worker, or run
-prometheus-client's multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`).
+Two modes, chosen by the environment when a `Metrics` is built:
+
+- without `PROMETHEUS_MULTIPROC_DIR` each app gets its own `CollectorRegistry` (so tests can
+  build many apps in one process) and `/metrics` shows that app's counts;
+- with it (set by `winback serve` to a fresh directory before uvicorn starts its workers),
+  every worker writes its samples to files in that directory and `/metrics` merges the files
+  of all workers: counters and histograms are summed, the `winback_degraded` gauge is the
+  maximum over the live workers (`livemax`).
+
+The variable must be set before prometheus_client is imported (it picks its value class at
+import), which is why `winback serve` sets it before uvicorn imports the app.
 
 `LatencyMiddleware` is a plain ASGI middleware (no `BaseHTTPMiddleware` overhead) that
 observes every request's duration under its route template, so `/v1/customers/{customer_id}/
@@ -11,20 +19,50 @@ next-offer` is one series, not one per customer.
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
 _BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1, 2)
 
 
 class Metrics:
-    """The collectors of one app."""
+    """The collectors of one app, and the exposition of all workers' metrics.
+
+    Attributes:
+        registry: the registry the collectors are registered in.
+        multiprocess_dir: the directory shared by the workers (`PROMETHEUS_MULTIPROC_DIR`
+            when the app was built), or None: this app's registry alone is exposed.
+
+    Raises:
+        RuntimeError: `PROMETHEUS_MULTIPROC_DIR` is set but prometheus_client was imported
+            before it was (its value class is chosen at import), so this process would
+            count in memory where no scrape sees it.
+    """
 
     def __init__(self) -> None:
+        path = os.environ.get(MULTIPROC_ENV) or None
+        if path is not None and not getattr(values.ValueClass, "_multiprocess", False):
+            raise RuntimeError(
+                f"{MULTIPROC_ENV}={path} was set after prometheus_client was imported; "
+                "set it before the process starts"
+            )
+        self.multiprocess_dir = path
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "winback_http_request_duration_seconds",
@@ -49,14 +87,50 @@ class Metrics:
             "winback_degraded",
             "1 while the service decides without a model (rules only) or without a snapshot",
             registry=self.registry,
+            multiprocess_mode="livemax",  # 1 while any live worker is degraded
         )
+        self._exposed = self.registry
+        if path is not None:
+            # The collectors above write to files; this registry reads every worker's files.
+            self._exposed = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self._exposed, path=path)
 
     def count_decision(self, action: str, offer_id: str | None, reasons: Iterable[str]) -> None:
         reason = next(iter(reasons), "") or "-"
         self.decisions.labels(action, offer_id or "-", reason).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The Prometheus text exposition: this app's, or all workers' merged."""
+        if self.multiprocess_dir is not None:
+            forget_dead_workers(self.multiprocess_dir)
+        return generate_latest(self._exposed)
+
+
+def forget_dead_workers(path: str) -> list[int]:
+    """Drop the live-gauge files of workers that are gone; returns their pids.
+
+    uvicorn restarts a crashed worker without telling the app, so instead of a shutdown hook
+    each scrape checks the pids behind the `gauge_live*` files. Counter and histogram files of
+    dead workers stay: their counts are part of the server's totals.
+    """
+    dead = set()
+    for name in os.listdir(path):
+        match = _LIVE_GAUGE_FILE.fullmatch(name)
+        if match is not None and not _alive(int(match.group(1))):
+            dead.add(int(match.group(1)))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, path)
+    return sorted(dead)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence and permission check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class LatencyMiddleware:

@@ -66,5 +66,5 @@ def readyz(rt: RuntimeDep) -> JSONResponse:
 
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request) -> Response:
-    """Prometheus exposition of this process's metrics."""
+    """Prometheus exposition: every worker's metrics merged under `winback serve`."""
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
