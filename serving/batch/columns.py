@@ -1,8 +1,9 @@
 """A `DecisionBatch` as output columns, read straight from its arrays (no per-row objects).
 
 One row per customer: the decision (action, offer, channel, stage), its expected incremental
-margin and propensity, the reason codes (`;`-separated), the model and policy versions, the
-offer's display fields and the decision id (derived from the wave id and the customer id).
+margin, the predicted conversion probability of a contact and the propensity, the reason codes
+(`;`-separated), the model and policy versions, the offer's display fields, the customer's
+value tier and lapse state, and the decision id (derived from the wave id and customer id).
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ COLUMNS: tuple[str, ...] = (
     "stage",
     "stage_name",
     "expected_incremental_margin",
+    "p_convert",
     "propensity",
     "reasons",
     "model_version",
     "policy_version",
     "offer_title",
     "offer_description",
+    "value_tier",
+    "lapse_state",
 )
 SCHEMA = pa.schema(
     [
@@ -43,12 +47,15 @@ SCHEMA = pa.schema(
         ("stage", pa.int64()),
         ("stage_name", pa.string()),
         ("expected_incremental_margin", pa.float64()),
+        ("p_convert", pa.float64()),
         ("propensity", pa.float64()),
         ("reasons", pa.string()),
         ("model_version", pa.string()),
         ("policy_version", pa.string()),
         ("offer_title", pa.string()),
         ("offer_description", pa.string()),
+        ("value_tier", pa.string()),
+        ("lapse_state", pa.string()),
     ]
 )
 REASON_SEP = ";"
@@ -81,9 +88,17 @@ def _display(result: DecisionBatch, field: str) -> npt.NDArray[np.object_]:
     return np.array([*values, None], dtype=object)[result.chosen]
 
 
-def decision_table(result: DecisionBatch, decision_ids: Sequence[str]) -> pa.Table:
-    """The output columns of `result` (see `COLUMNS`)."""
+def decision_table(
+    result: DecisionBatch,
+    decision_ids: Sequence[str],
+    value_tier: npt.NDArray[np.object_] | None = None,
+    lapse_state: npt.NDArray[np.object_] | None = None,
+) -> pa.Table:
+    """The output columns of `result` (see `COLUMNS`); the segments as the decision log
+    records them (`serving.decide.Decided`), empty when not given."""
     n = len(result)
+    none = np.full(n, None, dtype=object)
+    p_convert = result.p_convert
     stage = result.stage
     stage_names = np.array([None, *result.stage_names], dtype=object)
     value = result.value
@@ -96,11 +111,14 @@ def decision_table(result: DecisionBatch, decision_ids: Sequence[str]) -> pa.Tab
         pa.array(stage, pa.int64(), mask=stage == 0),
         pa.array(stage_names[stage], pa.string()),
         pa.array(value, pa.float64(), mask=np.isnan(value)),
+        pa.array(p_convert, pa.float64(), mask=np.isnan(p_convert)),
         pa.array(result.propensity, pa.float64()),
         pa.array(reason_strings(result), pa.string()),
         pa.array(np.full(n, result.model_version, dtype=object), pa.string()),
         pa.array(np.full(n, result.policy_version, dtype=object), pa.string()),
         pa.array(_display(result, "title"), pa.string()),
         pa.array(_display(result, "description"), pa.string()),
+        pa.array(value_tier if value_tier is not None else none, pa.string()),
+        pa.array(lapse_state if lapse_state is not None else none, pa.string()),
     ]
     return pa.Table.from_arrays(arrays, schema=SCHEMA)

@@ -153,7 +153,12 @@ def score_local(
             stored=stored,
             rows=rows,
         )
-        table = decision_table(decided.batch, wave_decision_ids(wave.wave_id, ids.tolist()))
+        table = decision_table(
+            decided.batch,
+            wave_decision_ids(wave.wave_id, ids.tolist()),
+            decided.value_tier,
+            decided.lapse_state,
+        )
         if record and store is not None and result.recorded is not None:
             table = _record(store, table, decided, wave, decider.base_caps, result.recorded)
         result.summary.add(table)

@@ -115,7 +115,12 @@ def partition_scorer(
                 wave.key,
                 store=store,
             )
-            table = decision_table(decided.batch, wave_decision_ids(wave.wave_id, ids.tolist()))
+            table = decision_table(
+                decided.batch,
+                wave_decision_ids(wave.wave_id, ids.tolist()),
+                decided.value_tier,
+                decided.lapse_state,
+            )
             yield from table.to_batches()
         if store is not None:
             store.dispose()

@@ -153,6 +153,12 @@ def test_batch_decides_exactly_as_the_api(tmp_path: Path, settings: ServingSetti
     assert batch["reasons"].tolist() == [REASON_SEP.join(d.reasons) for d in api]
     np.testing.assert_array_equal(batch["propensity"], [d.propensity for d in api])
     assert batch["expected_incremental_margin"].tolist() == [d.value for d in api]
+    assert batch["p_convert"].tolist() == [d.p_convert if d.is_contact else None for d in api]
+    assert batch["p_convert"].notna().any()
+    # segments as the decision log records them (snapshot codes decoded; unknown customer: none)
+    tiers = dict(zip(batch["customer_id"], batch["value_tier"], strict=True))
+    assert tiers["not-in-snapshot"] is None and tiers["c000"] is not None
+    assert set(batch["value_tier"].dropna()) <= set(WINBACK_V1.feature("value_tier").vocabulary)
     assert set(batch["model_version"]) == {"linear/1"}
     # the cases that matter are all there: exploration, holdout, live opt-out, unknown
     reasons = set(batch["reasons"])
