@@ -1,4 +1,14 @@
-"""Reactivation propensity: LightGBM binary classifier with early stopping and calibration."""
+"""Reactivation propensity: LightGBM binary classifier with early stopping and calibration.
+
+With the order-history columns of `winback_v1` present, the booster does not start from a
+constant but from a BTYD prior (`models.btyd.BTYDPrior`): a logistic model on the Pareto/NBD
+expected purchases and P(alive) and on log recency, frequency, age and order value, fitted on
+the training rows. The trees then learn corrections to it, and early stopping on the
+validation rows decides how many. The prior is smooth in the history and keeps its slope
+beyond the training range, so it ranks customers older than any training row, where trees
+alone stay flat (on CDNOW, whose customers all joined in one quarter, the scored customers are
+older than every training row).
+"""
 
 from __future__ import annotations
 
@@ -20,10 +30,18 @@ from models.base import (
     predict_numpy,
     train_booster,
 )
+from models.btyd import BTYDPrior
 from models.calibration import BinaryCalibrator, choose_calibration
-from models.errors import FeatureMismatchError, InvalidInputError
+from models.errors import (
+    FeatureMismatchError,
+    InvalidInputError,
+    TrainingError,
+    translate_lightgbm_errors,
+)
 
 CalibrationChoice = Literal["auto", "isotonic", "sigmoid", "none"]
+PriorChoice = Literal["auto", "btyd", "none"]
+_EPS = 1e-12
 
 
 class ReactivationClassifier:
@@ -40,6 +58,9 @@ class ReactivationClassifier:
         learning_rate, num_leaves, min_child_samples: LightGBM tree parameters.
         early_stopping_rounds: rounds without validation improvement before stopping.
         calibration: "auto", "isotonic", "sigmoid" or "none".
+        prior: "btyd" boosts from a `BTYDPrior` (Pareto/NBD based; needs orders_lifetime,
+            days_since_first_order and days_since_last_order), "none" from a constant, "auto"
+            uses the prior when those columns are present and it can be fitted.
         categorical_features: names of columns holding integer category codes.
         random_state: seed of every random choice.
         n_jobs: LightGBM threads.
@@ -50,6 +71,8 @@ class ReactivationClassifier:
         best_iteration_: number of boosting rounds kept.
         calibration_: method used ("isotonic", "sigmoid" or "none").
         calibrator_: the fitted BinaryCalibrator (None with "none").
+        prior_: the fitted BTYDPrior, or None. The booster's own output is the correction to
+            the prior's log-odds; `predict_numpy(booster_, X)` alone is not the prediction.
         feature_importances_: gain importance per feature (Series).
     """
 
@@ -61,6 +84,7 @@ class ReactivationClassifier:
         min_child_samples: int = 50,
         early_stopping_rounds: int = 50,
         calibration: CalibrationChoice = "auto",
+        prior: PriorChoice = "auto",
         categorical_features: Sequence[str] | None = None,
         random_state: int = 0,
         n_jobs: int = 1,
@@ -71,6 +95,7 @@ class ReactivationClassifier:
         self.min_child_samples = min_child_samples
         self.early_stopping_rounds = early_stopping_rounds
         self.calibration = calibration
+        self.prior = prior
         self.categorical_features = categorical_features
         self.random_state = random_state
         self.n_jobs = n_jobs
@@ -95,6 +120,8 @@ class ReactivationClassifier:
                 "X_val/y_val: a validation set (later in time than X) is required for early "
                 "stopping and calibration"
             )
+        if self.prior not in ("auto", "btyd", "none"):
+            raise InvalidInputError(f"prior: '{self.prior}' is not auto, btyd or none")
         X_val = check_features(X_val, "X_val")
         if [str(c) for c in X_val.columns] != [str(c) for c in X.columns]:
             raise FeatureMismatchError("X_val: columns differ from X")
@@ -102,6 +129,12 @@ class ReactivationClassifier:
         if len(np.unique(y_arr)) < 2:
             raise InvalidInputError("y: contains a single class; cannot train a classifier")
         cats = check_categoricals(X, self.categorical_features)
+        columns = [str(c) for c in X.columns]
+        self.prior_ = self._fit_prior(X, y_arr, w, columns)
+        init = init_val = None
+        if self.prior_ is not None:
+            init = self.prior_.decision_function(X.to_numpy(dtype=float))
+            init_val = self.prior_.decision_function(X_val.to_numpy(dtype=float))
         params = lgb_params(
             objective="binary",
             learning_rate=self.learning_rate,
@@ -110,22 +143,34 @@ class ReactivationClassifier:
             seed=self.random_state,
             n_jobs=self.n_jobs,
         )
-        self.booster_ = train_booster(
-            params,
-            X,
-            y_arr,
-            weight=w,
-            categorical=cats,
-            n_estimators=self.n_estimators,
-            X_val=X_val,
-            y_val=yv,
-            early_stopping_rounds=self.early_stopping_rounds,
-            what="reactivation classifier",
-        )
+        if self.prior_ is None:
+            self.booster_ = train_booster(
+                params,
+                X,
+                y_arr,
+                weight=w,
+                categorical=cats,
+                n_estimators=self.n_estimators,
+                X_val=X_val,
+                y_val=yv,
+                early_stopping_rounds=self.early_stopping_rounds,
+                what="reactivation classifier",
+            )
+        else:
+            self.booster_ = _train_from_prior(
+                params,
+                (X, y_arr, w, init),
+                (X_val, yv, init_val),
+                categorical=cats,
+                n_estimators=self.n_estimators,
+                early_stopping_rounds=self.early_stopping_rounds,
+            )
         self.best_iteration_ = int(
             self.booster_.best_iteration or self.booster_.current_iteration()
         )
-        raw_val = booster_predict(self.booster_, X_val, "reactivation classifier")
+        raw_val = self._combine(
+            booster_predict(self.booster_, X_val, "reactivation classifier"), init_val
+        )
         method = self.calibration
         if method == "auto":
             method = (
@@ -135,7 +180,7 @@ class ReactivationClassifier:
             )
         self.calibration_ = method
         self.calibrator_ = None if method == "none" else BinaryCalibrator(method).fit(raw_val, yv)
-        self.feature_names_in_ = np.array([str(c) for c in X.columns], dtype=object)
+        self.feature_names_in_ = np.array(columns, dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
         self.feature_importances_ = pd.Series(
             self.booster_.feature_importance(importance_type="gain"),
@@ -143,10 +188,38 @@ class ReactivationClassifier:
         )
         return self
 
+    def _fit_prior(
+        self, X: pd.DataFrame, y: np.ndarray, w: np.ndarray, columns: list[str]
+    ) -> BTYDPrior | None:
+        prior = BTYDPrior(random_state=self.random_state)
+        if self.prior == "none" or (
+            self.prior == "auto" and any(c not in columns for c in prior.required_columns())
+        ):
+            return None
+        try:
+            return prior.fit(X.to_numpy(dtype=float), y, columns, sample_weight=w)
+        except TrainingError:
+            if self.prior == "auto":  # e.g. no training row has an order: boost from 0
+                return None
+            raise
+
+    def _combine(self, p_booster: np.ndarray, prior_logit: np.ndarray | None) -> np.ndarray:
+        """The booster's probability, moved by the prior's log-odds when there is a prior."""
+        if prior_logit is None:
+            return p_booster
+        q = np.clip(p_booster, _EPS, 1 - _EPS)
+        z = np.log(q) - np.log1p(-q) + prior_logit
+        return np.asarray(1.0 / (1.0 + np.exp(-z)))
+
+    def _prior_logit(self, arr: np.ndarray) -> np.ndarray | None:
+        prior = getattr(self, "prior_", None)
+        return None if prior is None else prior.decision_function(arr)
+
     def predict_raw(self, X: pd.DataFrame) -> np.ndarray:
-        """Uncalibrated booster probabilities."""
+        """Uncalibrated probabilities (booster plus prior)."""
         X = check_columns(self, X)
-        return booster_predict(self.booster_, X, "reactivation classifier")
+        p = booster_predict(self.booster_, X, "reactivation classifier")
+        return self._combine(p, self._prior_logit(X.to_numpy(dtype=float)))
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Array (n, 2): columns P(y=0), P(y=1), calibrated."""
@@ -164,10 +237,46 @@ class ReactivationClassifier:
                 f"X: expected {self.n_features_in_} columns in feature_names_in_ order, "
                 f"got shape {arr.shape}"
             )
-        p = predict_numpy(self.booster_, arr)
+        p = self._combine(predict_numpy(self.booster_, arr), self._prior_logit(arr))
         if self.calibrator_ is not None:
             p = self.calibrator_.transform(p)
         return p
 
     def predict(self, X: pd.DataFrame, threshold: float = 0.5) -> np.ndarray:
         return (self.predict_proba(X)[:, 1] >= threshold).astype(int)
+
+
+def _train_from_prior(
+    params: dict[str, Any],
+    train_rows: tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray | None],
+    valid_rows: tuple[pd.DataFrame, np.ndarray, np.ndarray | None],
+    *,
+    categorical: list[str],
+    n_estimators: int,
+    early_stopping_rounds: int,
+) -> Any:
+    """`train_booster`, with the prior's log-odds as LightGBM's init_score on both sets.
+
+    (X, y, weight, init) and (X_val, y_val, init_val); the booster learns the correction.
+    """
+    import lightgbm as lgb
+
+    X, y, w, init = train_rows
+    X_val, y_val, init_val = valid_rows
+    with translate_lightgbm_errors("reactivation classifier"):
+        train = lgb.Dataset(
+            X,
+            label=y,
+            weight=w,
+            init_score=init,
+            categorical_feature=categorical or "auto",
+            free_raw_data=True,
+        )
+        valid = lgb.Dataset(X_val, label=y_val, init_score=init_val, reference=train)
+        return lgb.train(
+            params,
+            train,
+            num_boost_round=n_estimators,
+            valid_sets=[valid],
+            callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)],
+        )

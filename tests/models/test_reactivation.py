@@ -100,3 +100,54 @@ def test_more_recent_purchase_does_not_lower_propensity(data: dict) -> None:
     gain = clf.predict_proba(recent)[:, 1] - clf.predict_proba(X_test)[:, 1]
     assert gain.mean() > 0
     assert (gain >= -0.02).mean() > 0.95
+
+
+def history_frame(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Order-history columns of winback_v1 (the BTYD prior's inputs) plus a category."""
+    rng = np.random.default_rng(seed)
+    first = rng.uniform(30, 400, n)
+    orders = 1 + rng.poisson(first / 60)
+    last = np.where(orders > 1, rng.uniform(0, 1, n) * first, first)
+    X = pd.DataFrame(
+        {
+            "orders_lifetime": orders.astype(float),
+            "days_since_first_order": first,
+            "days_since_last_order": last,
+            "aov_lifetime": rng.gamma(2.0, 20.0, n),
+            "region": rng.integers(0, 4, n),
+        }
+    )
+    z = -0.012 * last + 0.5 * np.log(orders / first * 60) + 0.3 * (X["region"] == 2) - 0.3
+    y = (rng.random(n) < 1 / (1 + np.exp(-np.asarray(z, dtype=float)))).astype(int)
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def history() -> dict[str, object]:
+    X, y = history_frame(3000, 10)
+    Xv, yv = history_frame(1500, 11)
+    return {"X": X, "y": y, "Xv": Xv, "yv": yv}
+
+
+def test_prior_is_used_only_when_the_order_history_columns_exist(data: dict, history: dict) -> None:
+    assert fitted(data).prior_ is None  # the frame has no order-history columns
+    assert fitted(history).prior_ is not None
+    assert fitted(history, prior="none").prior_ is None
+    with pytest.raises(InvalidInputError, match="needs columns"):
+        fitted(data, prior="btyd")
+    with pytest.raises(InvalidInputError, match="prior: 'bogus'"):
+        fitted(data, prior="bogus")
+
+
+def test_prior_model_serving_path_matches_and_ranks(history: dict) -> None:
+    clf = fitted(history)
+    X_test, y_test = history_frame(2000, 12)
+    X_test.iloc[:50, :4] = np.nan  # customers who never ordered
+    p = clf.predict_proba(X_test)[:, 1]
+    np.testing.assert_allclose(clf.predict_proba_numpy(X_test.to_numpy(dtype=float)), p)
+    assert np.isfinite(p).all()
+    assert roc_auc(y_test, p) > 0.7
+    recent = X_test.assign(days_since_last_order=X_test["days_since_last_order"] // 4)
+    gain = clf.predict_proba(recent)[:, 1] - p
+    assert gain[50:].mean() > 0
+    assert (gain[50:] >= -0.02).mean() > 0.95
