@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 import features.engine
+import training.fit
 import training.inputs
 import training.pipeline
 from features import constants as c
@@ -38,15 +39,22 @@ from features import modeling_frame as mf
 from features.frames import Frame
 from features.synthetic.generate import generate_world, write_world
 from models.calibration import OptionCalibrator
-from models.policy_model import PolicyModel, mean_value_default
+from models.policy_model import PolicyModel
 from models.uplift import BaggedOptionLearner, SLearner, TLearner
 from models.value import incremental_margin
 from training.evaluate import held_out
-from training.fit import encode_features, logged_propensity, response_split
+from training.fit import (
+    encode_features,
+    logged_propensity,
+    oob_default_option,
+    response_split,
+    sample_rows,
+)
 from training.inputs import load_training_inputs
 
 BAR = 0.85
 STAGES: dict[str, float] = {}
+CPU: dict[str, float] = {}  # process CPU seconds per stage (all threads): steadier when loaded
 FITTED: dict[str, BaggedOptionLearner] = {}
 
 
@@ -73,11 +81,12 @@ def timed(obj: Any, attr: str, label: str) -> Iterator[None]:
     original = getattr(obj, attr)
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             return original(*args, **kwargs)
         finally:
             STAGES[label] = STAGES.get(label, 0.0) + time.perf_counter() - t0
+            CPU[label] = CPU.get(label, 0.0) + time.process_time() - c0
 
     setattr(obj, attr, wrapper)
     try:
@@ -90,9 +99,10 @@ def _capture_fit(cls: type[BaggedOptionLearner], label: str) -> Callable[..., An
     original = cls.fit
 
     def fit(self: BaggedOptionLearner, *args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = original(self, *args, **kwargs)
         STAGES[label] = STAGES.get(label, 0.0) + time.perf_counter() - t0
+        CPU[label] = CPU.get(label, 0.0) + time.process_time() - c0
         FITTED[label] = self
         return out
 
@@ -152,7 +162,10 @@ def choose(decision: np.ndarray, options: tuple[str, ...]) -> np.ndarray:
 def model_for(learner: BaggedOptionLearner, base: PolicyModel, frame: Frame, seed: int) -> Any:
     """`base` with another fitted learner: its own option calibration and default option."""
     enc = encode_features(frame)
-    train = ~response_split(frame, seed)
+    train = np.flatnonzero(~response_split(frame, seed))
+    n_fit = len(learner.oob_proba_options_)
+    if n_fit != len(train):  # fitted on the sample the S/T choice was made on
+        train = train[sample_rows(len(train), seed, n_fit)]
     t = frame.data[frame.spec.treatment_column].astype(str).to_numpy()[train]
     y = frame.data[mf.CONVERTED].astype(int).to_numpy()[train]
     e = logged_propensity(frame)[train]
@@ -161,14 +174,7 @@ def model_for(learner: BaggedOptionLearner, base: PolicyModel, frame: Frame, see
     cal = OptionCalibrator().fit(oob[ok], t[ok], y[ok], e[ok])
     model = replace(base, response=learner, calibration_shift=dict(cal.shift_))
     Xtr = enc.X.to_numpy(dtype=float)[train]
-    rev, mar = model.economics(Xtr)
-    values = incremental_margin(
-        model._bags(Xtr).mean(axis=0),
-        mar,
-        model.cost_matrix(rev),
-        model.options.index(model.control),
-    )
-    model.default_option = mean_value_default(values, model.options, model.control)
+    model.default_option = oob_default_option(model, learner, cal, Xtr)
     return model
 
 
@@ -246,6 +252,8 @@ def diagnose(
     for name, learner in FITTED.items():
         alt = model if learner is model.response else model_for(learner, model, frame, seed)
         tag = " (chosen)" if learner is model.response else ""
+        if len(learner.oob_proba_options_) < int(model.metadata.get("train_rows", 0)):
+            tag = f" (fitted on the {len(learner.oob_proba_options_):,}-contact choice sample)"
         for z, dv in decisions(alt, h.X, zs).items():
             pick = choose(dv, alt.options)
             masked = choose(np.where(on, dv, -np.inf), alt.options)
@@ -315,7 +323,15 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None, help="an existing synthetic world")
     ap.add_argument("--sweep-z", type=float, nargs="*", default=[0.0, 0.5, 1.0, 1.96])
     ap.add_argument("--no-diagnose", action="store_true")
+    ap.add_argument(
+        "--selection-rows",
+        type=int,
+        default=None,
+        help="training contacts the S/T choice is made on (default training.fit.SELECTION_ROWS)",
+    )
     args = ap.parse_args()
+    if args.selection_rows is not None:
+        training.fit.SELECTION_ROWS = args.selection_rows
 
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
@@ -325,13 +341,13 @@ def main() -> None:
             print(f"generated {args.customers:,} customers in {time.perf_counter() - t0:.1f}s")
         base_rss = _rss_peak_kib()
         reset = _reset_rss_peak()
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         with instrumented():
             inputs = load_training_inputs(data)
             t2 = time.perf_counter()
             np.random.seed(args.seed)
             model, ev = training.pipeline.fit_policy(inputs, args.seed, z=args.z, n_bags=args.bags)
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.process_time()
         peak = _rss_peak_kib()
         m = ev.metrics
         if "true_incremental_margin_learned" not in m:
@@ -358,12 +374,13 @@ def main() -> None:
         )
         print(
             f"\ntraining wall time {t3 - t1:.1f}s (inputs {t2 - t1:.1f}s, fit_policy "
-            f"{t3 - t2:.1f}s); peak RSS during training "
+            f"{t3 - t2:.1f}s); process CPU {c3 - c1:.1f}s; peak RSS during training "
             f"{peak / 1024**2:.2f} GiB" + ("" if reset else " (process peak: reset unsupported)")
         )
         print(f"  (peak RSS before training, incl. generation: {base_rss / 1024**2:.2f} GiB)")
+        print(f"  {'stage':28s} {'wall':>8s} {'cpu':>8s}")
         for stage, secs in STAGES.items():
-            print(f"  {stage:28s} {secs:7.1f}s")
+            print(f"  {stage:28s} {secs:7.1f}s {CPU.get(stage, 0.0):7.1f}s")
         if not args.no_diagnose and inputs.offer_response and inputs.ground_truth is not None:
             diagnose(model, inputs.offer_response, inputs.ground_truth, args.seed, args.sweep_z)
 

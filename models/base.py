@@ -169,7 +169,83 @@ def train_booster(
         )
 
 
-def booster_predict(booster: Any, X: pd.DataFrame, what: str = "model") -> np.ndarray:
+def binned_dataset(
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    feature_names: Sequence[str],
+    categorical: Sequence[str],
+    params: dict[str, Any],
+    what: str = "model",
+) -> Any:
+    """A LightGBM Dataset binned once, to train many boosters on row subsets of it.
+
+    Binning (finding bin edges and mapping every value to its bin) is the costly part of
+    building a Dataset; `train_on_rows` takes subsets that reuse these bins instead of binning
+    each resample again. The Dataset holds no weights: each subset gets its own.
+    """
+    import lightgbm as lgb
+
+    with translate_lightgbm_errors(what):
+        return lgb.Dataset(
+            X,
+            label=y,
+            feature_name=list(feature_names),
+            categorical_feature=list(categorical) or "auto",
+            params=params,
+            free_raw_data=True,
+        ).construct()
+
+
+def _rows_of(data: Any, rows: np.ndarray, weight: np.ndarray, label: np.ndarray | None) -> Any:
+    """The constructed subset of `data` on the sorted row indices `rows`, with its own weights."""
+    sub = data.subset(rows).construct()
+    if label is not None:
+        sub.set_label(label)
+    # set_weight ignores all-ones weights; the parent holds none, so the subset then has none.
+    sub.set_weight(weight)
+    return sub
+
+
+def train_on_rows(
+    params: dict[str, Any],
+    data: Any,
+    rows: np.ndarray,
+    *,
+    weight: np.ndarray,
+    n_estimators: int,
+    label: np.ndarray | None = None,
+    val_rows: np.ndarray | None = None,
+    val_weight: np.ndarray | None = None,
+    val_label: np.ndarray | None = None,
+    early_stopping_rounds: int = 50,
+    what: str = "model",
+) -> Any:
+    """Train one booster on rows of a `binned_dataset`; with `val_rows`, stop early on them.
+
+    `rows`/`val_rows` are sorted row indices into `data`; `weight`/`val_weight` (and, to replace
+    the Dataset's, `label`/`val_label`) give one value per selected row.
+    """
+    import lightgbm as lgb
+
+    with translate_lightgbm_errors(what):
+        train = _rows_of(data, rows, weight, label)
+        valid_sets = []
+        callbacks: list[Any] = []
+        if val_rows is not None and len(val_rows) > 0:
+            assert val_weight is not None
+            valid_sets.append(_rows_of(data, val_rows, val_weight, val_label))
+            callbacks.append(lgb.early_stopping(early_stopping_rounds, verbose=False))
+        return lgb.train(
+            params,
+            train,
+            num_boost_round=n_estimators,
+            valid_sets=valid_sets or None,
+            callbacks=callbacks or None,
+        )
+
+
+def booster_predict(booster: Any, X: pd.DataFrame | np.ndarray, what: str = "model") -> np.ndarray:
     with translate_lightgbm_errors(what):
         best = booster.best_iteration if booster.best_iteration > 0 else None
         return np.asarray(booster.predict(X, num_iteration=best), dtype=float)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,13 @@ from models.uplift import BaggedOptionLearner, SLearner, TLearner
 from models.value import incremental_margin
 from training.errors import TrainingError
 from training.metrics import uplift_scores
+
+# One LightGBM thread per booster. On the 2 shared cores training runs on, LightGBM's OpenMP
+# threads spend most of their time waiting on each other: a 30,000-row boosting round took
+# 80 ms on 2 threads and 6.5 ms on one (loaded machine). Parallelism comes from fitting the
+# bags of the response learners at once instead (BAG_JOBS threads).
+LGBM_THREADS = 1
+BAG_JOBS = 2
 
 REVENUE_FEATURE = "aov_lifetime"
 MARGIN_RATE_FEATURE = "margin_rate_lifetime"
@@ -106,7 +114,7 @@ def fit_reactivation(frame: Frame, seed: int) -> ReactivationFit:
     if y[tr].nunique() < 2:
         raise TrainingError("reactivation: the training cutoffs have a single label class")
     model = ReactivationClassifier(
-        categorical_features=list(enc.categorical), random_state=seed, n_jobs=2
+        categorical_features=list(enc.categorical), random_state=seed, n_jobs=LGBM_THREADS
     ).fit(enc.X[tr], y[tr], X_val=enc.X[va], y_val=y[va])
     test = df[te].copy()
     test["p_reactivation"] = model.predict_proba(enc.X[te])[:, 1]
@@ -155,45 +163,86 @@ def logged_propensity(frame: Frame) -> np.ndarray:
     return share
 
 
-def fit_response(frame: Frame, seed: int, n_bags: int = 8) -> ResponseFit:
-    """Fit S- and T-learners on the training contacts; keep the one with the better OOB AUUC."""
+# The S- or T-learner is chosen (by out-of-bag AUUC) on at most this many training contacts;
+# only the chosen one is then fitted on all of them. Fitting both on everything doubled the
+# cost of the response model, the largest part of training, for one comparison of two numbers.
+SELECTION_ROWS = 50_000
+# The assignment-support model (a multiclass P(option sent | x), used only against a floor
+# of 0.02) is fitted on at most this many training contacts: its cost grows with the contacts,
+# while telling which options were ever sent to customers like these does not need them all.
+SUPPORT_ROWS = 200_000
+
+
+def sample_rows(n: int, seed: int, limit: int) -> np.ndarray:
+    """Sorted indices of a seeded random `limit` of n rows, or of all n when n <= limit."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def fit_response(
+    frame: Frame,
+    seed: int,
+    n_bags: int = 8,
+    selection_limit: int | None = None,
+    support_limit: int | None = None,
+) -> ResponseFit:
+    """Choose the S- or T-learner by OOB AUUC on a sample of the training contacts; fit it on all.
+
+    The sample has `selection_limit` (default `SELECTION_ROWS`) contacts. With no more
+    training contacts than that, the learners fitted for the choice are the final ones. The
+    assignment-support model is fitted on `support_limit` (default `SUPPORT_ROWS`) of them.
+    """
     enc = encode_features(frame)
     spec, df = frame.spec, frame.data
     test = response_split(frame, seed)
     train = ~test
-    t = df[spec.treatment_column].astype(str).to_numpy()
-    y = df[mf.CONVERTED].astype(int).to_numpy()
-    e = logged_propensity(frame)
-    if spec.control_value not in set(t[train]):
+    t = df[spec.treatment_column].astype(str).to_numpy()[train]
+    y = df[mf.CONVERTED].astype(int).to_numpy()[train]
+    e = logged_propensity(frame)[train]
+    if spec.control_value not in set(t):
         raise TrainingError(f"offer response: no '{spec.control_value}' rows in the training split")
-    common = dict(
+    common: dict[str, Any] = dict(
         control=spec.control_value,
         n_bags=n_bags,
         categorical_features=list(enc.categorical),
         random_state=seed,
-        n_jobs=2,
+        n_jobs=BAG_JOBS,
     )
-    learners: dict[str, BaggedOptionLearner] = {
-        "s_learner": SLearner(**common),  # type: ignore[arg-type]
-        "t_learner": TLearner(**common),  # type: ignore[arg-type]
-    }
+    kinds: dict[str, type[BaggedOptionLearner]] = {"s_learner": SLearner, "t_learner": TLearner}
     Xtr = enc.X[train]
-    for learner in learners.values():
-        learner.fit(Xtr, t[train], y[train], propensity=e[train])
+    limit = SELECTION_ROWS if selection_limit is None else selection_limit
+    sel = sample_rows(len(Xtr), seed, limit)
+    if spec.control_value not in set(t[sel]):
+        sel = np.arange(len(Xtr))  # a sample without control rows cannot score uplift
     scores: dict[str, float] = {}
-    for name, learner in learners.items():
+    fitted: dict[str, BaggedOptionLearner] = {}
+    for name, kind in kinds.items():
+        learner = kind(**common).fit(Xtr.iloc[sel], t[sel], y[sel], propensity=e[sel])
         oob = learner.oob_proba_options_
         ok = np.isfinite(oob.to_numpy()).all(axis=1)
-        scores[name] = _mean_auuc(oob[ok], t[train][ok], y[train][ok], spec.control_value)
+        scores[name] = _mean_auuc(oob[ok], t[sel][ok], y[sel][ok], spec.control_value)
+        fitted[name] = learner
     best = max(scores, key=lambda k: (scores[k], k == "s_learner"))
-    chosen = learners[best]
+    chosen = fitted[best]
+    if len(sel) < len(Xtr):
+        del fitted
+        chosen = kinds[best](**common).fit(Xtr, t, y, propensity=e)
     oob = chosen.oob_proba_options_
     ok = np.isfinite(oob.to_numpy()).all(axis=1)
-    calibrator = OptionCalibrator().fit(oob[ok], t[train][ok], y[train][ok], e[train][ok])
+    calibrator = OptionCalibrator().fit(oob[ok], t[ok], y[ok], e[ok])
+    sup = sample_rows(len(Xtr), seed + 1, SUPPORT_ROWS if support_limit is None else support_limit)
+    if len(set(t[sup])) < len(set(t)):
+        sup = np.arange(len(Xtr))  # an option missing from the sample would never be supported
     support = AssignmentSupport(
-        categorical_features=list(enc.categorical), random_state=seed, n_jobs=2
-    ).fit(Xtr, t[train])
-    split = {"test_rows": str(int(test.sum())), "train_rows": str(int(train.sum()))}
+        categorical_features=list(enc.categorical), random_state=seed, n_jobs=LGBM_THREADS
+    ).fit(Xtr.iloc[sup], t[sup])
+    split = {
+        "test_rows": str(int(test.sum())),
+        "train_rows": str(int(train.sum())),
+        "learner_choice_rows": str(len(sel)),
+        "support_rows": str(len(sup)),
+    }
     return ResponseFit(chosen, best, calibrator, train, test, scores, split, support)
 
 
@@ -267,10 +316,30 @@ def build_policy_model(
     )
     if response is not None:
         Xtr = enc.X.to_numpy(dtype=float)[response.train_mask]
-        bags = model._bags(Xtr)
-        rev, mar = model.economics(Xtr)
-        values = incremental_margin(
-            bags.mean(axis=0), mar, model.cost_matrix(rev), options.index(control)
-        )
-        model.default_option = mean_value_default(values, options, control)
+        model.default_option = oob_default_option(model, response.learner, response.calibrator, Xtr)
     return model
+
+
+def oob_default_option(
+    model: PolicyModel,
+    learner: BaggedOptionLearner,
+    calibrator: OptionCalibrator,
+    X_train: np.ndarray,
+) -> str:
+    """The best single option: highest mean value over the training contacts (rows of X_train).
+
+    Probabilities are the learner's out-of-bag ones, calibrated: each row's estimate comes from
+    the bags that did not see it, and they are already computed, whereas predicting every
+    training row with every booster again costs more than fitting at a million contacts.
+    """
+    oob = learner.oob_proba_options_
+    ok = np.isfinite(oob.to_numpy()).all(axis=1)
+    p_learner = calibrator.transform(oob[ok]).to_numpy()
+    p = np.full((int(ok.sum()), len(model.options)), np.nan)
+    for j, o in enumerate(model.options):
+        if o in learner.options_:
+            p[:, j] = p_learner[:, learner.options_.index(o)]
+    rev, mar = model.economics(X_train[ok])
+    control = model.options.index(model.control)
+    values = incremental_margin(p, mar, model.cost_matrix(rev), control)
+    return mean_value_default(values, model.options, model.control)

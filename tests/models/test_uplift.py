@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +17,7 @@ OPTIONS = ("holdout", "pct10", "freeship")
 LEARNERS = (SLearner, TLearner, DRLearner)
 
 
-def make_world(n: int, seed: int, confounded: bool = False) -> dict[str, object]:
+def make_world(n: int, seed: int, confounded: bool = False) -> dict[str, Any]:
     """pct10 helps customers with x > 0, freeship those with x <= 0; holdout converts at 10%.
 
     With `confounded`, customers with x > 0 are more often held out (known propensities).
@@ -40,7 +42,7 @@ def make_world(n: int, seed: int, confounded: bool = False) -> dict[str, object]
 
 
 @pytest.fixture(scope="module")
-def world() -> dict[str, object]:
+def world() -> dict[str, Any]:
     return make_world(4000, 0)
 
 
@@ -130,7 +132,7 @@ def test_confident_choice_stays_on_default_without_signal() -> None:
 
 def test_inverse_propensity_weighting_corrects_confounded_assignment() -> None:
     w = make_world(6000, 2, confounded=True)
-    truth = w["true_p"].mean(axis=0)  # type: ignore[union-attr]
+    truth = w["true_p"].mean(axis=0)
     learner = small(TLearner).fit(w["X"], w["t"], w["y"], propensity=w["e"])
     naive = small(TLearner).fit(w["X"], w["t"], w["y"])
     # holdout is over-represented among x > 0, where it converts more: naive rate is biased up.

@@ -1,0 +1,60 @@
+"""fit_response: the S/T choice on a sample of the training contacts, the chosen one on all."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.synthetic.generate import generate_world, write_world
+from training.fit import fit_response, sample_rows
+from training.inputs import TrainingInputs, load_training_inputs
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> TrainingInputs:
+    out = tmp_path_factory.mktemp("world")
+    write_world(generate_world(3000, seed=3), out)
+    return load_training_inputs(out)
+
+
+def test_sample_rows_are_a_seeded_sample_or_all() -> None:
+    np.testing.assert_array_equal(sample_rows(10, 0, 50), np.arange(10))
+    a = sample_rows(1000, 1, 100)
+    assert len(a) == 100 and len(np.unique(a)) == 100 and (np.diff(a) > 0).all()
+    np.testing.assert_array_equal(a, sample_rows(1000, 1, 100))
+    assert not np.array_equal(a, sample_rows(1000, 2, 100))
+
+
+def test_learner_chosen_on_a_sample_is_fitted_on_every_training_contact(
+    inputs: TrainingInputs,
+) -> None:
+    frame = inputs.offer_response
+    assert frame is not None
+    fit = fit_response(frame, seed=0, n_bags=2, selection_limit=400, support_limit=500)
+    n_train = int(fit.train_mask.sum())
+    assert n_train > 500
+    assert fit.split["learner_choice_rows"] == "400"
+    assert fit.split["support_rows"] == "500"
+    assert fit.support is not None and fit.support.options_ == sorted(fit.learner.options_)
+    assert set(fit.auuc_by_learner) == {"s_learner", "t_learner"}
+    assert fit.learner_name in fit.auuc_by_learner
+    assert len(fit.learner.oob_proba_options_) == n_train  # the final fit saw all of them
+    again = fit_response(frame, seed=0, n_bags=2, selection_limit=400, support_limit=500)
+    assert again.learner_name == fit.learner_name
+    assert again.auuc_by_learner == fit.auuc_by_learner
+    X = np.random.default_rng(0).normal(size=(5, fit.learner.n_features_in_))
+    Xf = pd.DataFrame(X, columns=list(fit.learner.feature_names_in_))
+    np.testing.assert_array_equal(
+        fit.learner.predict_proba_options_bags(Xf), again.learner.predict_proba_options_bags(Xf)
+    )
+
+
+def test_small_data_chooses_on_every_training_contact(inputs: TrainingInputs) -> None:
+    frame = inputs.offer_response
+    assert frame is not None
+    fit = fit_response(frame, seed=0, n_bags=2)
+    assert fit.split["learner_choice_rows"] == fit.split["train_rows"]
+    assert fit.split["support_rows"] == fit.split["train_rows"]
