@@ -21,6 +21,7 @@ from features.offers import format_pydantic_error, load_catalog
 from serving.errors import ServingError
 from serving.policy import load_policy
 from serving.settings import ServingSettings, get_serving_settings
+from serving.store import upgrade_database
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -83,6 +84,9 @@ def serve(
     try:  # fail here with a clear message rather than in every worker's start-up
         policy = load_policy(settings.policy_path)
         catalog = load_catalog(settings.catalog_path)
+        # migrate once here: the workers then find the schema at head (and a new SQLite file
+        # already in WAL mode) instead of all creating it at the same moment
+        upgrade_database(settings.database_url)
     except (ServingError, FeaturesError) as exc:
         fail(str(exc))
         return

@@ -21,7 +21,9 @@ sees what committed before it started, which the per-customer advisory lock in
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -101,6 +103,27 @@ def gated(engine: Engine, write: bool) -> AbstractContextManager[None]:
     return gate.held() if gate is not None else nullcontext()
 
 
+def _switch_to_wal(cur: Any, busy_timeout_ms: int) -> None:
+    """`PRAGMA journal_mode = WAL`, retried while another process holds the file.
+
+    Switching a new database file to WAL needs it to itself, and SQLite reports "database is
+    locked" at once, without its busy handler, when a second process (two API workers starting
+    on a new store) opens the file at that moment. Once the file is in WAL mode (a persistent
+    setting), the pragma is a no-op for every later connection.
+    """
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    pause = 0.001
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+
 def _sqlite_engine(u: URL, busy_timeout_ms: int, echo: bool) -> Engine:
     in_memory = u.database in (None, "", ":memory:")
     kwargs: dict[str, Any] = {"echo": echo}
@@ -119,7 +142,7 @@ def _sqlite_engine(u: URL, busy_timeout_ms: int, echo: bool) -> Engine:
         try:
             cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             if not in_memory:
-                cur.execute("PRAGMA journal_mode = WAL")
+                _switch_to_wal(cur, busy_timeout_ms)
                 cur.execute("PRAGMA synchronous = NORMAL")
             cur.execute("PRAGMA foreign_keys = ON")
         finally:

@@ -8,6 +8,7 @@ dropped afterwards, so reruns and parallel runs never collide.
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ from serving.store import (
     upgrade_database,
 )
 from serving.store.caps import CAP_CHANNEL, CAP_MIN_GAP, CAP_REPEAT_OFFER, PastContact
-from serving.store.engine import WriteGate, write_gate
+from serving.store.engine import WriteGate, _switch_to_wal, write_gate
 from serving.store.migrate import current_revision
 from serving.store.models import Base, Contact, Decision
 
@@ -202,6 +203,33 @@ def test_two_processes_under_cap_of_one_record_exactly_one(store: Store, url: st
         wins = pool.starmap(_process_worker, [(url, "p0", 15), (url, "p1", 15)])
     assert sum(wins) == 1
     assert _contacts(store) == 1
+
+
+class _LockedCursor:
+    """A cursor whose WAL switch finds the file locked `locked` times, then succeeds."""
+
+    def __init__(self, locked: int, error: str = "database is locked") -> None:
+        self.locked, self.error, self.calls = locked, error, 0
+
+    def execute(self, sql: str) -> None:
+        self.calls += 1
+        if self.calls <= self.locked:
+            raise sqlite3.OperationalError(self.error)
+
+
+def test_switching_a_new_file_to_wal_retries_while_another_process_holds_it() -> None:
+    """Two API workers opening a new store at once: SQLite answers "database is locked" at
+    once (no busy handler) to one of them while the other switches the file to WAL (seen when
+    `winback serve --workers 2` started on a fresh database)."""
+    cur = _LockedCursor(locked=3)
+    _switch_to_wal(cur, busy_timeout_ms=5_000)
+    assert cur.calls == 4
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _switch_to_wal(_LockedCursor(locked=10**9), busy_timeout_ms=50)  # gives up in time
+    other = _LockedCursor(locked=1, error="disk I/O error")
+    with pytest.raises(sqlite3.OperationalError, match="disk"):
+        _switch_to_wal(other, busy_timeout_ms=5_000)
+    assert other.calls == 1  # only a lock is waited out
 
 
 def _hold_gate(database: str, held: Any, release: Any) -> None:
