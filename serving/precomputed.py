@@ -76,9 +76,26 @@ class PrecomputedScores:
         )
 
 
+_LAST: list[tuple[Snapshot, PrecomputedScores | None]] = []
+
+
 def precomputed_scores(snapshot: Snapshot | None) -> PrecomputedScores | None:
-    """The snapshot's precomputed scores, or None when it has none (or they are malformed)."""
-    att = snapshot.attachments.get(SCORES) if snapshot is not None else None
+    """The snapshot's precomputed scores, or None when it has none (or they are malformed).
+
+    The answer for the last snapshot asked about is kept (a snapshot never changes; the API
+    asks on every request and swaps snapshots rarely)."""
+    if snapshot is None:
+        return None
+    last = _LAST[0] if _LAST else None
+    if last is not None and last[0] is snapshot:
+        return last[1]
+    found = _read(snapshot)
+    _LAST[:] = [(snapshot, found)]
+    return found
+
+
+def _read(snapshot: Snapshot) -> PrecomputedScores | None:
+    att = snapshot.attachments.get(SCORES)
     if att is None:
         return None
     p, v, meta = att.arrays.get("p"), att.arrays.get("value"), att.meta

@@ -54,6 +54,10 @@ def create_app(
             app.state.runtime = build_runtime(
                 cfg, store, metrics, scorer_loader, snapshots=snapshots, clock=clock
             )
+            # Load the snapshot now: loaded by the first request instead, a 1M-customer
+            # snapshot held that request and those queued behind it for seconds (in each
+            # worker). A missing snapshot is not fatal: customers are then unknown.
+            app.state.runtime.snapshot()
             # Settings win at start; only reloads published from now on are applied.
             published = read_target(cfg.reload_state_path)
             app.state.generation = published.generation if published else 0

@@ -71,5 +71,16 @@ async def require_admin(
     return "admin"
 
 
+async def client_runtime(
+    request: Request, key: Annotated[str | None, Security(_api_key_header)]
+) -> Runtime:
+    """The runtime, for a request with a client key: `require_client` and `get_runtime` in
+    one dependency, for the decision endpoints (each level of dependencies costs time)."""
+    rt = await get_runtime(request)
+    await require_client(rt, key)
+    return rt
+
+
 ClientKey = Annotated[str, Depends(require_client)]
+ClientRuntime = Annotated[Runtime, Depends(client_runtime)]
 AdminKey = Annotated[str, Depends(require_admin)]

@@ -43,3 +43,8 @@ def configure_logging(level: str = "info") -> None:
         handler.setFormatter(JsonFormatter())
         logger.addHandler(handler)
     logger.propagate = False
+    # records need no thread or process names (the JSON has none of them): skip collecting
+    # them on every decision log line
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False

@@ -14,7 +14,7 @@ from serving.api.decision_log import (
     next_offer_request_id,
     recent_next_offer,
 )
-from serving.api.deps import ClientKey, RuntimeDep
+from serving.api.deps import ClientKey, ClientRuntime, RuntimeDep
 from serving.api.errors import ApiError
 from serving.api.present import json_response, next_offer_out
 from serving.api.runtime import Runtime
@@ -45,8 +45,7 @@ def _from_log(rt: Runtime, row: DecisionRow, campaign_id: str | None) -> Outcome
 @router.get("/{customer_id}/next-offer", response_model=schemas.NextOffer)
 async def next_offer(
     customer_id: CustomerId,
-    rt: RuntimeDep,
-    _: ClientKey,
+    rt: ClientRuntime,
     channel: Annotated[schemas.ChannelOrAuto, Query()] = "auto",
     campaign: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
 ) -> Response:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from serving.api import schemas
-from serving.api.deps import ClientKey, RuntimeDep
+from serving.api.deps import ClientKey, ClientRuntime, RuntimeDep
 from serving.api.errors import ApiError
 from serving.api.present import decision_out, json_response
 from serving.api.service import decide_and_record
@@ -20,7 +20,7 @@ _ERRORS = {
 
 
 @router.post("", response_model=schemas.Decision, responses=_ERRORS)  # type: ignore[arg-type]
-async def recommend(body: schemas.RecommendationRequest, rt: RuntimeDep, _: ClientKey) -> Response:
+async def recommend(body: schemas.RecommendationRequest, rt: ClientRuntime) -> Response:
     """Decide offer, channel and stage (or no contact) for one customer, and log it."""
     # Runs on the event loop, not in the thread pool: one decision is about a millisecond of
     # CPU-bound work (the GIL allows no overlap anyway) and the hand-off to a thread cost as
