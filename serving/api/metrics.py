@@ -89,11 +89,18 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livemax",  # 1 while any live worker is degraded
         )
+        self._degraded: bool | None = None
         self._exposed = self.registry
         if path is not None:
             # The collectors above write to files; this registry reads every worker's files.
             self._exposed = CollectorRegistry()
             multiprocess.MultiProcessCollector(self._exposed, path=path)
+
+    def set_degraded(self, degraded: bool) -> None:
+        """Set the degraded gauge (written only when it changes: it is set per request)."""
+        if degraded is not self._degraded:
+            self.degraded.set(1 if degraded else 0)
+            self._degraded = degraded
 
     def count_decision(self, action: str, offer_id: str | None, reasons: Iterable[str]) -> None:
         reason = next(iter(reasons), "") or "-"

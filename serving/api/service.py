@@ -139,7 +139,7 @@ def decide_and_record(
         rows=pos,
     )
     result, live = decided.batch, decided.live
-    rt.metrics.degraded.set(1 if not decided.scored or snapshot is None else 0)
+    rt.metrics.set_degraded(not decided.scored or snapshot is None)
     out: list[Outcome] = []
     for i in range(len(result)):
         did = decision_ids[i] if decision_ids is not None else new_decision_id()

@@ -63,6 +63,8 @@ RELEASE_EVENTS = ("not_sent",)
 # The tables behind the ORM classes, for Core inserts on the request path.
 _DECISIONS: Final = Decision.metadata.tables["decisions"]
 _CONTACTS: Final = Contact.metadata.tables["contacts"]
+_INSERT_DECISION: Final = insert(_DECISIONS)  # built once: the request path reuses them
+_INSERT_CONTACT: Final = insert(_CONTACTS)
 
 
 class _ConstraintError(StoreError):
@@ -188,7 +190,7 @@ class Store:
             return self.try_record_contact(decision, caps or ContactCaps())
         try:
             with self._connection(write=True) as s:
-                s.execute(insert(_DECISIONS), _decision_row(decision))
+                s.execute(_INSERT_DECISION, _decision_row(decision))
         except StoreError as exc:
             raise self._duplicate_or(exc, decision.decision_id) from None
         return RecordResult(recorded=True, decision_id=decision.decision_id)
@@ -227,9 +229,9 @@ class Store:
                     code, detail = blocked  # nothing written: the commit only frees the lock
                     return RecordResult(False, decision.decision_id, reason=code, detail=detail)
                 # Core inserts, decision first (the contact refers to it): no ORM unit of work.
-                s.execute(insert(_DECISIONS), _decision_row(decision))
+                s.execute(_INSERT_DECISION, _decision_row(decision))
                 s.execute(
-                    insert(_CONTACTS),
+                    _INSERT_CONTACT,
                     {
                         "contact_id": decision.decision_id,
                         "decision_id": decision.decision_id,

@@ -33,7 +33,7 @@ def readiness(rt: Runtime) -> schemas.Readiness:
     if snap is None:
         reasons.append("snapshot_unavailable")
     degraded = rt.scorer is None or snap is None
-    rt.metrics.degraded.set(1 if degraded else 0)
+    rt.metrics.set_degraded(degraded)
     return schemas.Readiness(
         ready=store_ok,
         degraded=degraded,
