@@ -50,12 +50,11 @@ from serving.engine import CustomerBatch, OptionSet, decide
 from serving.model_scorer import PolicyScorer
 from serving.policy import Exploration, Policy
 from training.errors import TrainingError
+from training.fit import TRAIN_UNTIL_KEY
 from training.policy_value import LoggedData, evaluate_policies, policy_difference
 
 METRICS = ("conversions", "margin", "incentive_cost", "unsubscribes")
 CONTACT_ACTIONS = ("offer", "message")
-TRAIN_UNTIL_KEY = "response_train_until"
-"""Model metadata key: the time (ISO 8601) after which no row trained the response model."""
 TABLE_COLUMNS = (
     "current",
     "candidate",

@@ -140,6 +140,21 @@ class ResponseFit:
     support: AssignmentSupport | None = None
 
 
+TRAIN_UNTIL_KEY = "response_train_until"
+"""Model metadata: the time (ISO 8601) of the latest contact the response model trained on,
+recorded when the split is by time (`winback simulate` then judges the model on later rows
+only). Absent after a random split, where no time separates training rows from others."""
+
+
+def train_until(frame: Frame, train: np.ndarray) -> str | None:
+    """The latest training contact's time, if every other contact is later (else None)."""
+    ts = pd.to_datetime(frame.data[frame.spec.time_column])
+    if not train.any() or train.all():
+        return None
+    last, first_other = ts[train].max(), ts[~train].min()
+    return last.isoformat() if last < first_other else None
+
+
 def response_split(frame: Frame, seed: int, test_share: float = 0.3) -> np.ndarray:
     """Boolean test mask: the latest contacts by time, or a seeded random share."""
     ts = pd.to_datetime(frame.data[frame.spec.time_column]).to_numpy(dtype="datetime64[ns]")
@@ -243,6 +258,9 @@ def fit_response(
         "learner_choice_rows": str(len(sel)),
         "support_rows": str(len(sup)),
     }
+    until = train_until(frame, train)
+    if until is not None:
+        split[TRAIN_UNTIL_KEY] = until
     return ResponseFit(chosen, best, calibrator, train, test, scores, split, support)
 
 

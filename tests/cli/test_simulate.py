@@ -17,7 +17,7 @@ from features.synthetic import SyntheticWorld, generate_world, write_world
 from models.policy_model import PolicyModel
 from serving.policy import parse_policy
 from training.errors import TrainingError
-from training.fit import response_split
+from training.fit import TRAIN_UNTIL_KEY, response_split
 from training.inputs import load_training_inputs
 from training.pipeline import fit_policy
 
@@ -184,6 +184,14 @@ def test_model_candidate_is_judged_after_its_training_window(
     ts = w.tables[c.CONTACTS].set_index(c.CONTACT_ID)[c.TS].loc[after.choices.index]
     assert after.since == end.tz_localize("UTC") and not after.warnings
     assert 0 < after.rows < len(w.tables[c.CONTACTS]) and (pd.to_datetime(ts) >= end).all()
-    in_sample = simulate(data, policy, model, n_boot=20)
+    # by default the end of the training window the model recorded (training.fit)
+    default = simulate(data, policy, model, n_boot=20)
+    recorded = pd.Timestamp(model.metadata[TRAIN_UNTIL_KEY]).tz_localize("UTC")
+    assert default.since is not None and default.since > recorded and not default.warnings
+    assert 0 < default.rows < len(w.tables[c.CONTACTS])
+    unknown = dataclasses.replace(
+        model, metadata={k: v for k, v in model.metadata.items() if k != TRAIN_UNTIL_KEY}
+    )
+    in_sample = simulate(data, policy, unknown, n_boot=20)
     assert in_sample.since is None and "training window" in in_sample.warnings[0]
-    assert in_sample.rows > after.rows
+    assert in_sample.rows > default.rows

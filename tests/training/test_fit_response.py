@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from features.synthetic.generate import generate_world, write_world
-from training.fit import fit_response, sample_rows
+from training.fit import TRAIN_UNTIL_KEY, fit_response, sample_rows, train_until
 from training.inputs import TrainingInputs, load_training_inputs
 
 pytestmark = pytest.mark.slow
@@ -58,3 +60,18 @@ def test_small_data_chooses_on_every_training_contact(inputs: TrainingInputs) ->
     fit = fit_response(frame, seed=0, n_bags=2)
     assert fit.split["learner_choice_rows"] == fit.split["train_rows"]
     assert fit.split["support_rows"] == fit.split["train_rows"]
+
+
+def test_the_end_of_the_training_window_is_recorded_for_a_split_by_time(
+    inputs: TrainingInputs,
+) -> None:
+    frame = inputs.offer_response
+    assert frame is not None
+    fit = fit_response(frame, seed=0, n_bags=2)
+    ts = pd.to_datetime(frame.data[frame.spec.time_column])
+    until = pd.Timestamp(fit.split[TRAIN_UNTIL_KEY])
+    assert until == ts[fit.train_mask].max()
+    assert (ts[fit.test_mask] > until).all()  # simulate judges the model on those rows only
+    # one randomized experiment (every contact at one time): no time separates the rows
+    one_time = frame.data.assign(**{frame.spec.time_column: ts.min()})
+    assert train_until(replace(frame, data=one_time), fit.train_mask) is None
