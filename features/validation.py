@@ -11,6 +11,8 @@ from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from features import constants as c
 from features.contract import SCHEMAS, Column, Problem, TableSchema
@@ -34,8 +36,8 @@ def _blank_to_na(s: pd.Series) -> pd.Series:
     return s
 
 
-def _coerce(col: Column, raw: pd.Series) -> pd.Series:
-    s = _blank_to_na(raw)
+def _coerce(col: Column, s: pd.Series) -> pd.Series:
+    """Convert `s` (blanks already made NA by `_blank_to_na`) to the dtype of `col`."""
     if col.kind == "ts":
         if pd.api.types.is_datetime64_any_dtype(s.dtype):
             out = s
@@ -45,8 +47,9 @@ def _coerce(col: Column, raw: pd.Series) -> pd.Series:
             out = out.dt.tz_convert("UTC").dt.tz_localize(None)
         return out.astype("datetime64[ns]")
     if col.kind in ("float", "int"):
-        out = pd.to_numeric(s, errors="coerce").astype("float64")
-        return out
+        if pd.api.types.is_numeric_dtype(s.dtype):  # to_numeric would only return a copy
+            return s.astype("float64")
+        return pd.to_numeric(s, errors="coerce").astype("float64")
     # ids, text and enumerations are strings
     if pd.api.types.is_float_dtype(s.dtype):
         # integral ids read as float (because of NaN) must not become "12.0"
@@ -76,10 +79,12 @@ def coerce_table(
                 )
                 continue
             fill = col.default
-            out[col.name] = _coerce(col, pd.Series([fill] * len(raw), index=raw.index))
+            filled = pd.Series([fill] * len(raw), index=raw.index)
+            out[col.name] = _coerce(col, _blank_to_na(filled))
             continue
-        series = _coerce(col, raw[col.name])
-        bad = series.isna() & _blank_to_na(raw[col.name]).notna()
+        given = _blank_to_na(raw[col.name])
+        series = _coerce(col, given)
+        bad = series.isna() & given.notna()
         if bad.any():
             unparseable[col.name] = bad.reset_index(drop=True)
             expected = {"ts": "an ISO 8601 timestamp", "float": "a number", "int": "an integer"}
@@ -95,7 +100,13 @@ def coerce_table(
             )
         out[col.name] = series
     extra = [name for name in raw.columns if name not in schema.names]
-    frame = pd.DataFrame(out, index=raw.index)
+    # concat keeps each column's own array; DataFrame(dict) would copy same-dtype columns into
+    # one 2-D block (hundreds of MB for a large orders table)
+    frame = (
+        pd.concat(list(out.values()), axis=1, keys=list(out))
+        if out
+        else pd.DataFrame(index=raw.index)
+    )
     for name in extra:  # unknown columns are kept: importers may carry extra attributes
         frame[name] = raw[name]
     return frame.reset_index(drop=True), problems, unparseable
@@ -134,7 +145,11 @@ def check_table(
                 )
         if col.kind in ("float", "int"):
             problems += _check_range(schema.name, col, present)
-    if schema.key and all(k in df.columns for k in schema.key):
+    if (
+        schema.key
+        and all(k in df.columns for k in schema.key)
+        and not _surely_unique(df, schema.key)
+    ):
         dup = df.duplicated(list(schema.key), keep=False)
         if dup.any():
             keys = df.loc[dup, list(schema.key)].drop_duplicates().head(MAX_EXAMPLES)
@@ -153,6 +168,31 @@ def check_table(
                 )
             )
     return problems
+
+
+def _arrow(s: pd.Series) -> pa.Array | pa.ChunkedArray | None:
+    """The Arrow data behind a string column (no copy when Arrow-backed); None for other dtypes."""
+    if not isinstance(s.dtype, pd.StringDtype):
+        return None
+    return s.array.__arrow_array__()
+
+
+def _surely_unique(df: pd.DataFrame, key: tuple[str, ...]) -> bool:
+    """True when a one-column string key has no repeated value (missing values count as equal).
+
+    Done in Arrow, much cheaper than `duplicated`: ids that are already strictly increasing
+    (byte order) are distinct, else a hash count; False means "look with pandas".
+    """
+    if len(key) != 1:
+        return False
+    arr = _arrow(df[key[0]])
+    if arr is None:
+        return False
+    if len(arr) < 2:
+        return True
+    if arr.null_count == 0 and pc.all(pc.greater(arr[1:], arr[:-1])).as_py():
+        return True
+    return len(pc.unique(arr)) == len(arr)
 
 
 def _check_range(table: str, col: Column, s: pd.Series) -> list[Problem]:
@@ -187,9 +227,22 @@ def _check_range(table: str, col: Column, s: pd.Series) -> list[Problem]:
     return problems
 
 
+def _isin(values: pd.Series, known: pd.Series) -> np.ndarray:
+    """`values.isin(known)` as a boolean array; hashed in Arrow for string columns.
+
+    pandas' `isin` on Arrow strings first turns every element of `known` into a Python object.
+    """
+    arr, known_arr = _arrow(values), _arrow(known)
+    if arr is None or known_arr is None:
+        return values.isin(known).to_numpy()
+    if isinstance(known_arr, pa.ChunkedArray):
+        known_arr = known_arr.combine_chunks()
+    found = pc.is_in(arr, value_set=known_arr.cast(arr.type))
+    return np.asarray(pc.fill_null(found, False))
+
+
 def _fk(table: str, column: str, values: pd.Series, known: pd.Series, target: str) -> list[Problem]:
-    v = values.dropna()
-    bad = ~v.isin(known)
+    bad = values.notna().to_numpy() & ~_isin(values, known)
     if not bad.any():
         return []
     return [
@@ -198,15 +251,27 @@ def _fk(table: str, column: str, values: pd.Series, known: pd.Series, target: st
             column,
             "foreign_key",
             int(bad.sum()),
-            _examples(v[bad].unique()[:MAX_EXAMPLES]),
+            _examples(values[bad].unique()[:MAX_EXAMPLES]),
             f"must refer to a known {target}",
         )
     ]
 
 
-def _lookup(keys: pd.Series, mapping: pd.Series) -> pd.Series:
-    """`keys.map(mapping)`, also when `mapping` is empty (pandas then casts it to float)."""
-    return pd.Series(mapping.reindex(keys.to_numpy()).to_numpy(), index=keys.index)
+def _lookup(keys: pd.Series, index: pd.Series, values: pd.Series) -> pd.Series:
+    """For each key, `values` at the first row where `index` equals it (missing when none).
+
+    `keys.map(...)` of a de-duplicated mapping, without building a pandas index of strings.
+    """
+    keys_arr, index_arr = _arrow(keys), _arrow(index)
+    if keys_arr is None or index_arr is None:
+        mapping = pd.Series(values.to_numpy(), index=index)
+        mapping = mapping[~mapping.index.duplicated()]
+        return pd.Series(mapping.reindex(keys.to_numpy()).to_numpy(), index=keys.index)
+    if isinstance(index_arr, pa.ChunkedArray):
+        index_arr = index_arr.combine_chunks()
+    pos = pc.index_in(keys_arr, value_set=index_arr.cast(keys_arr.type))
+    taken = values.array.take(np.asarray(pc.fill_null(pos, -1)), allow_fill=True)
+    return pd.Series(taken, index=keys.index)
 
 
 def _not_before(
@@ -225,8 +290,7 @@ def check_relations(tables: dict[str, pd.DataFrame], offer_ids: Iterable[str]) -
     problems: list[Problem] = []
     customers = tables[c.CUSTOMERS]
     known_customers = customers[c.CUSTOMER_ID]
-    signup = customers.set_index(c.CUSTOMER_ID)[c.SIGNUP_TS]
-    signup = signup[~signup.index.duplicated()]
+    signup = customers[c.SIGNUP_TS]
     for name in (c.ORDERS, c.CONTACTS, c.EVENTS, c.CONSENT):
         df = tables[name]
         problems += _fk(name, c.CUSTOMER_ID, df[c.CUSTOMER_ID], known_customers, "customer")
@@ -235,7 +299,7 @@ def check_relations(tables: dict[str, pd.DataFrame], offer_ids: Iterable[str]) -
         c.ORDERS,
         c.ORDER_TS,
         orders[c.ORDER_TS],
-        _lookup(orders[c.CUSTOMER_ID], signup),
+        _lookup(orders[c.CUSTOMER_ID], known_customers, signup),
         orders[c.ORDER_ID],
         "order placed before the customer's signup_ts",
     )
@@ -274,25 +338,23 @@ def check_relations(tables: dict[str, pd.DataFrame], offer_ids: Iterable[str]) -
         c.CONTACTS,
         c.TS,
         contacts[c.TS],
-        _lookup(contacts[c.CUSTOMER_ID], signup),
+        _lookup(contacts[c.CUSTOMER_ID], known_customers, signup),
         contacts[c.CONTACT_ID],
         "contact before the customer's signup_ts",
     )
     events = tables[c.EVENTS]
     problems += _fk(c.EVENTS, c.CONTACT_ID, events[c.CONTACT_ID], contacts[c.CONTACT_ID], "contact")
-    contact_ts = contacts.set_index(c.CONTACT_ID)[c.TS]
-    contact_ts = contact_ts[~contact_ts.index.duplicated()]
-    with_contact = events[c.CONTACT_ID].notna()
-    if with_contact.any():
-        ev = events[with_contact]
-        problems += _not_before(
-            c.EVENTS,
-            c.TS,
-            ev[c.TS],
-            _lookup(ev[c.CONTACT_ID], contact_ts),
-            ev[c.EVENT_ID],
-            "event before the contact it refers to",
-        )
+    contact_ts = _lookup(events[c.CONTACT_ID], contacts[c.CONTACT_ID], contacts[c.TS])
+    # events without a contact_id are not compared (an empty contact_id may also exist there)
+    contact_ts = contact_ts.where(events[c.CONTACT_ID].notna())
+    problems += _not_before(
+        c.EVENTS,
+        c.TS,
+        events[c.TS],
+        contact_ts,
+        events[c.EVENT_ID],
+        "event before the contact it refers to",
+    )
     return problems
 
 

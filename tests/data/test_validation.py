@@ -54,7 +54,7 @@ def test_small_world_is_valid_in_both_formats(tmp_path: Path) -> None:
 def _set(table: str, column: str, row: int, value: object) -> Mutation:
     def mutate(tables: dict[str, pd.DataFrame]) -> None:
         df = tables[table].astype({column: object})
-        df.loc[row, column] = value
+        df.loc[row, column] = value  # type: ignore[call-overload]  # wrong types on purpose
         tables[table] = df
 
     return mutate
@@ -316,3 +316,29 @@ def test_header_only_customers_reports_foreign_keys_not_traceback(tmp_path: Path
     assert {(p.table, p.rule) for p in report.problems} >= {(c.ORDERS, "foreign_key")}
     result = CliRunner().invoke(app, ["validate", str(directory)])
     assert result.exit_code == 1 and "Traceback" not in result.output
+
+
+def test_unsorted_unique_ids_are_valid_and_repeats_anywhere_are_found(tmp_path: Path) -> None:
+    def reverse(tables: dict[str, pd.DataFrame]) -> None:
+        tables[c.ORDERS] = tables[c.ORDERS].iloc[::-1].reset_index(drop=True)
+
+    assert _messages(_write(tmp_path / "a", reverse)) == []
+    assert _messages(_write(tmp_path / "b", _both(reverse, _duplicate(c.ORDERS, 2)))) == [
+        "orders.order_id: unique: key must be unique; 2 bad row(s) (e.g. 'o1')"
+    ]
+
+
+def test_repeated_customer_is_checked_against_its_first_signup(tmp_path: Path) -> None:
+    def repeat_c2_later(tables: dict[str, pd.DataFrame]) -> None:
+        extra = tables[c.CUSTOMERS].iloc[[1]].copy()
+        extra[c.SIGNUP_TS] = pd.Timestamp("2023-12-01")  # after c2's order and contact
+        tables[c.CUSTOMERS] = pd.concat([tables[c.CUSTOMERS], extra], ignore_index=True)
+
+    assert _messages(_write(tmp_path, repeat_c2_later)) == [
+        "customers.customer_id: unique: key must be unique; 2 bad row(s) (e.g. 'c2')"
+    ]
+
+
+def test_event_without_contact_is_neither_a_foreign_key_nor_time_problem(tmp_path: Path) -> None:
+    early = _set(c.EVENTS, c.TS, 0, pd.Timestamp("2020-01-01"))
+    assert _messages(_write(tmp_path, _both(early, _set(c.EVENTS, c.CONTACT_ID, 0, None)))) == []
