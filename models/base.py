@@ -141,10 +141,16 @@ def train_booster(
     X_val: pd.DataFrame | None = None,
     y_val: np.ndarray | None = None,
     w_val: np.ndarray | None = None,
+    init_score: np.ndarray | None = None,
+    init_score_val: np.ndarray | None = None,
     early_stopping_rounds: int = 50,
     what: str = "model",
 ) -> Any:
-    """Train one booster; with a validation set, stop early on its loss."""
+    """Train one booster; with a validation set, stop early on its loss.
+
+    `init_score`/`init_score_val` (raw scores, e.g. a prior's log-odds) make the booster
+    learn a correction to them instead of starting from a constant.
+    """
     import lightgbm as lgb
 
     with translate_lightgbm_errors(what):
@@ -152,21 +158,35 @@ def train_booster(
             X,
             label=y,
             weight=weight,
+            init_score=init_score,
             categorical_feature=categorical or "auto",
             free_raw_data=True,
         )
-        valid_sets = []
-        callbacks: list[Any] = []
+        valid = None
         if X_val is not None and y_val is not None and len(X_val) > 0:
-            valid_sets.append(lgb.Dataset(X_val, label=y_val, weight=w_val, reference=train))
-            callbacks.append(lgb.early_stopping(early_stopping_rounds, verbose=False))
-        return lgb.train(
-            params,
-            train,
-            num_boost_round=n_estimators,
-            valid_sets=valid_sets or None,
-            callbacks=callbacks or None,
-        )
+            valid = lgb.Dataset(
+                X_val, label=y_val, weight=w_val, init_score=init_score_val, reference=train
+            )
+        return _train(params, train, valid, n_estimators, early_stopping_rounds)
+
+
+def _train(
+    params: dict[str, Any], train: Any, valid: Any, n_estimators: int, early_stopping_rounds: int
+) -> Any:
+    """`lgb.train`, stopping early on `valid` when there is one."""
+    import lightgbm as lgb
+
+    return lgb.train(
+        params,
+        train,
+        num_boost_round=n_estimators,
+        valid_sets=[valid] if valid is not None else None,
+        callbacks=(
+            [lgb.early_stopping(early_stopping_rounds, verbose=False)]
+            if valid is not None
+            else None
+        ),
+    )
 
 
 def binned_dataset(
@@ -226,23 +246,13 @@ def train_on_rows(
     `rows`/`val_rows` are sorted row indices into `data`; `weight`/`val_weight` (and, to replace
     the Dataset's, `label`/`val_label`) give one value per selected row.
     """
-    import lightgbm as lgb
-
     with translate_lightgbm_errors(what):
         train = _rows_of(data, rows, weight, label)
-        valid_sets = []
-        callbacks: list[Any] = []
+        valid = None
         if val_rows is not None and len(val_rows) > 0:
             assert val_weight is not None
-            valid_sets.append(_rows_of(data, val_rows, val_weight, val_label))
-            callbacks.append(lgb.early_stopping(early_stopping_rounds, verbose=False))
-        return lgb.train(
-            params,
-            train,
-            num_boost_round=n_estimators,
-            valid_sets=valid_sets or None,
-            callbacks=callbacks or None,
-        )
+            valid = _rows_of(data, val_rows, val_weight, val_label)
+        return _train(params, train, valid, n_estimators, early_stopping_rounds)
 
 
 def booster_predict(booster: Any, X: pd.DataFrame | np.ndarray, what: str = "model") -> np.ndarray:

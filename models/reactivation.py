@@ -36,7 +36,6 @@ from models.errors import (
     FeatureMismatchError,
     InvalidInputError,
     TrainingError,
-    translate_lightgbm_errors,
 )
 
 CalibrationChoice = Literal["auto", "isotonic", "sigmoid", "none"]
@@ -143,28 +142,20 @@ class ReactivationClassifier:
             seed=self.random_state,
             n_jobs=self.n_jobs,
         )
-        if self.prior_ is None:
-            self.booster_ = train_booster(
-                params,
-                X,
-                y_arr,
-                weight=w,
-                categorical=cats,
-                n_estimators=self.n_estimators,
-                X_val=X_val,
-                y_val=yv,
-                early_stopping_rounds=self.early_stopping_rounds,
-                what="reactivation classifier",
-            )
-        else:
-            self.booster_ = _train_from_prior(
-                params,
-                (X, y_arr, w, init),
-                (X_val, yv, init_val),
-                categorical=cats,
-                n_estimators=self.n_estimators,
-                early_stopping_rounds=self.early_stopping_rounds,
-            )
+        self.booster_ = train_booster(
+            params,
+            X,
+            y_arr,
+            weight=w,
+            categorical=cats,
+            n_estimators=self.n_estimators,
+            X_val=X_val,
+            y_val=yv,
+            init_score=init,
+            init_score_val=init_val,
+            early_stopping_rounds=self.early_stopping_rounds,
+            what="reactivation classifier",
+        )
         self.best_iteration_ = int(
             self.booster_.best_iteration or self.booster_.current_iteration()
         )
@@ -244,39 +235,3 @@ class ReactivationClassifier:
 
     def predict(self, X: pd.DataFrame, threshold: float = 0.5) -> np.ndarray:
         return (self.predict_proba(X)[:, 1] >= threshold).astype(int)
-
-
-def _train_from_prior(
-    params: dict[str, Any],
-    train_rows: tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray | None],
-    valid_rows: tuple[pd.DataFrame, np.ndarray, np.ndarray | None],
-    *,
-    categorical: list[str],
-    n_estimators: int,
-    early_stopping_rounds: int,
-) -> Any:
-    """`train_booster`, with the prior's log-odds as LightGBM's init_score on both sets.
-
-    (X, y, weight, init) and (X_val, y_val, init_val); the booster learns the correction.
-    """
-    import lightgbm as lgb
-
-    X, y, w, init = train_rows
-    X_val, y_val, init_val = valid_rows
-    with translate_lightgbm_errors("reactivation classifier"):
-        train = lgb.Dataset(
-            X,
-            label=y,
-            weight=w,
-            init_score=init,
-            categorical_feature=categorical or "auto",
-            free_raw_data=True,
-        )
-        valid = lgb.Dataset(X_val, label=y_val, init_score=init_val, reference=train)
-        return lgb.train(
-            params,
-            train,
-            num_boost_round=n_estimators,
-            valid_sets=[valid],
-            callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)],
-        )
