@@ -23,6 +23,7 @@ fits here match its parameters on CDNOW to within 0.1%).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -32,6 +33,7 @@ from scipy.special import betaln, gammaln, hyp2f1
 from models.errors import InvalidInputError, NotFittedError, TrainingError
 
 _PARAMS = ("r", "alpha", "a", "b")
+_PARETO_PARAMS = ("r", "alpha", "s", "beta")
 
 
 def rfm_summary(
@@ -73,22 +75,14 @@ class BetaGeoModel:
 
     def fit(self, x: Any, t_x: Any, T: Any, sample_weight: Any = None) -> BetaGeoModel:
         """Fit on customers with at least one order; rows with a NaN are ignored."""
-        xu, tu, Tu, counts, n = _distinct_rows(x, t_x, T, sample_weight, "BG/NBD")
-        total = counts.sum()
-        scale = max(float(np.average(Tu, weights=counts)), 1.0)
-
-        def objective(theta: np.ndarray) -> float:
-            ll = _log_likelihood(np.exp(theta), xu, tu, Tu)
-            return float(-(counts @ ll) / total + self.penalizer * theta @ theta)
-
-        start = np.log(np.array([1.0, scale, 1.0, 1.0]))
-        res = minimize(objective, start, method="L-BFGS-B", options={"maxiter": self.max_iter})
-        theta = res.x
-        if not np.all(np.isfinite(theta)):
-            raise TrainingError(f"BG/NBD: the likelihood fit did not converge ({res.message})")
-        self.params_ = dict(zip(_PARAMS, (float(v) for v in np.exp(theta)), strict=True))
-        self.log_likelihood_ = -float(res.fun) + self.penalizer * float(theta @ theta)
-        self.n_customers_ = n
+        self.params_, self.log_likelihood_, self.n_customers_ = _fit_by_likelihood(
+            _log_likelihood,
+            _PARAMS,
+            (False, True, False, False),
+            (x, t_x, T, sample_weight),
+            self,
+            "BG/NBD",
+        )
         return self
 
     def _check(self) -> tuple[float, float, float, float]:
@@ -146,24 +140,14 @@ class ParetoNBDModel:
 
     def fit(self, x: Any, t_x: Any, T: Any, sample_weight: Any = None) -> ParetoNBDModel:
         """Fit on customers with at least one order; rows with a NaN are ignored."""
-        xu, tu, Tu, counts, n = _distinct_rows(x, t_x, T, sample_weight, "Pareto/NBD")
-        total = counts.sum()
-        scale = max(float(np.average(Tu, weights=counts)), 1.0)
-
-        def objective(theta: np.ndarray) -> float:
-            ll = _pareto_log_likelihood(np.exp(theta), xu, tu, Tu)
-            return float(-(counts @ ll) / total + self.penalizer * theta @ theta)
-
-        start = np.log(np.array([1.0, scale, 1.0, scale]))
-        res = minimize(objective, start, method="L-BFGS-B", options={"maxiter": self.max_iter})
-        if not np.all(np.isfinite(res.x)) or not np.isfinite(res.fun):
-            raise TrainingError(f"Pareto/NBD: the likelihood fit did not converge ({res.message})")
-        theta = res.x
-        self.params_ = dict(
-            zip(("r", "alpha", "s", "beta"), (float(v) for v in np.exp(theta)), strict=True)
+        self.params_, self.log_likelihood_, self.n_customers_ = _fit_by_likelihood(
+            _pareto_log_likelihood,
+            _PARETO_PARAMS,
+            (False, True, False, True),
+            (x, t_x, T, sample_weight),
+            self,
+            "Pareto/NBD",
         )
-        self.log_likelihood_ = -float(res.fun) + self.penalizer * float(theta @ theta)
-        self.n_customers_ = n
         return self
 
     def _check(self) -> tuple[float, float, float, float]:
@@ -194,6 +178,34 @@ class ParetoNBDModel:
             tail = (1.0 - np.power((beta + Ta) / (beta + Ta + t), s - 1.0)) / (s - 1.0)
         rate = (r + xa) * (beta + Ta) / (alpha + Ta)
         return np.asarray(rate * tail * self.p_alive(xa, ta, Ta))
+
+
+def _fit_by_likelihood(
+    log_likelihood: Callable[..., np.ndarray],
+    names: tuple[str, str, str, str],
+    time_scales: tuple[bool, bool, bool, bool],
+    data: tuple[Any, Any, Any, Any],
+    model: BetaGeoModel | ParetoNBDModel,
+    what: str,
+) -> tuple[dict[str, float], float, int]:
+    """Maximum likelihood (L-BFGS on the log parameters, L2 `model.penalizer` on them) of a
+    four-parameter BTYD model. Parameters marked in `time_scales` start at the mean customer
+    age, the others at 1. Returns (params, mean log-likelihood, rows fitted on)."""
+    xu, tu, Tu, counts, n = _distinct_rows(*data, what)
+    total = counts.sum()
+    scale = max(float(np.average(Tu, weights=counts)), 1.0)
+
+    def objective(theta: np.ndarray) -> float:
+        ll = log_likelihood(np.exp(theta), xu, tu, Tu)
+        return float(-(counts @ ll) / total + model.penalizer * theta @ theta)
+
+    start = np.log(np.where(time_scales, scale, 1.0))
+    res = minimize(objective, start, method="L-BFGS-B", options={"maxiter": model.max_iter})
+    theta = res.x
+    if not np.all(np.isfinite(theta)) or not np.isfinite(res.fun):
+        raise TrainingError(f"{what}: the likelihood fit did not converge ({res.message})")
+    params = dict(zip(names, (float(v) for v in np.exp(theta)), strict=True))
+    return params, -float(res.fun) + model.penalizer * float(theta @ theta), n
 
 
 def _distinct_rows(
