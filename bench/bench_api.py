@@ -7,8 +7,9 @@ Usage::
 Set-up (each step skipped when its output exists in `--work`): a 1,000,000-customer world
 (`winback generate`, at `--world`), a training world of `--train-customers` (another seed),
 `winback train` + `winback promote` into the work dir's own MLflow store (so the repo's
-`mlruns/` is untouched), the champion's feature set, and `winback features materialize` of
-the big world as of the day after its last order with that feature set.
+`mlruns/` is untouched), and `winback features materialize --model` of the big world as of the
+day after its last order, twice: `snapshot_scored` stores the champion's scores of every
+customer (`--scores`), `snapshot` does not (`--no-scores`).
 
 Then, one server at a time on loopback, each stopped before the next starts:
 
@@ -116,34 +117,22 @@ def prepare(
     if not (train_world / "offers.yaml").exists():
         n, s = train_customers, seed + 4
         _run(f"{winback} generate --customers {n} --seed {s} --out {train_world}", env)
-    fs_file = work / "feature_set.json"
-    if not fs_file.exists():
+    promoted = work / "promoted"  # marker: the champion is registered in the work dir's store
+    if not promoted.exists():
         _run(f"{winback} train {train_world} --seed {seed}", env)
         _run(f"{winback} promote {train_world}", env)
-        import mlflow
-
-        from models.pyfunc import load_policy_model
-
-        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-        fs_file.write_text(load_policy_model(CHAMPION).feature_set, encoding="utf-8")
+        promoted.touch()
     last = pd.read_parquet(world / "orders.parquet", columns=["order_ts"])["order_ts"].max()
     as_of = pd.Timestamp(last).normalize() + pd.Timedelta(days=1)
-    snap = work / "snapshot"
-    if not (snap / "CURRENT").exists():
-        when = as_of.isoformat()
-        _run(
-            f"{winback} features materialize {world} --as-of {when} --out {snap}"
-            f" --feature-set {fs_file}",
-            env,
-        )
-    scored = work / "snapshot_scored"
-    if not (scored / "CURRENT").exists():
-        when = as_of.isoformat()
-        _run(
-            f"{winback} features materialize {world} --as-of {when} --out {scored}"
-            f" --model {CHAMPION}",
-            env,
-        )
+    snap, scored = work / "snapshot", work / "snapshot_scored"
+    # the same features; `scored` also stores the champion's scores of every customer
+    for out, source in ((snap, "--no-scores"), (scored, "--scores")):
+        if not (out / "CURRENT").exists():
+            _run(
+                f"{winback} features materialize {world} --as-of {as_of.isoformat()} --out {out}"
+                f" --model {CHAMPION} {source}",
+                env,
+            )
     return snap, scored, as_of
 
 
