@@ -138,6 +138,17 @@ def test_cli_materialize_bad_feature_set_file_is_named(tmp_path: Path) -> None:
     assert "fs.json" in res.output and "invalid feature set JSON" in res.output
 
 
+def test_cli_materialize_refuses_a_feature_set_and_a_model_together(tmp_path: Path) -> None:
+    data_dir = small_world().write(tmp_path / "data")
+    fs = tmp_path / "fs.json"
+    fs.write_text("{}", encoding="utf-8")
+    args = ["features", "materialize", str(data_dir), "--feature-set", str(fs)]
+    res = CliRunner().invoke(app, [*args, "--model", "models:/m@x", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 1
+    assert "--feature-set and --model: give one" in res.output
+    assert not (tmp_path / "s").exists()  # nothing written
+
+
 def test_pruning_keeps_the_newest_writes_not_the_latest_as_of(tmp_path: Path) -> None:
     data = dataset(small_world())
     late = write_snapshot(build_customer_view(data, "2024-01-01"), tmp_path, keep=2)
