@@ -16,7 +16,7 @@ from features.build import build_customer_view
 from features.config import FeatureConfig
 from features.datadir import load_data_dir
 from features.errors import FeaturesError
-from features.featureset import FeatureSet, get_feature_set
+from features.featureset import DEFAULT_FEATURE_SET, FeatureSet, get_feature_set
 from features.frames import summarize_offer_response, summarize_reactivation, write_frames
 from features.offers import format_pydantic_error
 from features.settings import get_settings
@@ -171,7 +171,9 @@ def _model_scorer(model_uri: str) -> PolicyScorer:
 
 @group.command("list")
 def list_features(
-    name: Annotated[str, typer.Option("--feature-set", help="feature set name")] = "winback_v1",
+    name: Annotated[
+        str, typer.Option("--feature-set", help="feature set name")
+    ] = DEFAULT_FEATURE_SET.name,
     as_json: Annotated[bool, typer.Option("--json", help="print the feature set as JSON")] = False,
 ) -> None:
     """Show a feature set's columns in order: name, dtype, lookback, meaning, vocabulary."""

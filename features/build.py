@@ -21,7 +21,7 @@ from features.config import FeatureConfig
 from features.datadir import DataSet
 from features.engine import FeatureEngine
 from features.errors import FeaturesError
-from features.featureset import WINBACK_V1, FeatureSet
+from features.featureset import DEFAULT_FEATURE_SET, FeatureSet
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,9 @@ def to_timestamp(value: pd.Timestamp | datetime | str, what: str = "as_of") -> p
 def resolve_feature_set(
     engine: FeatureEngine, as_of: pd.Timestamp, feature_set: FeatureSet | None = None
 ) -> FeatureSet:
-    """`feature_set` (default `winback_v1`) with an empty favourite_category vocabulary frozen
+    """`feature_set` (default `winback_v2`) with an empty favourite_category vocabulary frozen
     from the categories ordered before `as_of` (so a later order cannot change it)."""
-    fs = feature_set or WINBACK_V1
+    fs = feature_set or DEFAULT_FEATURE_SET
     if "favourite_category" not in fs.columns or fs.feature("favourite_category").vocabulary:
         return fs
     vocab = engine.category_vocabulary(as_of.value, engine.config.max_categories)
@@ -95,7 +95,7 @@ def build_features(
         data: a validated data directory (`features.datadir.load_data_dir`).
         as_of: only rows strictly before this time are used.
         config: lapse-state and value-tier thresholds (default: `FeatureConfig()`).
-        feature_set: the declarations to compute (default `winback_v1`, its category
+        feature_set: the declarations to compute (default `winback_v2`, its category
             vocabulary frozen from orders before `as_of`); pass a model's stored set at serving.
     """
     return build_customer_view(data, as_of, config, feature_set).features

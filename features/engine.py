@@ -77,9 +77,11 @@ class FeatureEngine:
         self.orders = GroupedIndex(o_cust, o_ts, o_r, self.axis)
         rev = orders[c.REVENUE].to_numpy(np.float64)
         mar = orders[c.MARGIN].to_numpy(np.float64)
-        disc = (orders[c.DISCOUNT_AMOUNT].fillna(0.0).to_numpy(np.float64) > 0).astype(np.float64)
+        discount = orders[c.DISCOUNT_AMOUNT].fillna(0.0).to_numpy(np.float64)
+        disc = (discount > 0).astype(np.float64)
         self.p_rev = self.orders.prefix(rev)
         self.p_mar = self.orders.prefix(mar)
+        self.p_discount = self.orders.prefix(discount)
         self.c_disc = np.concatenate([[0.0], np.cumsum(self.orders.sorted_values(disc))])
         ts_sorted = self.orders.ts
         same = np.concatenate([[False], self.orders.group[1:] == self.orders.group[:-1]])
@@ -207,6 +209,12 @@ class FeatureEngine:
             out["discount_order_share"] = np.where(
                 has, (self.c_disc[p] - self.c_disc[s0]) / n, np.nan
             )
+            # before discounts: what an order is worth at full price (offers' costs apply to it)
+            gross = rev + range_sum(self.p_discount, s0, p, s0)
+            out["aov_gross_lifetime"] = np.where(has, gross / n, np.nan)
+            out["margin_rate_gross_lifetime"] = np.where(
+                gross > 0, (mar + gross - rev) / gross, np.nan
+            )
         self._last_order = last
         self._has_order = has
 
@@ -263,6 +271,8 @@ class FeatureEngine:
                 p = e.before(g, t)
                 for w in windows:
                     out[f"{stem}_{w}d"] = (p - e.before(g, t - w * NS_PER_DAY)).astype(np.float64)
+                if names is FRICTION_EVENTS:
+                    out[f"{stem}_lifetime"] = (p - e.start(g)).astype(np.float64)
 
     def _contacts(
         self, cust: np.ndarray, t: np.ndarray, out: Arrays, state: dict[str, object], fs: FeatureSet

@@ -1,4 +1,10 @@
-"""The feature declarations and the named, versioned feature set `winback_v1`.
+"""The feature declarations and the named, versioned feature sets `winback_v1` and `winback_v2`.
+
+`winback_v2` (the default) is `winback_v1` plus two kinds of columns v1 lacked: order economics
+at full price (an offer's cost applies to the price before discounts, while v1's average order
+value and margin rate are as paid, lowered by a customer's habitual discounts) and friction
+counted over the whole history (v1 counts the last 90 and 365 days only, which says nothing
+about a customer lapsed for longer).
 
 Every feature states its name, dtype, lookback and meaning once, here. A `FeatureSet` is the
 ordered list of those declarations; its column order and vocabularies are data
@@ -188,10 +194,32 @@ class FeatureSet:
 
 WINBACK_V1 = FeatureSet(name="winback_v1", version="1", features=_declarations())
 
-FEATURE_SETS: dict[str, FeatureSet] = {WINBACK_V1.name: WINBACK_V1}
+WINBACK_V2 = FeatureSet(
+    name="winback_v2",
+    version="1",
+    features=(
+        *WINBACK_V1.features,
+        _num("aov_gross_lifetime", "lifetime", "average order value before discounts"),
+        _num(
+            "margin_rate_gross_lifetime",
+            "lifetime",
+            "(margin + discounts) / (revenue + discounts): the margin rate at full price",
+        ),
+        *(
+            _num(f"{stem}_lifetime", "lifetime", f"'{event}' events before the as-of time")
+            for event, stem in FRICTION_EVENTS.items()
+        ),
+    ),
+)
+
+FEATURE_SETS: dict[str, FeatureSet] = {fs.name: fs for fs in (WINBACK_V1, WINBACK_V2)}
+
+DEFAULT_FEATURE_SET = WINBACK_V2
+"""What `build`, `winback features` and training compute unless told otherwise. A model keeps
+the feature set it was trained on (serving computes that one), so older models still work."""
 
 
-def get_feature_set(name: str = "winback_v1") -> FeatureSet:
+def get_feature_set(name: str = DEFAULT_FEATURE_SET.name) -> FeatureSet:
     """A declared feature set by name; unknown names are a FeaturesError listing the known."""
     try:
         return FEATURE_SETS[name]

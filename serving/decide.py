@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from features.featureset import WINBACK_V1, FeatureSet
+from features.featureset import DEFAULT_FEATURE_SET, FeatureSet
 from features.snapshot import Snapshot
 from serving.engine import CustomerBatch, Decision, DecisionBatch, OptionSet, Scores, decide
 from serving.engine.rules import BudgetUsage
@@ -108,7 +108,11 @@ def gather_rows(
     snapshot: Snapshot | None, ids: Sequence[str]
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
     """(matrix, snapshot row of each id, -1 where the snapshot lacks it; NaN matrix rows)."""
-    width = len(snapshot.feature_set.columns) if snapshot is not None else len(WINBACK_V1.columns)
+    width = (
+        len(snapshot.feature_set.columns)
+        if snapshot is not None
+        else len(DEFAULT_FEATURE_SET.columns)
+    )
     if snapshot is not None and len(ids) == 1:  # one API request: a copy of one row
         row = snapshot.row_of.get(ids[0], -1)
         if row >= 0:
@@ -207,7 +211,7 @@ def decide_rows(
     """
     id_list = [str(c) for c in ids]
     live = live_states(store, id_list, at, lookback_days(decider.base_caps, at, as_of))
-    fs = feature_set or WINBACK_V1
+    fs = feature_set or DEFAULT_FEATURE_SET
     batch = CustomerBatch.from_features(
         matrix, fs, np.asarray(id_list, dtype=object), as_of, known, live
     )

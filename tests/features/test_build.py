@@ -1,4 +1,5 @@
-"""Hand-computed expectations for every feature family of winback_v1 on a tiny world."""
+"""Hand-computed expectations for every feature family of winback_v2 (winback_v1 plus full-price
+economics and lifetime friction counts) on a tiny world."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from features.build import build_customer_view, build_features
 from features.config import FeatureConfig
 from features.errors import FeaturesError
-from features.featureset import WINBACK_V1, FeatureSet, get_feature_set
+from features.featureset import WINBACK_V1, WINBACK_V2, FeatureSet, get_feature_set
 from tests.factories import World, dataset
 
 AS_OF = "2024-01-01"
@@ -41,6 +42,7 @@ def world() -> World:
     w.consent("c1", "push", "opted_out", AS_OF)
     # c2: one big old order; c3: never ordered, one contact
     w.order("c2", "2022-06-01", 600.0, 100.0, "garden")
+    w.event("c2", "2022-06-05", "delivery_issue")  # older than a year: lifetime count only
     w.contact("c3", "2023-11-01", "none", "email", contact_id="k5")
     return w
 
@@ -60,7 +62,8 @@ def code(name: str, value: str) -> float:
 
 def test_shape_order_and_dtypes(view) -> None:  # type: ignore[no-untyped-def]
     f = view.features
-    assert list(f.columns) == list(WINBACK_V1.columns)
+    assert list(f.columns) == list(WINBACK_V2.columns)  # the default feature set
+    assert WINBACK_V2.columns[: len(WINBACK_V1.columns)] == WINBACK_V1.columns
     assert list(f.index) == ["c1", "c2", "c3"]  # c4 signed up after the as-of time
     assert f.index.name == "customer_id"
     assert (f.dtypes == np.float64).all()
@@ -78,6 +81,10 @@ def test_rfm_windows_and_value(view) -> None:  # type: ignore[no-untyped-def]
     assert r["margin_365d"] == 110
     assert r["aov_lifetime"] == 100
     assert r["margin_rate_lifetime"] == pytest.approx(110 / 300)
+    # at full price: the 10 of discount on the first order added back to revenue and margin
+    assert r["aov_gross_lifetime"] == pytest.approx(310 / 3)
+    assert r["margin_rate_gross_lifetime"] == pytest.approx(120 / 310)
+    assert row(view, "c2")["aov_gross_lifetime"] == 600
     c3 = row(view, "c3")
     assert math.isnan(c3["days_since_last_order"]) and math.isnan(c3["aov_lifetime"])
     assert c3["orders_lifetime"] == 0 and c3["revenue_lifetime"] == 0
@@ -127,6 +134,10 @@ def test_friction_and_engagement(view) -> None:  # type: ignore[no-untyped-def]
     assert (r["delivery_issues_90d"], r["delivery_issues_365d"]) == (1, 1)
     assert (r["stockouts_90d"], r["stockouts_365d"]) == (0, 1)
     assert r["support_tickets_365d"] == 0  # the ticket at the as-of time is not yet known
+    assert (r["delivery_issues_lifetime"], r["stockouts_lifetime"]) == (1, 1)
+    assert r["support_tickets_lifetime"] == 0
+    c2 = row(view, "c2")
+    assert (c2["delivery_issues_365d"], c2["delivery_issues_lifetime"]) == (0, 1)
     assert (r["opens_30d"], r["opens_90d"]) == (1, 1)
     assert (r["clicks_30d"], r["clicks_90d"]) == (1, 2)
     assert (r["visits_30d"], r["visits_90d"]) == (1, 1)
@@ -167,6 +178,7 @@ def test_feature_set_controls_columns_and_round_trips() -> None:
     assert list(f.columns) == ["orders_lifetime", "tenure_days"]
     assert FeatureSet.from_json(WINBACK_V1.to_json()) == WINBACK_V1
     assert get_feature_set("winback_v1") is WINBACK_V1
+    assert get_feature_set() is WINBACK_V2
     with pytest.raises(FeaturesError, match="unknown feature set 'v9'"):
         get_feature_set("v9")
 
@@ -195,6 +207,6 @@ def test_cli_lists_the_feature_set_in_order() -> None:
 
     res = CliRunner().invoke(app, ["features", "list", "--json"])
     assert res.exit_code == 0, res.output
-    assert FeatureSet.from_json(res.output) == WINBACK_V1
+    assert FeatureSet.from_json(res.output) == WINBACK_V2
     bad = CliRunner().invoke(app, ["features", "list", "--feature-set", "nope"])
     assert bad.exit_code == 1 and "unknown feature set 'nope'" in bad.output
