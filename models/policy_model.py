@@ -37,12 +37,23 @@ from models.value import incremental_margin
 _EPS = 1e-6
 
 
+# Offer types whose cost is a price reduction at checkout: it is recorded on the order itself
+# (as its discount, so the order's revenue and margin are already net of it).
+PRICE_REDUCTION_TYPES = frozenset({"percent_discount", "amount_discount"})
+
+
 @dataclass(frozen=True)
 class OptionCost:
-    """Expected cost of an option if redeemed: a share of order revenue plus a fixed amount."""
+    """Expected cost of an option if redeemed: a share of order revenue plus a fixed amount.
+
+    `on_order`: the cost is a discount recorded on the converting order, so a realised order
+    margin already carries it; other costs (shipping paid for the customer, a warranty, an
+    expert's time) are borne outside the order and must be subtracted from its margin.
+    """
 
     revenue_fraction: float = 0.0
     fixed: float = 0.0
+    on_order: bool = False
 
 
 @dataclass
@@ -262,11 +273,16 @@ class PolicyModel:
 def costs_from_catalog(catalog: Any, options: Sequence[str]) -> dict[str, OptionCost]:
     """OptionCost per option from an OfferCatalog (reserved options cost nothing)."""
     ids = set(catalog.offer_ids)
-    return {
-        o: OptionCost(catalog.get(o).cost.revenue_fraction, catalog.get(o).cost.fixed)
-        for o in options
-        if o in ids
-    }
+    out = {}
+    for o in options:
+        if o in ids:
+            offer = catalog.get(o)
+            out[o] = OptionCost(
+                offer.cost.revenue_fraction,
+                offer.cost.fixed,
+                on_order=offer.type in PRICE_REDUCTION_TYPES,
+            )
+    return out
 
 
 def mean_value_default(values: np.ndarray, options: Sequence[str], control: str) -> str:

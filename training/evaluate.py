@@ -23,7 +23,7 @@ from features import modeling_frame as mf
 from features.frames import Frame
 from models.policy_model import PolicyModel
 from training import metrics as m
-from training.fit import logged_propensity, response_split
+from training.fit import logged_propensity, logged_reward, response_split
 from training.policy_value import (
     LoggedData,
     deterministic_policy,
@@ -129,23 +129,6 @@ def _reliability(y: np.ndarray, p: np.ndarray, bins: int = 10) -> pd.DataFrame:
     return pd.DataFrame({"predicted": predicted, "observed": observed})
 
 
-def _reward(model: PolicyModel, df: pd.DataFrame, X: np.ndarray) -> tuple[np.ndarray, str]:
-    """Realised margin net of the logged offer's cost (revenue where margin is unknown)."""
-    margin = pd.to_numeric(df[mf.OUTCOME_MARGIN], errors="coerce").to_numpy(dtype=float)
-    revenue = pd.to_numeric(df[mf.OUTCOME_REVENUE], errors="coerce").to_numpy(dtype=float)
-    unit = "margin"
-    if not np.isfinite(margin).any():
-        margin, unit = revenue, "revenue"
-    margin = np.nan_to_num(margin)
-    conv = df[mf.CONVERTED].to_numpy(dtype=float)
-    cost = np.zeros(len(df))
-    given = df["__action__"].to_numpy()
-    for o, oc in model.costs.items():
-        sel = given == o
-        cost[sel] = oc.revenue_fraction * np.nan_to_num(revenue[sel]) + oc.fixed
-    return margin - conv * cost, unit
-
-
 @dataclass
 class HeldOut:
     """A model's view of the held-out contacts: its scores, choices and the logged data."""
@@ -173,7 +156,7 @@ def held_out(model: PolicyModel, frame: Frame, seed: int) -> HeldOut:
     dv = s.decision_value[:, cols]
     best = np.argmax(np.where(np.isfinite(dv), dv, -np.inf), axis=1)
     learned = np.asarray(logged_opts, dtype=object)[best]
-    reward, unit = _reward(model, df, X)
+    reward, unit = logged_reward(model.costs, df)
     e = logged_propensity(Frame(df, spec))
     logged = LoggedData.from_labels(logged_opts, df["__action__"], e, reward)
     rev, mar = model.economics(X)
