@@ -1,9 +1,11 @@
 """Hillstrom e-mail test: our confidence-bound policy vs the naive two-model policy vs the best
 single arm ("men's e-mail to everyone"), on 70/30 splits with seeds 0, 1, 2.
 
-Reads /work/shared/data/hillstrom/hillstrom.csv directly. Per split, the learners are fitted
-on the 70% part; the policies are evaluated on the 30% part by IPS with the known 1/3
-assignment probabilities, as paired differences vs the best single arm with 95% bootstrap CIs.
+Reads /work/shared/data/hillstrom/hillstrom.csv directly. Per split, our decision rule
+(learner and z) is chosen as training chooses it, on a validation quarter of the 70% part,
+and the chosen learner is refitted on the whole 70% part; the policies are evaluated on the
+30% part by IPS with the known 1/3 assignment probabilities, as paired differences vs the
+best single arm with 95% bootstrap CIs.
 
 Run: .venv/bin/python bench/bench_hillstrom.py [--csv PATH] [--seeds 0 1 2] [--bags 8]
 """
@@ -21,8 +23,15 @@ import pandas as pd
 
 from models.policy import confident_choice
 from models.uplift import DRLearner, SLearner, TLearner
+from training.fit import VALIDATION_SHARE, Z_GRID
 from training.metrics import uplift_scores
-from training.policy_value import LoggedData, deterministic_policy, policy_difference
+from training.policy_value import (
+    LoggedData,
+    RuleCandidate,
+    choose_rule,
+    deterministic_policy,
+    policy_difference,
+)
 
 CSV = Path("/work/shared/data/hillstrom/hillstrom.csv")
 ARMS = {"No E-Mail": "holdout", "Mens E-Mail": "mens_email", "Womens E-Mail": "womens_email"}
@@ -68,7 +77,13 @@ def fmt(row: Any, scale: float, unit: str) -> str:
 
 
 def run_split(
-    X: pd.DataFrame, t: np.ndarray, out: pd.DataFrame, seed: int, bags: int, n_boot: int, z: float
+    X: pd.DataFrame,
+    t: np.ndarray,
+    out: pd.DataFrame,
+    seed: int,
+    bags_n: int,
+    n_boot: int,
+    z: float | None,
 ) -> dict[str, tuple[Any, Any]]:
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(X))
@@ -81,27 +96,43 @@ def run_split(
 
     learners = {
         "S": SLearner(
-            control=CONTROL, n_bags=bags, categorical_features=CATEGORICAL, random_state=seed
+            control=CONTROL, n_bags=bags_n, categorical_features=CATEGORICAL, random_state=seed
         ),
         "T": TLearner(
-            control=CONTROL, n_bags=bags, categorical_features=CATEGORICAL, random_state=seed
+            control=CONTROL, n_bags=bags_n, categorical_features=CATEGORICAL, random_state=seed
         ),
         "DR": DRLearner(
-            control=CONTROL, n_bags=bags, categorical_features=CATEGORICAL, random_state=seed
+            control=CONTROL, n_bags=bags_n, categorical_features=CATEGORICAL, random_state=seed
         ),
     }
-    oob_auuc = {}
+    # As training does (training.fit.fit_response): the learners are fitted on 75% of the
+    # training part, every (learner, z) rule is judged on the other 25% by its DR gain over the
+    # best single arm (lower end of the 95% interval), and the chosen learner is refitted on the
+    # whole training part. Here the value of an option is its conversion probability.
+    val = np.random.default_rng(seed + 3).random(len(X_tr)) < VALIDATION_SHARE
+    fit, hold = np.flatnonzero(~val), np.flatnonzero(val)
+    oob_auuc, cands, qs = {}, [], []
     for name, learner in learners.items():
-        learner.fit(X_tr, t_tr, y_tr)
+        learner.fit(X_tr.iloc[fit], t_tr[fit], y_tr[fit])
         oob = learner.oob_proba_options_
         ok = oob.notna().all(axis=1).to_numpy()
-        s = uplift_scores(oob[ok], t_tr[ok], y_tr[ok], CONTROL)
+        s = uplift_scores(oob[ok], t_tr[fit][ok], y_tr[fit][ok], CONTROL)
         oob_auuc[name] = float(np.average(s["auuc"], weights=s["n"]))
-    chosen = max(oob_auuc, key=lambda k: oob_auuc[k])
-    ours = learners[chosen]
-    options = ours.options_
+        bags = learner.predict_proba_options_bags(X_tr.iloc[hold])
+        cands.append(RuleCandidate(name, bags, learner.best_option_))
+        qs.append(bags.mean(axis=0))
+    options = learners["S"].options_
+    logged_val = LoggedData.from_labels(options, t_tr[hold], 1 / 3, y_tr[hold])
+    zs = Z_GRID if z is None else (z,)
+    chosen, chosen_z, _ = choose_rule(cands, logged_val, np.mean(qs, axis=0), zs, seed=seed)
+    ours = type(learners[chosen])(
+        control=CONTROL, n_bags=bags_n, categorical_features=CATEGORICAL, random_state=seed
+    ).fit(X_tr, t_tr, y_tr)
+    learners[chosen] = ours
     default = ours.best_option_
-    ours_choice = confident_choice(ours.predict_proba_options_bags(X_te), options, default, z=z)
+    ours_choice = confident_choice(
+        ours.predict_proba_options_bags(X_te), options, default, z=chosen_z
+    )
     naive_p = naive_two_model(X_tr, t_tr, y_tr, X_te, options, seed)
     naive_choice = naive_p.idxmax(axis=1)
 
@@ -111,12 +142,13 @@ def run_split(
         "ours, greedy (no LCB)": deterministic_policy(
             ours.predict_proba_options(X_te).idxmax(axis=1), options
         ),
-        "ours (LCB)": deterministic_policy(ours_choice, options),
+        "ours (chosen rule)": deterministic_policy(ours_choice, options),
         "men's e-mail to all": pi_best,
     }
+    auuc_text = ", ".join(f"{k} {v:.4f}" for k, v in oob_auuc.items())
     print(
-        f"\n=== seed {seed}: train {len(tr)}, test {len(te)}; learner by OOB AUUC: {chosen} "
-        f"({', '.join(f'{k} {v:.4f}' for k, v in oob_auuc.items())}); default arm: {default}"
+        f"\n=== seed {seed}: train {len(tr)}, test {len(te)}; rule chosen on validation: "
+        f"{chosen}-learner, z {chosen_z} (OOB AUUC {auuc_text}); default arm: {default}"
     )
     print(
         f"{'policy':<22} {'share deviating':>15}  {'conversion vs best, pp [95% CI]':<34}"
@@ -158,7 +190,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--bags", type=int, default=8)
     parser.add_argument("--boot", type=int, default=1000)
-    parser.add_argument("--z", type=float, default=1.96, help="one-sided bound quantile")
+    parser.add_argument(
+        "--z", type=float, default=None, help="fix the bound's quantile (default: chosen)"
+    )
     args = parser.parse_args()
     start = time.time()
     X, t, out = load(args.csv)

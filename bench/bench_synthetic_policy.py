@@ -318,7 +318,9 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=200_000)
     ap.add_argument("--world-seed", type=int, default=7, help="seed of the generated world")
     ap.add_argument("--seed", type=int, default=0, help="training seed")
-    ap.add_argument("--z", type=float, default=1.96, help="normal quantile of the bound")
+    ap.add_argument(
+        "--z", type=float, default=None, help="fix the bound's width (default: chosen in training)"
+    )
     ap.add_argument("--bags", type=int, default=8)
     ap.add_argument("--data", type=Path, default=None, help="an existing synthetic world")
     ap.add_argument("--sweep-z", type=float, nargs="*", default=[0.0, 0.5, 1.0, 1.96])
@@ -354,7 +356,7 @@ def main() -> None:
             raise SystemExit("no true values: is ground_truth.parquet in the data directory?")
         tv = {k: m[f"true_incremental_margin_{k}"] for k in ("learned", "oracle", "best_single")}
         print(
-            f"\nsynthetic world {data} | seed {args.seed} | z {args.z} | bags {args.bags} | "
+            f"\nsynthetic world {data} | seed {args.seed} | z {model.z} | bags {args.bags} | "
             f"learner {model.metadata.get('response_learner')} | default "
             f"{model.default_option} | held-out contacts {int(m['response_test_rows']):,}"
         )
@@ -381,6 +383,12 @@ def main() -> None:
         print(f"  {'stage':28s} {'wall':>8s} {'cpu':>8s}")
         for stage, secs in STAGES.items():
             print(f"  {stage:28s} {secs:7.1f}s {CPU.get(stage, 0.0):7.1f}s")
+        rule = ev.tables.get("decision_rule_choice")
+        if rule is not None:
+            ref = rule.attrs.get("reference_option", "?")
+            print(f"\ndecision rule chosen in training (DR gain vs '{ref}' for everyone, on the")
+            print(f"latest {int(model.metadata['rule_validation_rows']):,} training contacts):")
+            print(rule.round(4).to_string(index=False))
         if not args.no_diagnose and inputs.offer_response and inputs.ground_truth is not None:
             diagnose(model, inputs.offer_response, inputs.ground_truth, args.seed, args.sweep_z)
 

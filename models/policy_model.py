@@ -205,6 +205,13 @@ class PolicyModel:
                 res[:, :, j] = bags[:, :, i]
         return res
 
+    def value_bags(self, X: np.ndarray) -> np.ndarray:
+        """(n_bags, n, k) expected incremental margin of every option, one slice per bag."""
+        X = self._check(X)
+        revenue, margin = self.economics(X)
+        control = self.options.index(self.control)
+        return incremental_margin(self._bags(X), margin, self.cost_matrix(revenue), control)
+
     def score(self, X: np.ndarray) -> Scores:
         """Score a (n, d) matrix in feature-set column order."""
         X = self._check(X)

@@ -40,18 +40,30 @@ class TrainResult:
 
 
 def fit_policy(
-    inputs: TrainingInputs, seed: int, z: float = 1.96, n_bags: int = 8
+    inputs: TrainingInputs, seed: int, z: float | None = None, n_bags: int = 8
 ) -> tuple[PolicyModel, Evaluation]:
-    """Fit what the inputs support, assemble the PolicyModel and evaluate it on held-out rows."""
+    """Fit what the inputs support, assemble the PolicyModel and evaluate it on held-out rows.
+
+    `z` (the width of the decision rule's confidence bound) is chosen on validation contacts
+    unless given (see `training.fit.fit_response`).
+    """
     react = fit_reactivation(inputs.reactivation, seed) if inputs.reactivation else None
-    resp = fit_response(inputs.offer_response, seed, n_bags) if inputs.offer_response else None
+    resp = None
+    if inputs.offer_response is not None:
+        resp = fit_response(inputs.offer_response, seed, inputs.catalog, n_bags=n_bags, z=z)
     meta = {"seed": str(seed), "n_bags": str(n_bags)}
     if resp is not None:
         meta.update({"response_learner": resp.learner_name, **resp.split})
     if react is not None:
         meta.update(react.split)
     model = build_policy_model(
-        inputs.catalog, resp, react, inputs.offer_response, inputs.reactivation, meta, z=z
+        inputs.catalog,
+        resp,
+        react,
+        inputs.offer_response,
+        inputs.reactivation,
+        meta,
+        z=resp.z if resp is not None else 1.96,
     )
     ev = Evaluation()
     if react is not None and inputs.reactivation is not None:
@@ -61,6 +73,9 @@ def fit_policy(
         evaluate_response(model, inputs.offer_response, seed, ev, inputs.ground_truth)
         for name, auuc in resp.auuc_by_learner.items():
             ev.metrics[f"oob_auuc_{name}"] = auuc
+        ev.metrics["decision_rule_z"] = resp.z
+        if resp.rule_table is not None:
+            ev.tables["decision_rule_choice"] = resp.rule_table
     return model, ev
 
 
@@ -108,7 +123,7 @@ def train(
     seed: int = 0,
     settings: Settings | None = None,
     horizon_days: int | None = None,
-    z: float = 1.96,
+    z: float | None = None,
     n_bags: int = 8,
 ) -> TrainResult:
     """Train on a data directory or frame(s), log everything to MLflow, register a challenger."""

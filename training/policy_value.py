@@ -222,3 +222,74 @@ def best_single_option(
         if v > best_v:
             best, best_v = o, v
     return best
+
+
+@dataclass(frozen=True)
+class RuleCandidate:
+    """One learner's view of the validation rows, for `choose_rule`.
+
+    bags: (n_bags, n, k) per-bag estimated value of each option (options as the logged data's).
+    default: the option the learner keeps a customer on unless confident of better.
+    allowed: optional (n, k) mask of options with support (see `models.policy.confident_choice`).
+    """
+
+    name: str
+    bags: np.ndarray
+    default: str
+    allowed: np.ndarray | None = None
+
+
+def choose_rule(
+    candidates: Sequence[RuleCandidate],
+    logged: LoggedData,
+    q: np.ndarray,
+    zs: Sequence[float],
+    n_boot: int = 200,
+    seed: int = 0,
+) -> tuple[str, float, pd.DataFrame]:
+    """The (learner, z) whose confident policy is most surely better than the best single option.
+
+    Every candidate's policy at every z (`models.policy.confident_choice`) is compared with
+    the best single option on these rows (by DR), as a paired DR difference with a bootstrap
+    95% interval; the rule with the highest lower end wins (ties: the larger z, then the
+    earlier candidate). A bold rule wins only where the rows show it is better by more than
+    their noise; where they cannot tell, a z that keeps customers on the default does.
+
+    Returns the learner name, z, and the table of every rule's estimate and interval.
+    """
+    from models.policy import confident_choice
+
+    if not candidates or not zs:
+        raise InvalidInputError("choose_rule: need at least one candidate and one z")
+    q_arr = _check_q(logged, q)
+    assert q_arr is not None
+    single = {}
+    for o in logged.options:
+        pi_o = single_option_policy(logged.n, logged.options, o)
+        single[o] = float(_estimates(_terms(logged, pi_o, q_arr), None)["dr"])
+    reference_option = max(single, key=lambda o: single[o])
+    reference = single_option_policy(logged.n, logged.options, reference_option)
+    rows: list[dict[str, Any]] = []
+    keys: list[tuple[float, float, int]] = []
+    for cand in candidates:
+        for z in zs:
+            choice = confident_choice(cand.bags, logged.options, cand.default, z, cand.allowed)
+            pi = deterministic_policy(choice, logged.options)
+            diff = policy_difference(logged, pi, reference, q=q_arr, n_boot=n_boot, seed=seed)
+            dr = diff.to_dict(orient="index")["dr"]
+            low = float(dr["ci_low"])
+            keys.append((-low, -float(z), len(rows)))
+            rows.append(
+                {
+                    "learner": cand.name,
+                    "z": float(z),
+                    "dr_gain_vs_best_single": float(dr["difference"]),
+                    "ci_low": low,
+                    "ci_high": float(dr["ci_high"]),
+                    "share_deviating": float(np.mean(choice.to_numpy() != reference_option)),
+                }
+            )
+    table = pd.DataFrame(rows)
+    table.attrs["reference_option"] = reference_option
+    best = rows[min(keys)[2]]
+    return str(best["learner"]), float(best["z"]), table

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from features.synthetic.generate import generate_world, write_world
-from training.fit import TRAIN_UNTIL_KEY, fit_response, sample_rows, train_until
+from training.fit import TRAIN_UNTIL_KEY, Z_GRID, fit_response, sample_rows, train_until
 from training.inputs import TrainingInputs, load_training_inputs
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def test_learner_chosen_on_a_sample_is_fitted_on_every_training_contact(
 ) -> None:
     frame = inputs.offer_response
     assert frame is not None
-    fit = fit_response(frame, seed=0, n_bags=2, selection_limit=400, support_limit=500)
+    fit = fit_response(frame, 0, inputs.catalog, n_bags=2, selection_limit=400, support_limit=500)
     n_train = int(fit.train_mask.sum())
     assert n_train > 500
     assert fit.split["learner_choice_rows"] == "400"
@@ -43,8 +43,15 @@ def test_learner_chosen_on_a_sample_is_fitted_on_every_training_contact(
     assert fit.support is not None and fit.support.options_ == sorted(fit.learner.options_)
     assert set(fit.auuc_by_learner) == {"s_learner", "t_learner"}
     assert fit.learner_name in fit.auuc_by_learner
+    # the rule: every (learner, z) judged on the validation rows; the chosen one has the best
+    # lower bound of its gain over the best single option
+    table = fit.rule_table
+    assert table is not None and len(table) == 2 * len(Z_GRID)
+    best = table.sort_values(["ci_low", "z"], ascending=[False, False]).iloc[0]
+    assert (best["learner"], best["z"]) == (fit.learner_name, fit.z)
+    assert fit.split["decision_rule_z"] == str(fit.z)
     assert len(fit.learner.oob_proba_options_) == n_train  # the final fit saw all of them
-    again = fit_response(frame, seed=0, n_bags=2, selection_limit=400, support_limit=500)
+    again = fit_response(frame, 0, inputs.catalog, n_bags=2, selection_limit=400, support_limit=500)
     assert again.learner_name == fit.learner_name
     assert again.auuc_by_learner == fit.auuc_by_learner
     X = np.random.default_rng(0).normal(size=(5, fit.learner.n_features_in_))
@@ -57,8 +64,10 @@ def test_learner_chosen_on_a_sample_is_fitted_on_every_training_contact(
 def test_small_data_chooses_on_every_training_contact(inputs: TrainingInputs) -> None:
     frame = inputs.offer_response
     assert frame is not None
-    fit = fit_response(frame, seed=0, n_bags=2)
-    assert fit.split["learner_choice_rows"] == fit.split["train_rows"]
+    fit = fit_response(frame, 0, inputs.catalog, n_bags=2)
+    n_choice, n_val = int(fit.split["learner_choice_rows"]), int(fit.split["rule_validation_rows"])
+    assert n_choice + n_val == int(fit.split["train_rows"])  # fitted on the earlier, judged later
+    assert n_val > 0
     assert fit.split["support_rows"] == fit.split["train_rows"]
 
 
@@ -67,7 +76,7 @@ def test_the_end_of_the_training_window_is_recorded_for_a_split_by_time(
 ) -> None:
     frame = inputs.offer_response
     assert frame is not None
-    fit = fit_response(frame, seed=0, n_bags=2)
+    fit = fit_response(frame, 0, inputs.catalog, n_bags=2)
     ts = pd.to_datetime(frame.data[frame.spec.time_column])
     until = pd.Timestamp(fit.split[TRAIN_UNTIL_KEY])
     assert until == ts[fit.train_mask].max()

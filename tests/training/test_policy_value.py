@@ -8,7 +8,9 @@ import pytest
 from models.errors import InvalidInputError
 from training.policy_value import (
     LoggedData,
+    RuleCandidate,
     best_single_option,
+    choose_rule,
     deterministic_policy,
     evaluate_policies,
     policy_difference,
@@ -99,3 +101,37 @@ def test_bad_inputs_are_clear() -> None:
     log = LoggedData.from_labels(OPTIONS, ["a", "b"], [0.5, 0.5], [1.0, 0.0])
     with pytest.raises(InvalidInputError, match="probability distribution"):
         evaluate_policies(log, {"bad": np.ones((2, 3))})
+
+
+def _two_option_log(n: int, seed: int) -> tuple[LoggedData, np.ndarray, np.ndarray]:
+    """Options a and b given at random; b beats a by 1 where x > 0 and loses 1.4 elsewhere."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    mean = np.column_stack([np.zeros(n), np.where(x > 0, 1.0, -1.4)])
+    action = rng.integers(0, 2, size=n)
+    reward = mean[np.arange(n), action] + rng.normal(size=n)
+    return LoggedData.from_labels(["a", "b"], np.array(["a", "b"])[action], 0.5, reward), x, mean
+
+
+def test_choose_rule_takes_the_informed_learner_and_a_bold_z() -> None:
+    logged, _, mean = _two_option_log(8000, 0)
+    rng = np.random.default_rng(1)
+    informed = mean[None] + rng.normal(scale=0.2, size=(8, *mean.shape))  # knows the sign of x
+    noise = rng.normal(scale=1.0, size=(8, *mean.shape))  # knows nothing
+    cands = [RuleCandidate("noise", noise, "a"), RuleCandidate("informed", informed, "a")]
+    name, z, table = choose_rule(cands, logged, q=np.zeros((logged.n, 2)), zs=(0.0, 1.96))
+    assert name == "informed" and len(table) == 4
+    assert table.attrs["reference_option"] == "a"  # a beats b on average
+    chosen = table[(table.learner == name) & (table.z == z)].iloc[0]
+    assert chosen.ci_low == table.ci_low.max() > 0.3  # the true gain is about 0.5
+
+
+def test_choose_rule_keeps_the_default_where_estimates_are_noise() -> None:
+    logged, _, _ = _two_option_log(8000, 2)
+    noise = np.random.default_rng(3).normal(scale=1.0, size=(8, logged.n, 2))
+    _, z, table = choose_rule(
+        [RuleCandidate("noise", noise, "a")], logged, q=np.zeros((logged.n, 2)), zs=(0.0, 1.96)
+    )
+    assert z == 1.96  # the bold rule's interval reaches below the careful one's
+    bold = table[table.z == 0.0].iloc[0]
+    assert bold.share_deviating > 0.3 and bold.ci_low < 0
