@@ -165,7 +165,7 @@ def main() -> None:
     t4 = time.perf_counter()
 
     lapsed = X_te["days_since_last_order"].to_numpy() > LAPSED_DAYS
-    scores = {"BG/NBD": bg.to_numpy(), "RFM LightGBM": p_rfm, "ours (winback_v1)": p_ours}
+    scores = {"BG/NBD": bg.to_numpy(), "RFM LightGBM": p_rfm, f"ours ({fs.key})": p_ours}
     if ours.prior_ is not None:  # diagnostic: what the trees add to the prior they start from
         scores["ours: prior alone"] = ours.prior_.decision_function(X_te.to_numpy(dtype=float))
     if args.ceiling:
@@ -193,7 +193,7 @@ def main() -> None:
         )
     ours_auc = roc_auc(y_te, p_ours)
     print(
-        f"\nbar: ours {ours_auc:.3f} >= {BAR} -> {'PASS' if ours_auc >= BAR else 'FAIL'}; "
+        f"\nbar: ours {ours_auc:.4f} >= {BAR} -> {'PASS' if ours_auc >= BAR else 'FAIL'}; "
         f"ours - BG/NBD (same run) {ours_auc - roc_auc(y_te, bg.to_numpy()):+.3f}"
     )
     print(

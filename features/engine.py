@@ -87,6 +87,10 @@ class FeatureEngine:
         same = np.concatenate([[False], self.orders.group[1:] == self.orders.group[:-1]])
         gap = np.where(same, np.diff(ts_sorted, prepend=ts_sorted[:1]) / NS_PER_DAY, 0.0)
         self.p_gap2 = self.orders.prefix(gap**2, presorted=True)
+        # 1 on a customer's first order of each calendar day (UTC): distinct order days
+        day = ts_sorted // NS_PER_DAY
+        new_day = ~same | np.concatenate([[True], day[1:] != day[:-1]])
+        self.p_order_days = self.orders.prefix(new_day.astype(np.float64), presorted=True)
         self.cat_index = GroupedIndex(o_cust * self.n_cat + self.order_cat, o_ts, o_r, self.axis)
         grp = self.cat_index.group
         self.cat_groups = grp[np.concatenate([[True], grp[1:] != grp[:-1]])] if len(grp) else grp
@@ -193,6 +197,7 @@ class FeatureEngine:
             if w == 365:
                 out["margin_365d"] = range_sum(self.p_mar, pw, p, s0)
         out["orders_lifetime"] = n
+        out["order_days_lifetime"] = range_sum(self.p_order_days, s0, p, s0)
         rev = range_sum(self.p_rev, s0, p, s0)
         mar = range_sum(self.p_mar, s0, p, s0)
         out["revenue_lifetime"], out["margin_lifetime"] = rev, mar

@@ -199,6 +199,7 @@ WINBACK_V2 = FeatureSet(
     version="1",
     features=(
         *WINBACK_V1.features,
+        _num("order_days_lifetime", "lifetime", "distinct days (UTC) with an order"),
         _num("aov_gross_lifetime", "lifetime", "average order value before discounts"),
         _num(
             "margin_rate_gross_lifetime",

@@ -305,6 +305,9 @@ _ORDERS_INPUT = 2  # index of log(1 + x) among the prior's inputs: NaN only with
 
 # winback_v1 columns the prior reads (days, and an order count)
 ORDERS_COLUMN = "orders_lifetime"
+# winback_v2's count of distinct order days, preferred where present: BTYD models count repeat
+# purchase *periods* (as lifetimes' summaries do, by day); same-day orders are one purchase.
+ORDER_DAYS_COLUMN = "order_days_lifetime"
 FIRST_ORDER_COLUMN = "days_since_first_order"
 LAST_ORDER_COLUMN = "days_since_last_order"
 MONETARY_COLUMN = "aov_lifetime"

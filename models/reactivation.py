@@ -30,7 +30,7 @@ from models.base import (
     predict_numpy,
     train_booster,
 )
-from models.btyd import BTYDPrior
+from models.btyd import ORDER_DAYS_COLUMN, ORDERS_COLUMN, BTYDPrior
 from models.calibration import BinaryCalibrator, choose_calibration
 from models.errors import (
     FeatureMismatchError,
@@ -182,7 +182,8 @@ class ReactivationClassifier:
     def _fit_prior(
         self, X: pd.DataFrame, y: np.ndarray, w: np.ndarray, columns: list[str]
     ) -> BTYDPrior | None:
-        prior = BTYDPrior(random_state=self.random_state)
+        orders = ORDER_DAYS_COLUMN if ORDER_DAYS_COLUMN in columns else ORDERS_COLUMN
+        prior = BTYDPrior(orders_column=orders, random_state=self.random_state)
         if self.prior == "none" or (
             self.prior == "auto" and any(c not in columns for c in prior.required_columns())
         ):

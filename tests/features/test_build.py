@@ -192,6 +192,15 @@ def test_unknown_feature_and_bad_as_of_are_clear_errors() -> None:
         build_features(data, "yesterday-ish")
 
 
+def test_order_days_count_same_day_orders_once() -> None:
+    w = World().customer("c1", "2023-01-01")
+    w.order("c1", "2023-06-01 09:00").order("c1", "2023-06-01 17:30").order("c1", "2023-06-02")
+    w.order("c1", "2023-12-31 08:00")  # same day as the as-of time, but after it
+    f = build_features(dataset(w), "2023-12-31 07:00")
+    assert f.loc["c1", "orders_lifetime"] == 3
+    assert f.loc["c1", "order_days_lifetime"] == 2
+
+
 def test_sub_second_timestamps_are_strict_too() -> None:
     w = World().customer("c1", "2023-01-01")
     w.order("c1", "2023-12-31 23:59:59.5").order("c1", "2023-06-01")
