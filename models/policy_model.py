@@ -205,6 +205,16 @@ class PolicyModel:
                 res[:, :, j] = bags[:, :, i]
         return res
 
+    def p_reactivation(self, X: np.ndarray) -> np.ndarray:
+        """(n,) P(order within the horizon | no contact); NaN without a reactivation model.
+
+        The reactivation score alone: `score` also runs every response booster on every row.
+        """
+        X = self._check(X)
+        if self.reactivation is None:
+            return np.full(X.shape[0], np.nan)
+        return self.reactivation.predict_proba_numpy(X[:, self._reactivation_cols])
+
     def value_bags(self, X: np.ndarray) -> np.ndarray:
         """(n_bags, n, k) expected incremental margin of every option, one slice per bag."""
         X = self._check(X)
@@ -217,9 +227,7 @@ class PolicyModel:
         X = self._check(X)
         n, k = X.shape[0], len(self.options)
         revenue, margin = self.economics(X)
-        p_react = np.full(n, np.nan)
-        if self.reactivation is not None:
-            p_react = self.reactivation.predict_proba_numpy(X[:, self._reactivation_cols])
+        p_react = self.p_reactivation(X)
         if self.response is None:
             nan = np.full((n, k), np.nan)
             return Scores(nan, nan.copy(), nan.copy(), p_react, revenue, margin)

@@ -104,7 +104,7 @@ def evaluate_reactivation(model: PolicyModel, frame: Frame, ev: Evaluation) -> N
     test = (df[mf.CUTOFF] == last) & ~df[mf.CONTACTED_IN_WINDOW].astype(bool)
     sub = Frame(df[test].reset_index(drop=True), frame.spec)
     X = matrix_for(model, sub)
-    p = model.score(X).p_reactivation
+    p = model.p_reactivation(X)
     y = sub.data[mf.LABEL].to_numpy(dtype=float)
     overall = _binary_metrics(y, p)
     ev.metrics.update({f"reactivation_{k}": v for k, v in overall.items()})

@@ -166,3 +166,20 @@ def test_select_by_auuc_prefers_the_informative_learner(world: dict, fitted: dic
     )
     assert name == "T"
     assert scores["T"] > scores["blind"]
+
+
+@pytest.mark.parametrize("cls", [SLearner, TLearner])
+def test_capping_out_of_bag_predictions_leaves_the_model_unchanged(
+    cls: type, world: dict, fitted: dict
+) -> None:
+    capped = small(cls, max_oob_rows=300).fit(world["X"], world["t"], world["y"])
+    full = fitted[cls]
+    X = world["X"].iloc[:50]
+    np.testing.assert_array_equal(
+        capped.predict_proba_options_bags(X), full.predict_proba_options_bags(X)
+    )
+    done = capped.oob_proba_options_.notna().all(axis=1).to_numpy()
+    assert 0 < done.sum() <= 4 * 300  # 4 bags, each predicted at most 300 rows
+    # a row's estimate averages only bags that left it out; fewer bags, same kind of number
+    c, f = capped.oob_proba_options_[done], full.oob_proba_options_[done]
+    assert np.abs(c.to_numpy() - f.to_numpy()).mean() < 0.05
