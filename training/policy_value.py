@@ -247,13 +247,21 @@ def choose_rule(
     n_boot: int = 200,
     seed: int = 0,
 ) -> tuple[str, float, pd.DataFrame]:
-    """The (learner, z) whose confident policy is most surely better than the best single option.
+    """The (learner, z) rule to decide with, judged on logged validation rows.
 
     Every candidate's policy at every z (`models.policy.confident_choice`) is compared with
     the best single option on these rows (by DR), as a paired DR difference with a bootstrap
-    95% interval; the rule with the highest lower end wins (ties: the larger z, then the
-    earlier candidate). A bold rule wins only where the rows show it is better by more than
-    their noise; where they cannot tell, a z that keeps customers on the default does.
+    95% interval. Among the rules whose interval lies above zero (significantly better than
+    giving everyone the best single option) the one with the highest estimate wins; when no
+    rule is, the one with the highest lower end does, which is a rule that keeps customers on
+    the default option (ties: the larger z, then the earlier candidate). So the rows must show
+    that deviating from the best single option pays before any rule deviates much, and then
+    the estimates pick among the rules that do.
+
+    Choosing by the highest lower end alone favoured the careful rules, whose intervals are
+    narrow, over better bold ones: on a 200k synthetic world (seed 8) it chose the T-learner
+    at z = 1.96 (67.9% of the oracle's value) where every rule was significantly better than
+    the best single option and the T-learner at z = 0 reached 78.4%.
 
     Returns the learner name, z, and the table of every rule's estimate and interval.
     """
@@ -271,6 +279,7 @@ def choose_rule(
     reference = single_option_policy(logged.n, logged.options, reference_option)
     rows: list[dict[str, Any]] = []
     keys: list[tuple[float, float, int]] = []
+    gains: list[tuple[float, float, int]] = []
     for cand in candidates:
         for z in zs:
             choice = confident_choice(cand.bags, logged.options, cand.default, z, cand.allowed)
@@ -279,6 +288,7 @@ def choose_rule(
             dr = diff.to_dict(orient="index")["dr"]
             low = float(dr["ci_low"])
             keys.append((-low, -float(z), len(rows)))
+            gains.append((-float(dr["difference"]), -float(z), len(rows)))
             rows.append(
                 {
                     "learner": cand.name,
@@ -291,5 +301,6 @@ def choose_rule(
             )
     table = pd.DataFrame(rows)
     table.attrs["reference_option"] = reference_option
-    best = rows[min(keys)[2]]
+    significant = [g for g in gains if rows[g[2]]["ci_low"] > 0]
+    best = rows[min(significant)[2]] if significant else rows[min(keys)[2]]
     return str(best["learner"]), float(best["z"]), table
