@@ -26,6 +26,7 @@ KEY_METRICS = (
     "reactivation_lift_top_decile",
     "learned_share_of_oracle",
     "share_deviating_from_best_single",
+    "decision_rule_z",
 )
 
 
@@ -57,6 +58,7 @@ def _print_evaluation(ev: object) -> None:
         "policy_value",
         "learned_minus_best_single",
         "true_value",
+        "decision_rule_choice",
     ):
         if name in tables:
             _table(name.replace("_", " "), tables[name])

@@ -110,6 +110,8 @@ def test_cli_train_reports_skips_and_registers(world: Path, store: Path, tmp_pat
     result = runner.invoke(app, ["train", str(world), "--seed", "4", "--bags", "2"])
     assert result.exit_code == 0, result.output
     assert "registered winback-policy v1 as 'challenger'" in result.output
+    assert "decision rule choice" in result.output  # the rules training chose among
+    assert "decision_rule_z" in result.output
     result = runner.invoke(app, ["train", str(tmp_path / "missing")])
     assert result.exit_code == 1
     assert "no such file or directory" in result.output
