@@ -89,7 +89,8 @@ class FeatureEngine:
         self.p_gap2 = self.orders.prefix(gap**2, presorted=True)
         # 1 on a customer's first order of each calendar day (UTC): distinct order days
         day = ts_sorted // NS_PER_DAY
-        new_day = ~same | np.concatenate([[True], day[1:] != day[:-1]])
+        new_day = np.ones(len(day), dtype=bool)
+        new_day[1:] = ~same[1:] | (day[1:] != day[:-1])
         self.p_order_days = self.orders.prefix(new_day.astype(np.float64), presorted=True)
         self.cat_index = GroupedIndex(o_cust * self.n_cat + self.order_cat, o_ts, o_r, self.axis)
         grp = self.cat_index.group
