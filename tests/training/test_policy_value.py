@@ -137,3 +137,21 @@ def test_choose_rule_keeps_the_default_where_estimates_are_noise() -> None:
     assert z == 1.96  # the bold rule's interval reaches below the careful one's
     bold = table[table.z == 0.0].iloc[0]
     assert bold.share_deviating > 0.3 and bold.ci_low < 0
+
+
+def test_choose_rule_keeps_the_careful_z_when_no_rule_is_shown_to_pay() -> None:
+    # b is worse than a for everyone; the learner's default is b (its training rows misled it)
+    rng = np.random.default_rng(4)
+    n = 8000
+    action = rng.integers(0, 2, size=n)
+    reward = np.where(action == 1, -0.4, 0.0) + rng.normal(size=n)
+    logged = LoggedData.from_labels(["a", "b"], np.array(["a", "b"])[action], 0.5, reward)
+    noise = rng.normal(scale=1.0, size=(8, n, 2))
+    _, z, table = choose_rule(
+        [RuleCandidate("misled", noise, "b")], logged, q=np.zeros((n, 2)), zs=(0.0, 1.96)
+    )
+    assert (table.ci_low <= 0).all()  # nothing beats giving everyone a
+    # the bold rule, moving half the customers off b, has the higher lower end ...
+    assert table.loc[table.ci_low.idxmax(), "z"] == 0.0
+    # ... but it was not shown to pay, so the careful z is kept
+    assert z == 1.96
