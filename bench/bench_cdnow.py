@@ -153,7 +153,14 @@ def main() -> None:
         raise SystemExit(f"{len(X_te)} customers at the cutoff, expected {imported.customers}")
     t1 = time.perf_counter()
 
-    ours = ReactivationClassifier(categorical_features=cats, random_state=args.seed, n_jobs=2)
+    # The prior summarises each history as expected purchases over the question's horizon,
+    # as the BG/NBD baseline does (the trees still learn from 30-day labels).
+    ours = ReactivationClassifier(
+        categorical_features=cats,
+        random_state=args.seed,
+        n_jobs=2,
+        prior_horizon_days=HOLDOUT_DAYS,
+    )
     ours.fit(X_tr, y_tr, X_val=X_va, y_val=y_va)
     p_ours = ours.predict_proba(X_te)[:, 1]
     t2 = time.perf_counter()
@@ -193,7 +200,7 @@ def main() -> None:
         )
     ours_auc = roc_auc(y_te, p_ours)
     print(
-        f"\nbar: ours {ours_auc:.4f} >= {BAR} -> {'PASS' if ours_auc >= BAR else 'FAIL'}; "
+        f"\nbar: ours {ours_auc:.5f} >= {BAR} -> {'PASS' if ours_auc >= BAR else 'FAIL'}; "
         f"ours - BG/NBD (same run) {ours_auc - roc_auc(y_te, bg.to_numpy()):+.3f}"
     )
     print(

@@ -60,6 +60,8 @@ class ReactivationClassifier:
         prior: "btyd" boosts from a `BTYDPrior` (Pareto/NBD based; needs orders_lifetime,
             days_since_first_order and days_since_last_order), "none" from a constant, "auto"
             uses the prior when those columns are present and it can be fitted.
+        prior_horizon_days: the horizon of the prior's expected-purchases input; the horizon
+            of the question the scores answer (90 days: winback's default label horizon).
         categorical_features: names of columns holding integer category codes.
         random_state: seed of every random choice.
         n_jobs: LightGBM threads.
@@ -84,6 +86,7 @@ class ReactivationClassifier:
         early_stopping_rounds: int = 50,
         calibration: CalibrationChoice = "auto",
         prior: PriorChoice = "auto",
+        prior_horizon_days: float = 90.0,
         categorical_features: Sequence[str] | None = None,
         random_state: int = 0,
         n_jobs: int = 1,
@@ -95,6 +98,7 @@ class ReactivationClassifier:
         self.early_stopping_rounds = early_stopping_rounds
         self.calibration = calibration
         self.prior = prior
+        self.prior_horizon_days = prior_horizon_days
         self.categorical_features = categorical_features
         self.random_state = random_state
         self.n_jobs = n_jobs
@@ -183,7 +187,11 @@ class ReactivationClassifier:
         self, X: pd.DataFrame, y: np.ndarray, w: np.ndarray, columns: list[str]
     ) -> BTYDPrior | None:
         orders = ORDER_DAYS_COLUMN if ORDER_DAYS_COLUMN in columns else ORDERS_COLUMN
-        prior = BTYDPrior(orders_column=orders, random_state=self.random_state)
+        prior = BTYDPrior(
+            horizon_days=getattr(self, "prior_horizon_days", 90.0),
+            orders_column=orders,
+            random_state=self.random_state,
+        )
         if self.prior == "none" or (
             self.prior == "auto" and any(c not in columns for c in prior.required_columns())
         ):
