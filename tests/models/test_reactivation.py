@@ -151,3 +151,17 @@ def test_prior_model_serving_path_matches_and_ranks(history: dict) -> None:
     gain = clf.predict_proba(recent)[:, 1] - p
     assert gain[50:].mean() > 0
     assert (gain[50:] >= -0.02).mean() > 0.95
+
+
+def test_prior_uses_order_days_when_present_and_the_given_horizon(history: dict) -> None:
+    assert fitted(history).prior_.orders_column == "orders_lifetime"
+    assert fitted(history).prior_.horizon_days == 90.0
+    # winback_v2's distinct order days (same-day orders are one purchase) take precedence
+    with_days = {
+        **history,
+        "X": history["X"].assign(order_days_lifetime=history["X"]["orders_lifetime"]),
+        "Xv": history["Xv"].assign(order_days_lifetime=history["Xv"]["orders_lifetime"]),
+    }
+    clf = fitted(with_days, prior_horizon_days=273)
+    assert clf.prior_.orders_column == "order_days_lifetime"
+    assert clf.prior_.horizon_days == 273
