@@ -195,8 +195,8 @@ def main() -> None:
         ref_all = REFERENCE.get((name, "all"))
         ref_lap = REFERENCE.get((name, "lapsed"))
         print(
-            f"{name:20s} {roc_auc(y_te, s):8.3f} {_ref(ref_all):>8s} "
-            f"{roc_auc(y_te[lapsed], s[lapsed]):15.3f} {_ref(ref_lap):>8s}"
+            f"{name:20s} {roc_auc(y_te, s):8.4f} {_ref(ref_all):>8s} "
+            f"{roc_auc(y_te[lapsed], s[lapsed]):15.4f} {_ref(ref_lap):>8s}"
         )
     ours_auc = roc_auc(y_te, p_ours)
     print(
