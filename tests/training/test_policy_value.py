@@ -155,3 +155,21 @@ def test_choose_rule_keeps_the_careful_z_when_no_rule_is_shown_to_pay() -> None:
     assert table.loc[table.ci_low.idxmax(), "z"] == 0.0
     # ... but it was not shown to pay, so the careful z is kept
     assert z == 1.96
+
+
+def test_choose_rule_keeps_the_preferred_learner_unless_another_is_significantly_better() -> None:
+    logged, _, mean = _two_option_log(8000, 5)
+    rng = np.random.default_rng(6)
+    pooled = mean[None] + rng.normal(scale=0.2, size=(8, *mean.shape))
+    # the same knowledge with a little different noise: estimates differ, truth does not
+    other = mean[None] + rng.normal(scale=0.2, size=(8, *mean.shape))
+    for first, second in ((pooled, other), (other, pooled)):
+        cands = [RuleCandidate("preferred", first, "a"), RuleCandidate("other", second, "a")]
+        name, _, table = choose_rule(cands, logged, q=np.zeros((logged.n, 2)), zs=(0.0, 1.96))
+        assert name == "preferred"
+        assert (table.ci_low > 0).any()
+    # a learner that knows nothing is never preferred over one that is significantly better
+    noise = rng.normal(scale=1.0, size=(8, *mean.shape))
+    cands = [RuleCandidate("noise", noise, "a"), RuleCandidate("informed", pooled, "a")]
+    name, _, _ = choose_rule(cands, logged, q=np.zeros((logged.n, 2)), zs=(0.0, 1.96))
+    assert name == "informed"
