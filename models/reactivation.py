@@ -125,6 +125,11 @@ class ReactivationClassifier:
             )
         if self.prior not in ("auto", "btyd", "none"):
             raise InvalidInputError(f"prior: '{self.prior}' is not auto, btyd or none")
+        if not self.prior_horizon_days > 0:
+            raise InvalidInputError(
+                f"prior_horizon_days: must be a positive number of days, "
+                f"got {self.prior_horizon_days}"
+            )
         X_val = check_features(X_val, "X_val")
         if [str(c) for c in X_val.columns] != [str(c) for c in X.columns]:
             raise FeatureMismatchError("X_val: columns differ from X")
@@ -188,7 +193,7 @@ class ReactivationClassifier:
     ) -> BTYDPrior | None:
         orders = ORDER_DAYS_COLUMN if ORDER_DAYS_COLUMN in columns else ORDERS_COLUMN
         prior = BTYDPrior(
-            horizon_days=getattr(self, "prior_horizon_days", 90.0),
+            horizon_days=self.prior_horizon_days,
             orders_column=orders,
             random_state=self.random_state,
         )

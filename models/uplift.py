@@ -190,6 +190,8 @@ class BaggedOptionLearner:
         sw = check_weights(sample_weight, n)
         if self.n_bags < 2:
             raise InvalidInputError("n_bags: must be at least 2 (the spread over bags is the SE)")
+        if self.max_oob_rows is not None and self.max_oob_rows < 1:
+            raise InvalidInputError("max_oob_rows: must be a positive number of rows, or None")
         labels = sorted(set(t.tolist()))
         if self.control not in labels:
             raise InvalidInputError(f"treatment: no row has the control option '{self.control}'")

@@ -278,6 +278,8 @@ def choose_rule(
 
     if not candidates or not zs:
         raise InvalidInputError("choose_rule: need at least one candidate and one z")
+    if any(not z >= 0 for z in zs):
+        raise InvalidInputError(f"zs: every z must be >= 0 (a lower bound's width), got {list(zs)}")
     q_arr = _check_q(logged, q)
     assert q_arr is not None
     single = {}

@@ -72,6 +72,8 @@ def test_bad_inputs_name_the_field(data: dict) -> None:
     bad = data["X"].assign(region="north")
     with pytest.raises(InvalidInputError, match=r"\['region'\] are not numeric"):
         ReactivationClassifier().fit(bad, data["y"], X_val=data["Xv"], y_val=data["yv"])
+    with pytest.raises(InvalidInputError, match="prior_horizon_days: must be a positive"):
+        fitted(data, prior_horizon_days=0)
     with pytest.raises(InvalidInputError, match="calibration"):
         ReactivationClassifier(calibration="bogus").fit(  # type: ignore[arg-type]
             data["X"], data["y"], X_val=data["Xv"], y_val=data["yv"]

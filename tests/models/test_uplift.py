@@ -79,6 +79,8 @@ def test_bad_inputs_name_the_field(world: dict) -> None:
         TLearner(n_bags=2).fit(X, t, y, propensity=np.zeros(len(y)))
     with pytest.raises(InvalidInputError, match="n_bags"):
         TLearner(n_bags=1).fit(X, t, y)
+    with pytest.raises(InvalidInputError, match="max_oob_rows: must be a positive"):
+        TLearner(n_bags=2, max_oob_rows=0).fit(X, t, y)
 
 
 @pytest.mark.parametrize("cls", LEARNERS)

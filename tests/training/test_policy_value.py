@@ -128,6 +128,12 @@ def test_choose_rule_takes_the_informed_learner_and_a_bold_z() -> None:
     assert chosen.dr_gain_vs_best_single == table[table.ci_low > 0].dr_gain_vs_best_single.max()
 
 
+def test_choose_rule_refuses_a_negative_z() -> None:
+    logged, _, mean = _two_option_log(200, 0)
+    with pytest.raises(InvalidInputError, match=r"zs: every z must be >= 0"):
+        choose_rule([RuleCandidate("x", mean[None].repeat(2, 0), "a")], logged, mean, zs=(-1.0,))
+
+
 def test_choose_rule_keeps_the_default_where_estimates_are_noise() -> None:
     logged, _, _ = _two_option_log(8000, 2)
     noise = np.random.default_rng(3).normal(scale=1.0, size=(8, logged.n, 2))
