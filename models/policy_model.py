@@ -215,12 +215,18 @@ class PolicyModel:
             return np.full(X.shape[0], np.nan)
         return self.reactivation.predict_proba_numpy(X[:, self._reactivation_cols])
 
-    def value_bags(self, X: np.ndarray) -> np.ndarray:
-        """(n_bags, n, k) expected incremental margin of every option, one slice per bag."""
+    def option_bags(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per bag, (n_bags, n, k) P(convert | option) and expected incremental margin."""
         X = self._check(X)
         revenue, margin = self.economics(X)
+        return self._option_bags(X, revenue, margin)
+
+    def _option_bags(
+        self, X: np.ndarray, revenue: np.ndarray, margin: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        bags = self._bags(X)
         control = self.options.index(self.control)
-        return incremental_margin(self._bags(X), margin, self.cost_matrix(revenue), control)
+        return bags, incremental_margin(bags, margin, self.cost_matrix(revenue), control)
 
     def score(self, X: np.ndarray) -> Scores:
         """Score a (n, d) matrix in feature-set column order."""
@@ -231,9 +237,8 @@ class PolicyModel:
         if self.response is None:
             nan = np.full((n, k), np.nan)
             return Scores(nan, nan.copy(), nan.copy(), p_react, revenue, margin)
-        bags = self._bags(X)
+        bags, values = self._option_bags(X, revenue, margin)
         control = self.options.index(self.control)
-        values = incremental_margin(bags, margin, self.cost_matrix(revenue), control)
         p = bags.mean(axis=0)
         value = values.mean(axis=0)
         d = self.options.index(self.default_option) if self.default_option else control
