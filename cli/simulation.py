@@ -44,13 +44,13 @@ from features.engine import FeatureEngine
 from features.featureset import FeatureSet
 from features.frames import offer_response_frame
 from features.offers import OfferCatalog
-from models.policy_model import PolicyModel
+from models.policy_model import PolicyModel, costs_from_catalog
 from serving.decide import score_rows
 from serving.engine import CustomerBatch, OptionSet, decide
 from serving.model_scorer import PolicyScorer
 from serving.policy import Exploration, Policy
 from training.errors import TrainingError
-from training.fit import TRAIN_UNTIL_KEY
+from training.fit import TRAIN_UNTIL_KEY, logged_reward
 from training.policy_value import LoggedData, evaluate_policies, policy_difference
 
 METRICS = ("conversions", "margin", "incentive_cost", "unsubscribes")
@@ -116,15 +116,22 @@ def candidate_choices(
 
 
 def _rewards(df: pd.DataFrame, catalog: OfferCatalog) -> dict[str, np.ndarray]:
+    """Per logged row: conversion, margin net of the offer's costs borne outside the order
+    (`training.fit.logged_reward`: a discount is already in the order's margin), the
+    incentive's whole cost, and unsubscribes."""
     converted = df[mf.CONVERTED].to_numpy(dtype=float)
     revenue = df[mf.OUTCOME_REVENUE].to_numpy(dtype=float)
+    given = df[c.OFFER_ID].astype(str).to_numpy()
+    margin, unit = logged_reward(costs_from_catalog(catalog, catalog.offer_ids), df, given)
+    if unit != "margin":  # no margin in the data: unknown, not revenue under another name
+        margin = np.full(len(df), np.nan)
     cost = np.zeros(len(df))
     for offer in catalog.offers:
-        mine = (df[c.OFFER_ID] == offer.offer_id).to_numpy() & (converted > 0)
+        mine = (given == offer.offer_id) & (converted > 0)
         cost[mine] = offer.cost.revenue_fraction * revenue[mine] + offer.cost.fixed
     return {
         "conversions": converted,
-        "margin": df[mf.OUTCOME_MARGIN].to_numpy(dtype=float),
+        "margin": margin,
         "incentive_cost": cost,
         "unsubscribes": df[mf.UNSUBSCRIBED].to_numpy(dtype=float),
     }

@@ -156,7 +156,7 @@ def held_out(model: PolicyModel, frame: Frame, seed: int) -> HeldOut:
     dv = s.decision_value[:, cols]
     best = np.argmax(np.where(np.isfinite(dv), dv, -np.inf), axis=1)
     learned = np.asarray(logged_opts, dtype=object)[best]
-    reward, unit = logged_reward(model.costs, df)
+    reward, unit = logged_reward(model.costs, df, df["__action__"].to_numpy())
     e = logged_propensity(Frame(df, spec))
     logged = LoggedData.from_labels(logged_opts, df["__action__"], e, reward)
     rev, mar = model.economics(X)

@@ -343,7 +343,7 @@ def _choose_rule(
         q_parts.append(bags.mean(axis=0))
     assert model is not None
     rev, mar = model.economics(Xv)  # the same for every learner: features, not boosters
-    reward, unit = logged_reward(model.costs, val_df)
+    reward, unit = logged_reward(model.costs, val_df, val_df["__action__"].to_numpy())
     e_val = logged_propensity(Frame(val_df, spec))
     logged = LoggedData.from_labels(model.options, val_df["__action__"], e_val, reward)
     # the reward model of the DR estimates: both learners' P(convert) x (margin - cost)
@@ -361,10 +361,12 @@ def _mean_auuc(p: pd.DataFrame, t: np.ndarray, y: np.ndarray, control: str) -> f
     return float(np.average(s["auuc"], weights=s["n"]))
 
 
-def logged_reward(costs: Mapping[str, OptionCost], df: pd.DataFrame) -> tuple[np.ndarray, str]:
+def logged_reward(
+    costs: Mapping[str, OptionCost], df: pd.DataFrame, given: np.ndarray
+) -> tuple[np.ndarray, str]:
     """Realised margin net of the logged offer's cost (revenue where margin is unknown).
 
-    `df` holds the outcome columns and the given option in `__action__`.
+    `df` holds the outcome columns; `given` is the option each row received.
 
     A discount is already in the order's margin (revenue is after discounts), so only costs
     borne outside the order are subtracted; subtracting a discount again made every discount
@@ -379,7 +381,6 @@ def logged_reward(costs: Mapping[str, OptionCost], df: pd.DataFrame) -> tuple[np
     margin = np.nan_to_num(margin)
     conv = df[mf.CONVERTED].to_numpy(dtype=float)
     cost = np.zeros(len(df))
-    given = df["__action__"].to_numpy()
     for o, oc in costs.items():
         if oc.on_order:
             continue

@@ -11,9 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from cli.simulation import Simulation, simulate
+from cli.simulation import Simulation, _rewards, simulate
 from features import constants as c
+from features import modeling_frame as mf
 from features.synthetic import SyntheticWorld, generate_world, write_world
+from features.synthetic.catalog import default_catalog
 from models.policy_model import PolicyModel
 from serving.policy import parse_policy
 from training.errors import TrainingError
@@ -195,3 +197,19 @@ def test_model_candidate_is_judged_after_its_training_window(
     in_sample = simulate(data, policy, unknown, n_boot=20)
     assert in_sample.since is None and "training window" in in_sample.warnings[0]
     assert in_sample.rows > default.rows
+
+
+def test_margin_reward_charges_outside_costs_once_and_discounts_not_again() -> None:
+    df = pd.DataFrame(
+        {
+            c.OFFER_ID: ["pct20", "freeship", "freeship", "holdout"],
+            mf.CONVERTED: [1, 1, 0, 1],
+            mf.OUTCOME_REVENUE: [80.0, 100.0, 0.0, 100.0],
+            mf.OUTCOME_MARGIN: [20.0, 40.0, 0.0, 40.0],
+            mf.UNSUBSCRIBED: [0, 0, 1, 0],
+        }
+    )
+    r = _rewards(df, default_catalog())
+    # pct20's 20% is already in its order's margin; free shipping (6.5) is paid outside it
+    np.testing.assert_allclose(r["margin"], [20.0, 33.5, 0.0, 40.0])
+    np.testing.assert_allclose(r["incentive_cost"], [16.0, 6.5, 0.0, 0.0])

@@ -17,15 +17,15 @@ def test_discounts_are_in_the_order_other_costs_are_subtracted() -> None:
     assert costs["pct20"].on_order and not costs["freeship"].on_order
     assert not costs["bundle"].on_order  # a bundle price is not recorded as a discount
     model = PolicyModel("{}", (), options, "holdout", costs, "synthetic-1")
+    given = np.array(["pct20", "freeship", "bundle", "freeship", "holdout"])
     df = pd.DataFrame(
         {
-            "__action__": ["pct20", "freeship", "bundle", "freeship", "holdout"],
             mf.CONVERTED: [1, 1, 1, 0, 1],
             # pct20's order already paid its 20% (revenue and margin are after the discount)
             mf.OUTCOME_REVENUE: [80.0, 100.0, 100.0, np.nan, 100.0],
             mf.OUTCOME_MARGIN: [20.0, 40.0, 40.0, np.nan, 40.0],
         }
     )
-    reward, unit = logged_reward(model.costs, df)
+    reward, unit = logged_reward(model.costs, df, given)
     assert unit == "margin"
     np.testing.assert_allclose(reward, [20.0, 40.0 - 6.5, 40.0 - (0.06 * 100 + 2.0), 0.0, 40.0])
