@@ -183,10 +183,7 @@ MIN_SUPPORT = 0.02
 
 def decisions(model: PolicyModel, X: np.ndarray, zs: list[float]) -> dict[float, np.ndarray]:
     """Decision values of `model` for several z, bags computed once (as PolicyModel.score)."""
-    rev, mar = model.economics(X)
-    values = incremental_margin(
-        model._bags(X), mar, model.cost_matrix(rev), model.options.index(model.control)
-    )
+    _, values = model.option_bags(X)
     d = model.options.index(model.default_option or model.control)
     gain = values - values[:, :, [d]]
     value = values.mean(axis=0)
