@@ -408,12 +408,15 @@ class BTYDPrior:
         self.intercept_ = float(lr.intercept_[0])
         return self
 
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        """Prior log-odds per row of a matrix in the fit's column order."""
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """The logistic regression's inputs per row (standardized, plus the no-order flag)."""
         if not hasattr(self, "coef_"):
             raise NotFittedError("BTYDPrior is not fitted yet: call fit first")
-        Z = self._standardize(self._inputs(np.asarray(X, dtype=float)))
-        return np.asarray(Z @ self.coef_ + self.intercept_)
+        return self._standardize(self._inputs(np.asarray(X, dtype=float)))
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """Prior log-odds per row of a matrix in the fit's column order."""
+        return np.asarray(self.transform(X) @ self.coef_ + self.intercept_)
 
     def _summary(self, arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         i_n, i_first, i_last, _ = self.columns_

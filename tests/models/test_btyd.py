@@ -93,6 +93,8 @@ def test_missing_history_gives_nan_and_fit_ignores_it() -> None:
 def test_errors_name_the_problem() -> None:
     with pytest.raises(NotFittedError, match="not fitted"):
         BetaGeoModel().p_alive([1.0], [1.0], [2.0])
+    with pytest.raises(NotFittedError, match="BTYDPrior is not fitted"):
+        BTYDPrior().transform(np.ones((1, 3)))
     with pytest.raises(InvalidInputError, match="t_x <= T"):
         BetaGeoModel().fit([1.0, 2.0], [5.0, 1.0], [3.0, 4.0])
     with pytest.raises(InvalidInputError, match="differ in length"):
@@ -167,6 +169,11 @@ def test_prior_ranks_customers_and_handles_rows_without_orders() -> None:
     z = prior.decision_function(X_test)
     assert np.isfinite(z).all()
     assert roc_auc(y_test, z) > 0.75
+    # transform gives the logistic regression's design: its inputs and the no-order flag
+    Z = prior.transform(X_test)
+    assert Z.shape == (len(X_test), len(prior.coef_))
+    np.testing.assert_allclose(Z @ prior.coef_ + prior.intercept_, z)
+    assert (Z[:, -1] == np.isnan(X_test[:, 0])).all()
     # a more recent last order raises the prior (the logistic weights are not constrained, so
     # this is a property of the fit, checked on most rows)
     recent = X_test.copy()
