@@ -43,24 +43,27 @@ def test_learner_chosen_on_a_sample_is_fitted_on_every_training_contact(
     assert fit.support is not None and fit.support.options_ == sorted(fit.learner.options_)
     assert set(fit.auuc_by_learner) == {"s_learner", "t_learner"}
     assert fit.learner_name in fit.auuc_by_learner
-    # the rule: every (learner, z) judged on the validation rows; the chosen one has the best
-    # estimate among those significantly better than the best single option, if any
+    # the rule: every (learner, z) judged on the validation rows. The learner by its best rule
+    # significantly better than the best single option (the S-learner unless the T-learner's
+    # best beats its best significantly), then the least careful of its significant rules
+    # unless its best is significantly better; if no rule is significant, the careful z
     table = fit.rule_table
     assert table is not None and len(table) == 2 * len(Z_GRID)
     sig = table[table.ci_low > 0]
     order = ["dr_gain_vs_best_single", "z"]
-    if len(sig):  # the best estimate, or the S-learner's best unless beaten significantly
-        best = sig.sort_values(order, ascending=False).iloc[0]
-        s_sig = sig[sig.learner == "s_learner"]
-        if best["learner"] != "s_learner" and len(s_sig):
-            vs = table.attrs["challenger_vs_preferred"]  # the paired test that decided
-            if vs["ci_low"] <= 0:
-                best = s_sig.sort_values(order, ascending=False).iloc[0]
-        assert (best["learner"], best["z"]) == (fit.learner_name, fit.z)
-    else:  # nothing shown to pay: the careful z, the learner with the better lower end there
+    if len(sig):
+        learner = sig.sort_values(order, ascending=False).iloc[0]["learner"]
+        challenged = learner != "s_learner" and (sig.learner == "s_learner").any()
+        if challenged and table.attrs["challenger_vs_preferred"]["ci_low"] <= 0:
+            learner = "s_learner"  # the paired test that decided
+        own = sig[sig.learner == learner]
+        best = own.sort_values(order, ascending=False).iloc[0]
+        if best["z"] != own["z"].min() and table.attrs["careful_vs_bold"]["ci_low"] <= 0:
+            best = own.sort_values("z").iloc[0]
+    else:
         careful = table[table.z == max(Z_GRID)]
         best = careful.sort_values("ci_low", ascending=False).iloc[0]
-        assert (best["learner"], best["z"]) == (fit.learner_name, fit.z)
+    assert (best["learner"], best["z"]) == (fit.learner_name, fit.z)
     assert fit.split["decision_rule_z"] == str(fit.z)
     assert len(fit.learner.oob_proba_options_) == n_train  # the final fit saw all of them
     again = fit_response(frame, 0, inputs.catalog, n_bags=2, selection_limit=400, support_limit=500)

@@ -124,8 +124,24 @@ def test_choose_rule_takes_the_informed_learner_and_a_bold_z() -> None:
     assert table.attrs["reference_option"] == "a"  # a beats b on average
     chosen = table[(table.learner == name) & (table.z == z)].iloc[0]
     assert chosen.ci_low > 0.3  # the true gain is about 0.5
-    # among the rules significantly better than the best single option, the highest estimate
-    assert chosen.dr_gain_vs_best_single == table[table.ci_low > 0].dr_gain_vs_best_single.max()
+    # both of its rules pay and neither is significantly better: the least careful one
+    assert z == 0.0 and (table[table.learner == name].ci_low > 0).all()
+    assert table.attrs.get("careful_vs_bold", {"ci_low": 0.0})["ci_low"] <= 0
+
+
+def test_choose_rule_takes_a_careful_z_where_it_is_significantly_better() -> None:
+    logged, x, mean = _two_option_log(8000, 7)
+    rng = np.random.default_rng(8)
+    bags = mean[None] + rng.normal(scale=0.2, size=(8, *mean.shape))
+    # near x = 0 the learner has it backwards, but its bags disagree widely there
+    unsure = np.abs(x) <= 0.5
+    bags[:, unsure, 1] = -mean[unsure, 1] + rng.normal(scale=3.0, size=(8, int(unsure.sum())))
+    name, z, table = choose_rule(
+        [RuleCandidate("learner", bags, "a")], logged, q=np.zeros((logged.n, 2)), zs=(0.0, 1.96)
+    )
+    assert (table.ci_low > 0).all()  # both rules beat giving everyone a ...
+    assert table.attrs["careful_vs_bold"]["ci_low"] > 0  # ... the careful one more
+    assert (name, z) == ("learner", 1.96)
 
 
 def test_choose_rule_refuses_a_negative_z() -> None:
@@ -179,3 +195,27 @@ def test_choose_rule_keeps_the_preferred_learner_unless_another_is_significantly
     cands = [RuleCandidate("noise", noise, "a"), RuleCandidate("informed", pooled, "a")]
     name, _, _ = choose_rule(cands, logged, q=np.zeros((logged.n, 2)), zs=(0.0, 1.96))
     assert name == "informed"
+
+
+def test_choose_rule_keeps_the_bold_z_unless_a_careful_one_is_significantly_better() -> None:
+    # b beats a by 1 where x > 0.5, loses 1.4 below -0.5 and makes no difference between,
+    # where the learner's bags hover around a small gain
+    rng = np.random.default_rng(10)
+    n = 8000
+    x = rng.normal(size=n)
+    mean = np.column_stack([np.zeros(n), np.where(x > 0.5, 1.0, np.where(x > -0.5, 0.0, -1.4))])
+    action = rng.integers(0, 2, size=n)
+    reward = mean[np.arange(n), action] + rng.normal(size=n)
+    logged = LoggedData.from_labels(["a", "b"], np.array(["a", "b"])[action], 0.5, reward)
+    bags = mean[None] + rng.normal(scale=0.2, size=(8, n, 2))
+    mid = np.abs(x) <= 0.5
+    bags[:, mid, 1] = 0.05 + rng.normal(scale=0.5, size=(8, int(mid.sum())))
+    _, z, table = choose_rule(
+        [RuleCandidate("learner", bags, "a")], logged, q=np.zeros((n, 2)), zs=(0.0, 1.96)
+    )
+    bold, careful = table.iloc[0], table.iloc[1]
+    assert bold.ci_low > 0 and careful.ci_low > 0
+    # the careful rule's estimate is the higher one, by noise: the rows cannot tell them apart
+    assert careful.dr_gain_vs_best_single > bold.dr_gain_vs_best_single
+    assert table.attrs["careful_vs_bold"]["ci_low"] < 0
+    assert z == 0.0
