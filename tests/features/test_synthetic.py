@@ -154,6 +154,27 @@ def test_conversions_are_real_orders_matching_the_truth(world: SyntheticWorld) -
     assert has_discount[c.HOLDOUT] < 0.4
 
 
+def test_discount_codes_are_used_by_those_who_would_have_ordered_anyway(
+    world: SyntheticWorld,
+) -> None:
+    # the truth charges a discount's cost on every conversion, so every converting contact's
+    # first order of the window carries it, whether the offer caused the order or not
+    contacts = world.tables[c.CONTACTS]
+    orders = world.tables[c.ORDERS]
+    pairs = contacts.merge(orders, on=c.CUSTOMER_ID)
+    window = pd.Timedelta(days=world.config.attribution_days)
+    inside = (pairs[c.ORDER_TS] >= pairs[c.TS]) & (pairs[c.ORDER_TS] < pairs[c.TS] + window)
+    first = pairs[inside].sort_values(c.ORDER_TS).groupby(c.CONTACT_ID).head(1)
+    percent = {o.offer_id: o.value for o in world.catalog.offers if o.type == "percent_discount"}
+    assert set(percent) >= {"pct10", "pct20"}
+    for offer, pct in percent.items():
+        rows = first[first[c.OFFER_ID] == offer]
+        assert len(rows) > 20
+        gross = rows[c.REVENUE] + rows[c.DISCOUNT_AMOUNT]
+        expected = np.round(gross * pct / 100, 2)
+        np.testing.assert_allclose(rows[c.DISCOUNT_AMOUNT], expected, atol=0.011)
+
+
 def test_decisions_matter_in_the_ground_truth(world: SyntheticWorld) -> None:
     inc = _incremental_margin(world)
     options = world.model.option_ids
