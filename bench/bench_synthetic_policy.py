@@ -174,7 +174,8 @@ def model_for(learner: BaggedOptionLearner, base: PolicyModel, frame: Frame, see
     cal = OptionCalibrator().fit(oob[ok], t[ok], y[ok], e[ok])
     model = replace(base, response=learner, calibration_shift=dict(cal.shift_))
     Xtr = enc.X.to_numpy(dtype=float)[train]
-    model.default_option = oob_default_option(model, learner, cal, Xtr)
+    rows = Frame(frame.data.iloc[train].reset_index(drop=True), frame.spec)
+    model.default_option = oob_default_option(model, learner, cal, Xtr, rows)
     return model
 
 

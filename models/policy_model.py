@@ -305,13 +305,5 @@ def costs_from_catalog(catalog: Any, options: Sequence[str]) -> dict[str, Option
     return out
 
 
-def mean_value_default(values: np.ndarray, options: Sequence[str], control: str) -> str:
-    """The option with the highest mean value (the best single option for everyone)."""
-    means = np.nanmean(values, axis=0)
-    if not np.any(np.isfinite(means)):
-        return control
-    return str(list(options)[int(np.nanargmax(means))])
-
-
 def shift_from(calibrator: Any) -> Mapping[str, float]:
     return dict(getattr(calibrator, "shift_", {}))

@@ -210,15 +210,25 @@ def policy_difference(
 
 
 def best_single_option(
-    logged: LoggedData, estimator: str = "snips", candidates: Sequence[str] | None = None
+    logged: LoggedData,
+    estimator: str = "snips",
+    candidates: Sequence[str] | None = None,
+    q: Any = None,
 ) -> str:
-    """The option whose give-it-to-everyone policy has the highest estimated value."""
-    if estimator not in ("ips", "snips"):
-        raise InvalidInputError(f"estimator: '{estimator}' is not ips or snips")
+    """The option whose give-it-to-everyone policy has the highest estimated value.
+
+    `estimator` is "ips", "snips" or "dr" (doubly robust, with the reward model `q`, an
+    (n, k) matrix of expected rewards per row and option, required).
+    """
+    if estimator not in ("ips", "snips", "dr"):
+        raise InvalidInputError(f"estimator: '{estimator}' is not ips, snips or dr")
+    q_arr = _check_q(logged, q)
+    if estimator == "dr" and q_arr is None:
+        raise InvalidInputError("q: the doubly robust estimate needs a reward model")
     best, best_v = "", -np.inf
     for o in candidates or logged.options:
         pi = single_option_policy(logged.n, logged.options, o)
-        v = float(_estimates(_terms(logged, pi, None), None)[estimator])
+        v = float(_estimates(_terms(logged, pi, q_arr), None)[estimator])
         if v > best_v:
             best, best_v = o, v
     return best

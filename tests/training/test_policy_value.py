@@ -219,3 +219,19 @@ def test_choose_rule_keeps_the_bold_z_unless_a_careful_one_is_significantly_bett
     assert careful.dr_gain_vs_best_single > bold.dr_gain_vs_best_single
     assert table.attrs["careful_vs_bold"]["ci_low"] < 0
     assert z == 0.0
+
+
+def test_best_single_option_by_dr_corrects_an_overrating_reward_model() -> None:
+    # a is worth 1, b is worth 0.5; the reward model overrates b by 1 everywhere
+    rng = np.random.default_rng(12)
+    n = 4000
+    action = rng.integers(0, 2, size=n)
+    reward = np.where(action == 0, 1.0, 0.5) + rng.normal(scale=0.5, size=n)
+    logged = LoggedData.from_labels(["a", "b"], np.array(["a", "b"])[action], 0.5, reward)
+    q = np.column_stack([np.ones(n), np.full(n, 1.5)])
+    assert best_single_option(logged, "dr", q=q) == "a"
+    assert float(q.mean(axis=0).argmax()) == 1  # the model's mean value alone would take b
+    with pytest.raises(InvalidInputError, match="q: the doubly robust estimate needs"):
+        best_single_option(logged, "dr")
+    with pytest.raises(InvalidInputError, match="'median' is not ips, snips or dr"):
+        best_single_option(logged, "median")
