@@ -341,13 +341,24 @@ def _choose_rule(
         q_parts.append(bags.mean(axis=0))
     assert model is not None
     rev, mar = model.economics(Xv)  # the same for every learner: features, not boosters
-    reward, unit = logged_reward(model.costs, val_df, val_df["__action__"].to_numpy())
-    e_val = logged_propensity(Frame(val_df, spec))
-    logged = LoggedData.from_labels(model.options, val_df["__action__"], e_val, reward)
-    # the reward model of the DR estimates: both learners' P(convert) x (margin - cost)
-    per_order = (rev if unit == "revenue" else mar)[:, None] - model.cost_matrix(rev)
-    q = np.nan_to_num(np.mean(q_parts, axis=0) * per_order)
+    # the DR estimates' reward model is both learners' P(convert), averaged
+    p = np.mean(q_parts, axis=0)
+    logged, q = logged_with_reward_model(model, Frame(val_df, spec), p, rev, mar)
     return choose_rule(candidates, logged, q, zs, seed=seed)
+
+
+def logged_with_reward_model(
+    model: PolicyModel, frame: Frame, p: np.ndarray, revenue: np.ndarray, margin: np.ndarray
+) -> tuple[LoggedData, np.ndarray]:
+    """The contacts of `frame` as logged data (option given, propensity, realised reward, over
+    `model.options`) and the doubly robust estimators' reward model for them: `p`, an (n, k)
+    P(convert | option), times an order's margin net of the option's cost (revenue where the
+    data have no margin, as the reward then is)."""
+    given = frame.data[frame.spec.treatment_column].astype(str).to_numpy()
+    reward, unit = logged_reward(model.costs, frame.data, given)
+    per_order = (revenue if unit == "revenue" else margin)[:, None] - model.cost_matrix(revenue)
+    logged = LoggedData.from_labels(model.options, given, logged_propensity(frame), reward)
+    return logged, np.nan_to_num(p * per_order)
 
 
 def _mean_auuc(p: pd.DataFrame, t: np.ndarray, y: np.ndarray, control: str) -> float:
@@ -449,10 +460,12 @@ def build_policy_model(
     if response is not None:
         assert response_frame is not None
         train = response.train_mask
-        Xtr = enc.X.to_numpy(dtype=float)[train]
-        train_rows = Frame(response_frame.data[train].reset_index(drop=True), response_frame.spec)
+        spec = response_frame.spec
+        logged = (spec.treatment_column, spec.propensity_column, *spec.outcome_columns)
+        cols = [col for col in logged if col and col in response_frame.data]
+        train_rows = Frame(response_frame.data.loc[train, cols].reset_index(drop=True), spec)
         model.default_option = oob_default_option(
-            model, response.learner, response.calibrator, Xtr, train_rows
+            model, response.learner, response.calibrator, enc.X.to_numpy(float)[train], train_rows
         )
     return model
 
@@ -484,11 +497,6 @@ def oob_default_option(
         if o in learner.options_:
             p[:, j] = p_learner[:, learner.options_.index(o)]
     rev, mar = model.economics(X_train[ok])
-    df = train_rows.data[ok].reset_index(drop=True)
-    given = df[train_rows.spec.treatment_column].astype(str).to_numpy()
-    reward, unit = logged_reward(model.costs, df, given)
-    per_order = (rev if unit == "revenue" else mar)[:, None] - model.cost_matrix(rev)
-    q = np.nan_to_num(p * per_order)
-    e = logged_propensity(train_rows)[ok]
-    logged = LoggedData.from_labels(model.options, given, e, reward)
+    rows = Frame(train_rows.data[ok].reset_index(drop=True), train_rows.spec)
+    logged, q = logged_with_reward_model(model, rows, p, rev, mar)
     return best_single_option(logged, "dr", q=q)

@@ -283,9 +283,8 @@ def choose_rule(
     less than their noise and ranked S at z = 1 first (84.6% of the oracle's true value) over
     S at z = 0 (86.5%). On three 200k worlds (seeds 7, 8, 9) the S-learner fitted on every
     training contact was best at z = 0 (86.5%, 84.9%, 86.9%; at z = 0.5 84.5%, 84.5%,
-    85.8%). Choosing by the
-    highest lower end alone was worse still: careful rules have narrow intervals, and on
-    world seed 8 that took the T-learner at z = 1.96 (67.9%).
+    85.8%). Choosing by the highest lower end alone was worse still: careful rules have narrow
+    intervals, and on world seed 8 that took the T-learner at z = 1.96 (67.9%).
 
     Returns the learner name, z, and the table of every rule's estimate and interval.
     """
@@ -297,11 +296,7 @@ def choose_rule(
         raise InvalidInputError(f"zs: every z must be >= 0 (a lower bound's width), got {list(zs)}")
     q_arr = _check_q(logged, q)
     assert q_arr is not None
-    single = {}
-    for o in logged.options:
-        pi_o = single_option_policy(logged.n, logged.options, o)
-        single[o] = float(_estimates(_terms(logged, pi_o, q_arr), None)["dr"])
-    reference_option = max(single, key=lambda o: single[o])
+    reference_option = best_single_option(logged, "dr", q=q_arr)
     reference = single_option_policy(logged.n, logged.options, reference_option)
     rows: list[dict[str, Any]] = []
     keys: list[tuple[float, float, int]] = []
