@@ -31,7 +31,13 @@ from models.base import predict_numpy
 from models.errors import FeatureMismatchError, InvalidInputError
 from models.reactivation import ReactivationClassifier
 from models.support import AssignmentSupport
-from models.uplift import BaggedOptionLearner, DRLearner, SLearner, TLearner
+from models.uplift import (
+    BaggedOptionLearner,
+    DRLearner,
+    SLearner,
+    TLearner,
+    stacked_predictions,
+)
 from models.value import incremental_margin
 
 _EPS = 1e-6
@@ -176,23 +182,17 @@ class PolicyModel:
         """(n_bags, n, k_learner) P(convert | option) straight from the boosters."""
         learner = self.response
         assert learner is not None
-        k = len(learner.options_)
         n = X.shape[0]
-        out = []
-        for model in learner.models_:
-            if isinstance(learner, SLearner):
-                design = np.empty((n * k, X.shape[1] + 1))
-                design[:, :-1] = np.tile(X, (k, 1))
-                design[:, -1] = np.repeat(np.arange(k), n)
-                p = predict_numpy(model, design).reshape(k, n).T
-            elif isinstance(learner, TLearner | DRLearner):
-                p = np.column_stack([predict_numpy(m, X) for m in model])
-                if isinstance(learner, DRLearner):
-                    p = np.clip(p, _EPS, 1 - _EPS)
-            else:  # pragma: no cover - guarded at construction
-                raise InvalidInputError(f"unsupported learner {type(learner).__name__}")
-            out.append(p)
-        bags = np.stack(out)
+        if isinstance(learner, SLearner):
+            bags = stacked_predictions(learner.models_, X, len(learner.options_), predict_numpy)
+        elif isinstance(learner, TLearner | DRLearner):
+            bags = np.stack(
+                [np.column_stack([predict_numpy(m, X) for m in model]) for model in learner.models_]
+            )
+            if isinstance(learner, DRLearner):
+                bags = np.clip(bags, _EPS, 1 - _EPS)
+        else:  # pragma: no cover - guarded at construction
+            raise InvalidInputError(f"unsupported learner {type(learner).__name__}")
         if self.calibration_shift:
             shift = np.array([self.calibration_shift.get(o, 0.0) for o in learner.options_])
             z = np.log(np.clip(bags, _EPS, 1 - _EPS) / np.clip(1 - bags, _EPS, 1))

@@ -25,7 +25,7 @@ row received): S and T weight rows by 1 / propensity, DR uses it in the pseudo-o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -47,6 +47,35 @@ from models.errors import InvalidInputError
 
 _EPS = 1e-6
 OPTION_COLUMN = "__option__"
+# Rows of one stacked S-learner design (every row once per option code). Bounds its memory
+# (250k held-out contacts x 9 options x 60 columns would be 1.1 GB) and lets every bag predict
+# from the same block instead of each building its own copy.
+_STACKED_ROWS = 1 << 18
+
+
+def stacked_predictions(
+    models: Sequence[Any], X: np.ndarray, k: int, predict: Callable[[Any, np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """(len(models), n, k): each S-learner booster's prediction for every row of `X` under
+    every option code 0..k-1 (the option is the design's last column).
+
+    Rows are stacked once per option, a block of at most `_STACKED_ROWS` design rows at a time,
+    and every booster predicts that block before the next is built. `predict(model, design)`
+    returns one prediction per design row. Predictions do not depend on the block size.
+    """
+    n, d = X.shape
+    out = np.empty((len(models), n, k))
+    step = max(1, _STACKED_ROWS // k)
+    block = np.empty((min(n, step) * k, d + 1))
+    for lo in range(0, n, step):
+        m = min(n, lo + step) - lo
+        design = block[: m * k]  # leading rows of a C-ordered array: contiguous
+        grid = design.reshape(k, m, d + 1)
+        grid[:, :, :-1] = X[lo : lo + m]
+        grid[:, :, -1] = np.arange(k)[:, None]
+        for b, model in enumerate(models):
+            out[b, lo : lo + m] = predict(model, design).reshape(k, m).T
+    return out
 
 
 class BaggedOptionLearner:
@@ -316,12 +345,10 @@ class SLearner(BaggedOptionLearner):
         return self._booster("binary", data, w, counts, counts > 0, counts == 0, seed, "S-learner")
 
     def _predict_bag(self, model: Any, X: np.ndarray) -> np.ndarray:
-        # every row once per option, stacked: one predict call (as PolicyModel._bags does)
-        n, k = X.shape[0], len(self.options_)
-        design = np.empty((n * k, X.shape[1] + 1))
-        design[:, :-1] = np.tile(X, (k, 1))
-        design[:, -1] = np.repeat(np.arange(k), n)
-        return booster_predict(model, design, "S-learner").reshape(k, n).T
+        def predict(m: Any, design: np.ndarray) -> np.ndarray:
+            return booster_predict(m, design, "S-learner")
+
+        return stacked_predictions([model], X, len(self.options_), predict)[0]
 
 
 class TLearner(BaggedOptionLearner):

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from models import uplift
+from models.base import booster_predict
 from models.errors import FeatureMismatchError, InvalidInputError, NotFittedError
 from models.policy import confident_choice
 from models.uplift import DRLearner, SLearner, TLearner
@@ -185,3 +187,21 @@ def test_capping_out_of_bag_predictions_leaves_the_model_unchanged(
     # a row's estimate averages only bags that left it out; fewer bags, same kind of number
     c, f = capped.oob_proba_options_[done], full.oob_proba_options_[done]
     assert np.abs(c.to_numpy() - f.to_numpy()).mean() < 0.05
+
+
+def test_s_learner_predictions_do_not_depend_on_the_stacking_block(
+    world: dict, fitted: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = fitted[SLearner]
+    X = world["X"].iloc[:37]
+    whole = s.predict_proba_options_bags(X)
+    # blocks of 4 customers x 3 options: 10 blocks, the last one short
+    monkeypatch.setattr(uplift, "_STACKED_ROWS", 4 * len(OPTIONS))
+    np.testing.assert_array_equal(s.predict_proba_options_bags(X), whole)
+    # reference: each customer under each option code, one design row at a time
+    Xa = X.to_numpy(dtype=float)
+    for b in (0, 3):
+        for i in (0, 4, 36):
+            for j in range(len(OPTIONS)):
+                row = np.append(Xa[i], j)[None, :]
+                assert whole[b, i, j] == booster_predict(s.models_[b], row)[0]
