@@ -195,8 +195,10 @@ class PolicyModel:
             raise InvalidInputError(f"unsupported learner {type(learner).__name__}")
         if self.calibration_shift:
             shift = np.array([self.calibration_shift.get(o, 0.0) for o in learner.options_])
-            z = np.log(np.clip(bags, _EPS, 1 - _EPS) / np.clip(1 - bags, _EPS, 1))
-            bags = 1.0 / (1.0 + np.exp(-(z + shift)))
+            # sigmoid(logit(p) + shift) as odds times exp(shift): no log or exp per element
+            odds = np.clip(bags, _EPS, 1 - _EPS) / np.clip(1 - bags, _EPS, 1)
+            odds *= np.exp(shift)
+            bags = odds / (1.0 + odds)
         # reorder the learner's columns to self.options (options unknown to it are NaN)
         idx = [learner.options_.index(o) if o in learner.options_ else -1 for o in self.options]
         res = np.full((bags.shape[0], n, len(self.options)), np.nan)

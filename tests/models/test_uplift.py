@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from features.synthetic.catalog import default_catalog
 from models import uplift
 from models.base import booster_predict
 from models.errors import FeatureMismatchError, InvalidInputError, NotFittedError
 from models.policy import confident_choice
+from models.policy_model import PolicyModel, costs_from_catalog
 from models.uplift import DRLearner, SLearner, TLearner
 from training.metrics import select_by_auuc
 
@@ -205,3 +208,25 @@ def test_s_learner_predictions_do_not_depend_on_the_stacking_block(
             for j in range(len(OPTIONS)):
                 row = np.append(Xa[i], j)[None, :]
                 assert whole[b, i, j] == booster_predict(s.models_[b], row)[0]
+
+
+@pytest.mark.parametrize("cls", (SLearner, TLearner))
+def test_policy_model_calibration_shifts_each_option_on_the_logit_scale(
+    cls: type, world: dict, fitted: dict
+) -> None:
+    learner = fitted[cls]
+    costs = costs_from_catalog(default_catalog(), OPTIONS)
+    X = world["X"].iloc[:40]
+    base = PolicyModel(
+        '{"name": "t", "version": 1}', tuple(X.columns), OPTIONS, "holdout", costs, "t"
+    )
+    shift = {"pct10": 0.7, "freeship": -1.2}  # holdout: no shift
+    plain = replace(base, response=learner)
+    shifted = replace(base, response=learner, calibration_shift=shift)
+    raw, _ = plain.option_bags(X.to_numpy(dtype=float))
+    got, _ = shifted.option_bags(X.to_numpy(dtype=float))
+    order = [learner.options_.index(o) for o in OPTIONS]
+    np.testing.assert_array_equal(raw, learner.predict_proba_options_bags(X)[:, :, order])
+    for j, o in enumerate(OPTIONS):
+        logit = np.log(raw[:, :, j] / (1 - raw[:, :, j])) + shift.get(o, 0.0)
+        np.testing.assert_allclose(got[:, :, j], 1 / (1 + np.exp(-logit)), rtol=1e-12)
