@@ -151,7 +151,8 @@ def held_out(model: PolicyModel, frame: Frame, seed: int) -> HeldOut:
     df["__action__"] = df[spec.treatment_column].astype(str)
     X = matrix_for(model, Frame(df, spec))
     s = model.score(X)
-    logged_opts = [o for o in model.options if o in set(df["__action__"].unique())]
+    given = set(df["__action__"].unique())
+    logged_opts = [o for o in model.options if o in given]
     cols = [model.options.index(o) for o in logged_opts]
     dv = s.decision_value[:, cols]
     best = np.argmax(np.where(np.isfinite(dv), dv, -np.inf), axis=1)
