@@ -6,9 +6,11 @@ contract's column layout and `write(dir)` writes a data directory.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -16,6 +18,10 @@ from features import constants as c
 from features.contract import SCHEMAS
 from features.datadir import write_data_dir
 from features.offers import OfferCatalog, parse_catalog
+
+if TYPE_CHECKING:
+    from features.featureset import FeatureSet
+    from features.snapshot import Snapshot
 
 CATALOG_YAML = """
 version: test-1
@@ -222,3 +228,72 @@ def feature_rows(n: int = 1, **columns: Any) -> Any:
     for name, value in {**ENGINE_DEFAULTS, **columns}.items():
         x[:, index[name]] = value
     return x
+
+
+def snapshot_of(matrix: Any, ids: Sequence[str], feature_set: FeatureSet | None = None) -> Snapshot:
+    """An in-memory snapshot "snap-1" as of 2026-01-01 whose row i is customer `ids[i]`.
+
+    `feature_set` defaults to winback_v1; no state columns.
+    """
+    from features.featureset import WINBACK_V1
+    from features.snapshot import Snapshot
+
+    return Snapshot(
+        version="snap-1",
+        as_of=pd.Timestamp("2026-01-01"),
+        feature_set=feature_set or WINBACK_V1,
+        matrix=matrix,
+        row_of={c: i for i, c in enumerate(ids)},
+        state_columns={},
+    )
+
+
+# --- decision store ---------------------------------------------------------------------------
+def logged_decision(
+    decision_id: str,
+    customer_id: str,
+    ts: datetime,
+    *,
+    treated: bool,
+    campaign_id: str,
+    offer_id: str = "pct10",
+    stage: int | None = None,
+    **columns: Any,
+) -> list[Any]:
+    """ORM rows of one logged decision: an email offer and its sent contact when `treated`,
+    else a holdout with no contact.
+
+    Extra `columns` go to the decision row. Adding the rows in one session is much faster than
+    writing each decision through `Store` when a test plants thousands.
+    """
+    from serving.store.models import Contact, Decision
+
+    rows: list[Any] = [
+        Decision(
+            decision_id=decision_id,
+            customer_id=customer_id,
+            ts=ts,
+            action="offer" if treated else "holdout",
+            offer_id=offer_id if treated else None,
+            channel="email" if treated else None,
+            stage=stage,
+            campaign_id=campaign_id,
+            dry_run=False,
+            **columns,
+        )
+    ]
+    if treated:
+        rows.append(
+            Contact(
+                contact_id=decision_id,
+                decision_id=decision_id,
+                customer_id=customer_id,
+                ts=ts,
+                channel="email",
+                offer_id=offer_id,
+                campaign_id=campaign_id,
+                stage=stage,
+                status="sent",
+            )
+        )
+    return rows

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import cast
 
 import numpy as np
-import pandas as pd
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -22,7 +21,7 @@ from serving.api.runtime import Runtime
 from serving.api.scoring import Scorer
 from serving.errors import ModelUnavailableError
 from serving.settings import ServingSettings
-from tests.factories import CATALOG_YAML
+from tests.factories import CATALOG_YAML, snapshot_of
 
 CLIENT = {"X-API-Key": "client-key"}
 ADMIN = {"X-API-Key": "admin-key"}
@@ -92,15 +91,7 @@ class FakeSnapshots:
 def make_snapshot(customers: dict[str, dict[str, str]]) -> Snapshot:
     fs = feature_set()
     ids = list(customers)
-    matrix = np.vstack([customer_row(fs, customers[c]) for c in ids])
-    return Snapshot(
-        version="snap-1",
-        as_of=pd.Timestamp("2026-01-01"),
-        feature_set=fs,
-        matrix=matrix,
-        row_of={c: i for i, c in enumerate(ids)},
-        state_columns={},
-    )
+    return snapshot_of(np.vstack([customer_row(fs, customers[c]) for c in ids]), ids, fs)
 
 
 @dataclass

@@ -23,22 +23,10 @@ from tests.api.conftest import (
     make_snapshot,
     runtime_of,
 )
+from tests.serving.test_report import REPORT_SECTIONS
 
 CHAMPION = "models:/winback-policy@champion"
-SUMMARY_KEYS = {
-    "schema_version",
-    "filters",
-    "definitions",
-    "totals",
-    "overall",
-    "groups",
-    "conversion_curve",
-    "repeat_purchase",
-    "guardrail_blocks",
-    "calibration",
-    "budget_usage",
-    "notes",
-}
+SUMMARY_KEYS = {"schema_version", *REPORT_SECTIONS}
 
 
 @pytest.fixture

@@ -27,17 +27,13 @@ from serving.batch.output import open_output
 from serving.batch.summary import NO_OFFER
 from serving.decide import Decider
 from serving.settings import ServingSettings
-from serving.store import Store, upgrade_database
+from serving.store import Store
 from serving.store.models import Contact, Decision
-from tests.api.conftest import POLICY_YAML, FakeSnapshots
-from tests.factories import CATALOG_YAML, feature_rows
+from tests.api.conftest import FakeSnapshots
+from tests.factories import feature_rows, snapshot_of
 
 AT = datetime(2026, 1, 10, 12, 0, 0)
 N = 60
-POLICY = POLICY_YAML.replace(
-    "holdout: {share: 0.0, salt: tests}",
-    "holdout: {share: 0.1, salt: tests}\nexploration: {epsilon: 0.3}",
-)
 
 
 @dataclass
@@ -75,30 +71,7 @@ def make_snapshot(n: int = N, seed: int = 3) -> Snapshot:
         consent_email=rng.choice([0.0, 0.0, 0.0, 1.0], n),
         value_tier=rng.integers(0, 3, n).astype(float),
     )
-    ids = [f"c{i:03d}" for i in range(n)]
-    return Snapshot(
-        version="snap-1",
-        as_of=pd.Timestamp("2026-01-01"),
-        feature_set=WINBACK_V1,
-        matrix=x,
-        row_of={c: i for i, c in enumerate(ids)},
-        state_columns={},
-    )
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> ServingSettings:
-    (tmp_path / "policy.yaml").write_text(POLICY, encoding="utf-8")
-    (tmp_path / "offers.yaml").write_text(CATALOG_YAML, encoding="utf-8")
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-    upgrade_database(url)
-    return ServingSettings(
-        database_url=url,
-        policy_path=tmp_path / "policy.yaml",
-        catalog_path=tmp_path / "offers.yaml",
-        snapshot_dir=tmp_path / "none",
-        model_uri="models:/winback-policy@champion",
-    )
+    return snapshot_of(x, [f"c{i:03d}" for i in range(n)])
 
 
 def decider_of(settings: ServingSettings, scorer: LinearScorer | None = None) -> Decider:

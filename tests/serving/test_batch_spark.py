@@ -11,7 +11,7 @@ import pytest
 from serving.batch.columns import COLUMNS
 from serving.settings import ServingSettings
 from tests.serving import test_batch
-from tests.serving.test_batch import AT, decider_of, make_snapshot, run, settings  # noqa: F401
+from tests.serving.test_batch import AT, decider_of, make_snapshot, run
 
 pyspark = pytest.importorskip("pyspark")
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ def spark() -> Iterator[object]:
 
 def test_spark_decides_exactly_as_the_local_engine(
     tmp_path: Path,
-    settings: ServingSettings,  # noqa: F811
+    settings: ServingSettings,
     spark: object,
 ) -> None:
     from serving.batch.local import Wave

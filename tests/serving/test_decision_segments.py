@@ -7,18 +7,14 @@ still reads the older rows that kept the segment in their recorded context.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from alembic import command
-from sqlalchemy import create_engine, inspect, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import Session
 
 from features.constants import LAPSE_STATES, VALUE_TIERS
@@ -32,32 +28,13 @@ from serving.reporting import report_summary
 from serving.settings import ServingSettings
 from serving.store import Store, create_store_engine, upgrade_database
 from serving.store.migrate import alembic_config, current_revision
-from serving.store.models import Contact, Decision, Event
-from tests.factories import CATALOG_YAML, catalog, feature_rows
-from tests.serving.test_batch import POLICY, LinearScorer, decider_of
+from serving.store.models import Decision, Event
+from tests.factories import catalog, feature_rows, logged_decision, snapshot_of
+from tests.serving.conftest import POLICY
+from tests.serving.test_batch import LinearScorer, decider_of
 
 T0 = datetime(2026, 3, 2, 9, 0)
 AT = datetime(2026, 1, 10, 12, 0, 0)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database: a temporary SQLite file, or a fresh PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
-    base = request.getfixturevalue("database_url")
-    schema = f"winback_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        u = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield u.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 # --- migration 0001 -> 0002 ------------------------------------------------------------------
@@ -241,30 +218,7 @@ def _snapshot() -> Snapshot:
         lapse_state=rng.integers(0, 4, N).astype(float),
     )
     x[5, WINBACK_V1.columns.index("value_tier")] = np.nan  # a customer without a tier
-    ids = [f"c{i:03d}" for i in range(N)]
-    return Snapshot(
-        version="snap-1",
-        as_of=pd.Timestamp("2026-01-01"),
-        feature_set=WINBACK_V1,
-        matrix=x,
-        row_of={c: i for i, c in enumerate(ids)},
-        state_columns={},
-    )
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> ServingSettings:
-    (tmp_path / "policy.yaml").write_text(POLICY, encoding="utf-8")
-    (tmp_path / "offers.yaml").write_text(CATALOG_YAML, encoding="utf-8")
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-    upgrade_database(url)
-    return ServingSettings(
-        database_url=url,
-        policy_path=tmp_path / "policy.yaml",
-        catalog_path=tmp_path / "offers.yaml",
-        snapshot_dir=tmp_path / "none",
-        model_uri="models:/winback-policy@champion",
-    )
+    return snapshot_of(x, [f"c{i:03d}" for i in range(N)])
 
 
 def _record_wave(
@@ -345,30 +299,20 @@ def test_report_breaks_down_by_logged_tier_and_lapse_state(tmp_path: Path) -> No
         cid, did = f"c{i}", f"d{i}"
         ts = T0 + timedelta(minutes=i)
         p = truth[tier] if treated else truth[tier] / 2
-        rows.append(
-            Decision(
-                decision_id=did,
-                customer_id=cid,
-                ts=ts,
-                action="offer" if treated else "holdout",
-                offer_id="pct10" if treated else None,
-                channel="email" if treated else None,
-                reasons=["chosen_best_value" if treated else "holdout_group"]
-                + ([{"value_tier": tier}] if old else []),
-                value_tier=None if old else tier,
-                lapse_state=None if old else ("lapsed", "churned")[i % 4 // 2],
-                p_convert=float(np.clip(p + rng.normal(0, 0.05), 0.01, 0.99))
-                if treated and not old
-                else None,
-                campaign_id="w",
-                dry_run=False,
-            )
+        rows += logged_decision(
+            did,
+            cid,
+            ts,
+            treated=treated,
+            campaign_id="w",
+            reasons=["chosen_best_value" if treated else "holdout_group"]
+            + ([{"value_tier": tier}] if old else []),
+            value_tier=None if old else tier,
+            lapse_state=None if old else ("lapsed", "churned")[i % 4 // 2],
+            p_convert=float(np.clip(p + rng.normal(0, 0.05), 0.01, 0.99))
+            if treated and not old
+            else None,
         )
-        if treated:
-            rows.append(
-                Contact(contact_id=did, decision_id=did, customer_id=cid, ts=ts,
-                        channel="email", offer_id="pct10", campaign_id="w", status="sent")
-            )  # fmt: skip
         if rng.random() < p:
             at = ts + timedelta(days=3)
             rows.append(

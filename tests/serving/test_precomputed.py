@@ -19,7 +19,7 @@ from serving.precomputed import SCORES, precomputed_scores, scores_attachment
 from serving.settings import ServingSettings
 from serving.store import Store
 from tests.api.conftest import FakeSnapshots
-from tests.serving.test_batch import AT, LinearScorer, make_snapshot, settings  # noqa: F401
+from tests.serving.test_batch import AT, LinearScorer, make_snapshot
 from training.fit import encode_features
 from training.inputs import load_training_inputs
 from training.pipeline import fit_policy
@@ -66,7 +66,7 @@ def _finite(scores: Mapping[str, float]) -> dict[str, float | None]:
 
 
 def test_stored_scores_give_the_live_decisions_without_calling_the_model(
-    settings: ServingSettings,  # noqa: F811
+    settings: ServingSettings,
 ) -> None:
     plain = make_snapshot()
     live_scorer, stored_scorer = CountingScorer(), CountingScorer()
@@ -78,7 +78,7 @@ def test_stored_scores_give_the_live_decisions_without_calling_the_model(
 
 
 def test_scores_of_another_model_version_are_ignored(
-    settings: ServingSettings,  # noqa: F811
+    settings: ServingSettings,
 ) -> None:
     plain = make_snapshot()
     old = with_scores(plain, LinearScorer())  # stored by linear/1
