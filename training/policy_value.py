@@ -112,7 +112,11 @@ def _estimates(terms: dict[str, np.ndarray], idx: np.ndarray | None) -> dict[str
     def m(x: np.ndarray) -> np.ndarray:
         return np.asarray(x.mean()) if idx is None else x[idx].mean(axis=-1)
 
-    est = {"ips": m(terms["wr"]), "snips": m(terms["wr"]) / m(terms["w"])}
+    w = m(terms["w"])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # SNIPS is undefined (NaN) where the policy agrees with no logged action: no weight
+        snips = np.where(w > 0, m(terms["wr"]) / w, np.nan)
+    est = {"ips": m(terms["wr"]), "snips": snips}
     if "dr" in terms:
         est["dr"] = m(terms["dr"])
     return est
@@ -125,6 +129,16 @@ def _check_q(logged: LoggedData, q: Any) -> np.ndarray | None:
     if arr.shape != (logged.n, len(logged.options)):
         raise InvalidInputError(f"q: shape {arr.shape} != {(logged.n, len(logged.options))}")
     return arr
+
+
+def _interval(b: np.ndarray, alpha: float) -> tuple[float, float]:
+    """Percentile interval over the resamples where the estimate is defined (SNIPS is not
+    where a resample holds no row the policy agrees with); NaN when it never is."""
+    b = b[np.isfinite(b)]
+    if b.size == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(b, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
 
 
 def _resamples(n: int, n_boot: int, seed: int, chunk: int = 50) -> Any:
@@ -147,7 +161,9 @@ def evaluate_policies(
     """Value of each policy by IPS, SNIPS (and DR when a reward model `q` (n, k) is given).
 
     Returns one row per (policy, estimator): estimate, ci_low, ci_high (percentile bootstrap,
-    `n_boot` resamples from `seed`, the same resamples for every policy).
+    `n_boot` resamples from `seed`, the same resamples for every policy). SNIPS is NaN where
+    the policy agrees with no logged action; its interval is over the resamples where it is
+    defined.
     """
     q_arr = _check_q(logged, q)
     terms = {
@@ -161,8 +177,7 @@ def evaluate_policies(
     rows = []
     for name, t in terms.items():
         for est, value in _estimates(t, None).items():
-            b = np.concatenate(boots[name][est])
-            lo, hi = np.quantile(b, [alpha / 2, 1 - alpha / 2])
+            lo, hi = _interval(np.concatenate(boots[name][est]), alpha)
             rows.append(
                 {
                     "policy": name,
@@ -196,8 +211,7 @@ def policy_difference(
     ea, eb = _estimates(ta, None), _estimates(tb, None)
     rows = []
     for est in ea:
-        b = np.concatenate(diffs[est])
-        lo, hi = np.quantile(b, [alpha / 2, 1 - alpha / 2])
+        lo, hi = _interval(np.concatenate(diffs[est]), alpha)
         rows.append(
             {
                 "estimator": est,
@@ -231,6 +245,10 @@ def best_single_option(
         v = float(_estimates(_terms(logged, pi, q_arr), None)[estimator])
         if v > best_v:
             best, best_v = o, v
+    if not best:
+        raise InvalidInputError(
+            f"candidates: no {estimator} estimate for any of them (none was logged)"
+        )
     return best
 
 

@@ -235,3 +235,27 @@ def test_best_single_option_by_dr_corrects_an_overrating_reward_model() -> None:
         best_single_option(logged, "dr")
     with pytest.raises(InvalidInputError, match="'median' is not ips, snips or dr"):
         best_single_option(logged, "median")
+
+
+def test_snips_is_undefined_without_agreeing_rows_and_its_interval_skips_such_resamples() -> None:
+    # 3 of 4 rows logged "a": about a third of the resamples hold no "b" row for policy "b"
+    data = LoggedData.from_labels(
+        ("holdout", "a", "b"),
+        np.array(["a", "a", "a", "b"]),
+        np.full(4, 1 / 3),
+        np.array([0.0, 1.0, 0.0, 1.0]),
+    )
+    only_b = single_option_policy(4, data.options, "b")
+    only_holdout = single_option_policy(4, data.options, "holdout")
+    values = evaluate_policies(data, {"b": only_b, "holdout": only_holdout}, n_boot=200, seed=0)
+    b = values.loc[("b", "snips")]
+    assert b["estimate"] == pytest.approx(1.0)
+    assert np.isfinite(b["ci_low"]) and np.isfinite(b["ci_high"])
+    assert b["ci_low"] <= b["estimate"] <= b["ci_high"]
+    never = values.loc[("holdout", "snips")]
+    assert np.isnan(never["estimate"]) and np.isnan(never["ci_low"])
+    assert values.loc[("holdout", "ips"), "estimate"] == 0.0
+    diff = policy_difference(data, only_b, single_option_policy(4, data.options, "a"), n_boot=200)
+    assert np.isfinite(diff.loc["snips", ["ci_low", "ci_high"]].to_numpy(float)).all()
+    with pytest.raises(InvalidInputError, match="candidates: no snips estimate"):
+        best_single_option(data, "snips", candidates=["holdout"])
