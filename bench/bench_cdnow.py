@@ -259,7 +259,7 @@ def main() -> None:
     print(
         f"\nbar: ours {ours_auc:.5f} ({what}) >= {BAR} -> "
         f"{'PASS' if ours_auc >= BAR else 'FAIL'}; "
-        f"ours - BG/NBD (same run) {ours_auc - roc_auc(y_te, bg.to_numpy()):+.3f}"
+        f"ours - BG/NBD (same run) {ours_auc - roc_auc(y_te, bg.to_numpy()):+.4f}"
     )
     if many:
         print(f"ours per seed: {', '.join(f'{a:.5f}' for a in aucs)}; spread {np.ptp(aucs):.5f}")
