@@ -54,8 +54,8 @@ def fit_policy(
     meta = {"seed": str(seed), "n_bags": str(n_bags)}
     if resp is not None:
         meta.update({"response_learner": resp.learner_name, **resp.split})
-    if react is not None:
-        meta.update(react.split)
+    if react is not None:  # prefixed: both splits have e.g. train_rows
+        meta.update({f"reactivation_{k}": v for k, v in react.split.items()})
     model = build_policy_model(
         inputs.catalog,
         resp,
@@ -129,10 +129,11 @@ def train(
     """Train on a data directory or frame(s), log everything to MLflow, register a challenger."""
     settings = settings or get_settings()
     inputs = load_training_inputs(Path(source), horizon_days=horizon_days)
-    np.random.seed(seed)  # libraries that draw from the global generator stay reproducible
-    model, ev = fit_policy(inputs, seed, z=z, n_bags=n_bags)
+    # a bad tracking URI or experiment fails here, not after minutes of fitting
     configure_tracking(settings)
     use_experiment(experiment, settings)
+    np.random.seed(seed)  # libraries that draw from the global generator stay reproducible
+    model, ev = fit_policy(inputs, seed, z=z, n_bags=n_bags)
     trained = [k for k in ("reactivation", "offer_response") if getattr(inputs, k) is not None]
     try:
         with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:

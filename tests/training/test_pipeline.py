@@ -15,7 +15,7 @@ from features import constants as c
 from features.settings import get_settings
 from features.synthetic.generate import generate_world, write_world
 from models.pyfunc import load_policy_model
-from training.errors import NothingToTrainError
+from training.errors import NothingToTrainError, TrackingError
 from training.inputs import load_training_inputs
 from training.pipeline import train
 from training.promote import promote
@@ -46,6 +46,11 @@ def test_train_registers_challenger_that_scores(world: Path, store: Path) -> Non
     metrics = result.evaluation.metrics
     assert 0.5 < metrics["reactivation_auc"] <= 1.0
     assert "true_incremental_margin_oracle" in metrics
+    # each model's split under its own keys: the reactivation rows do not overwrite the
+    # response model's training contacts (they used to share "train_rows")
+    meta = result.metadata
+    assert int(meta["train_rows"]) == int(meta["support_rows"])  # every training contact
+    assert int(meta["reactivation_train_rows"]) > 0 and "reactivation_test_cutoff" in meta
     # the oracle is the best possible policy: nothing beats it on the truth
     oracle = metrics["true_incremental_margin_oracle"]
     for name in ("learned", "best_single", "random", "no_incentive"):
@@ -84,6 +89,17 @@ def test_promote_first_becomes_champion_then_requires_evidence(world: Path, stor
     r3 = promote(world, seed=2, force=True)
     assert r3.promoted and r3.reason.startswith("forced")
     assert get_alias(CHAMPION).version == second.version  # type: ignore[union-attr]
+
+
+def test_experiment_errors_come_before_fitting(
+    world: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_fit(*args: object, **kwargs: object) -> None:
+        raise AssertionError("fitted before the experiment was checked")
+
+    monkeypatch.setattr("training.pipeline.fit_policy", no_fit)
+    with pytest.raises(TrackingError, match="MLflow experiment ''"):
+        train(world, experiment="", seed=1, n_bags=2)
 
 
 def test_data_without_contacts_trains_reactivation_only(world: Path, tmp_path: Path) -> None:
