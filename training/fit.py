@@ -1,7 +1,9 @@
 """Fitting: time-based splits, the two models, and the `PolicyModel` they make together.
 
 Splits are honest about time: the reactivation model trains on the earlier cutoffs, stops early
-and calibrates on the next one, and is tested on the last; the response model trains on the
+and calibrates on the next one, and is tested on the last (with only two cutoffs, the last one's
+customers are halved by a seeded hash of their id: one half validates, the other tests); the
+response model trains on the
 earlier contacts and is tested on the latest quarter of them (a random split only when every
 contact has the same timestamp, as in a single randomized experiment such as Hillstrom).
 Customers we contacted inside a reactivation label window are left out of the reactivation
@@ -107,19 +109,76 @@ class ReactivationFit:
     split: dict[str, str]
 
 
-def fit_reactivation(frame: Frame, seed: int) -> ReactivationFit:
-    """Train on earlier cutoffs, validate on the next, test on the last."""
-    enc = encode_features(frame)
+def in_test_half(ids: pd.Series, seed: int) -> np.ndarray:
+    """Boolean mask: the customers in the test half, by a seeded hash of their id.
+
+    `pd.util.hash_pandas_object` is a fixed-key SipHash, so the halves are the same in every
+    process (Python's `hash()` of a string is salted per process) and for every row of a
+    customer.
+    """
+    salted = f"{seed}:" + ids.astype(str)
+    h = pd.util.hash_pandas_object(salted, index=False).to_numpy()
+    return np.asarray(h % 2 == 1)
+
+
+@dataclass
+class ReactivationSplit:
+    """Boolean row masks of a reactivation frame, and their description for the run."""
+
+    train: pd.Series
+    validation: pd.Series
+    test: pd.Series
+    info: dict[str, str]
+
+
+def reactivation_split(frame: Frame, seed: int) -> ReactivationSplit:
+    """Train on the earlier cutoffs, validate on the next, test on the last.
+
+    With exactly two cutoffs there is no next cutoff to validate on: the model trains on the
+    first, and the last cutoff's customers are split by `in_test_half` into a validation half
+    (early stopping and calibration) and a test half, so no row both tunes and tests the model.
+    Rows we contacted inside the label window are left out of training and validation, not of
+    test. Fewer than two cutoffs leave nothing to test on: TrainingError.
+    """
     df = frame.data
     cutoffs = sorted(df[mf.CUTOFF].unique())
+    if len(cutoffs) < 2:
+        raise TrainingError(
+            f"reactivation: a time-based split needs at least two cutoffs, the frame has "
+            f"{len(cutoffs)}"
+        )
+    cut = df[mf.CUTOFF]
+    clean = ~df[mf.CONTACTED_IN_WINDOW].astype(bool)
     if len(cutoffs) >= 3:
         train_cuts, val_cut, test_cut = cutoffs[:-2], cutoffs[-2], cutoffs[-1]
     else:
-        train_cuts, val_cut, test_cut = cutoffs[:-1], cutoffs[-1], cutoffs[-1]
-    clean = ~df[mf.CONTACTED_IN_WINDOW].astype(bool)
-    tr = df[mf.CUTOFF].isin(train_cuts) & clean
-    va = (df[mf.CUTOFF] == val_cut) & clean
-    te = df[mf.CUTOFF] == test_cut
+        train_cuts, val_cut, test_cut = cutoffs[:1], cutoffs[-1], cutoffs[-1]
+    tr = cut.isin(train_cuts) & clean
+    va = (cut == val_cut) & clean
+    te = cut == test_cut
+    info = {
+        "train_cutoffs": ",".join(str(pd.Timestamp(x).date()) for x in train_cuts),
+        "validation_cutoff": str(pd.Timestamp(val_cut).date()),
+        "test_cutoff": str(pd.Timestamp(test_cut).date()),
+        "train_rows": str(int(tr.sum())),
+        "excluded_contacted_rows": str(int((~clean).sum())),
+    }
+    if len(cutoffs) == 2:
+        half = pd.Series(in_test_half(df[frame.spec.id_column], seed), index=df.index)
+        va, te = va & ~half, te & half
+        info["test_split"] = "half of the last cutoff's customers (2 cutoffs)"
+        # not "test_rows": the run's metadata also holds the response split's keys
+        info["validation_half_rows"] = str(int(va.sum()))
+        info["test_half_rows"] = str(int(te.sum()))
+    return ReactivationSplit(tr, va, te, info)
+
+
+def fit_reactivation(frame: Frame, seed: int) -> ReactivationFit:
+    """Fit on the training rows of `reactivation_split`, stopping early on its validation rows."""
+    enc = encode_features(frame)
+    df = frame.data
+    split = reactivation_split(frame, seed)
+    tr, va, te = split.train, split.validation, split.test
     y = df[mf.LABEL].astype(int)
     if y[tr].nunique() < 2:
         raise TrainingError("reactivation: the training cutoffs have a single label class")
@@ -128,14 +187,7 @@ def fit_reactivation(frame: Frame, seed: int) -> ReactivationFit:
     ).fit(enc.X[tr], y[tr], X_val=enc.X[va], y_val=y[va])
     test = df[te].copy()
     test["p_reactivation"] = model.predict_proba(enc.X[te])[:, 1]
-    split = {
-        "train_cutoffs": ",".join(str(pd.Timestamp(x).date()) for x in train_cuts),
-        "validation_cutoff": str(pd.Timestamp(val_cut).date()),
-        "test_cutoff": str(pd.Timestamp(test_cut).date()),
-        "train_rows": str(int(tr.sum())),
-        "excluded_contacted_rows": str(int((~clean).sum())),
-    }
-    return ReactivationFit(model, test, split)
+    return ReactivationFit(model, test, split.info)
 
 
 @dataclass
