@@ -17,8 +17,8 @@ purchases in the next `t` days: smooth functions of `(x, t_x, T)` with the right
 tree model learns only coarsely, and which extrapolate to customer ages the training rows did
 not cover.
 
-Only numpy and scipy are needed (the `lifetimes` package is a benchmark-only dependency; the
-fits here match its parameters on CDNOW to within 0.1%).
+Only numpy, scipy and scikit-learn are needed (the `lifetimes` package is a benchmark-only
+dependency; the fits here match its parameters on CDNOW to within 0.1%).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import betaln, gammaln, hyp2f1
+from sklearn.base import BaseEstimator
 
 from models.errors import InvalidInputError, NotFittedError, TrainingError
 
@@ -55,7 +56,7 @@ def rfm_summary(
     return x, t_x, T
 
 
-class BetaGeoModel:
+class BetaGeoModel(BaseEstimator):
     """BG/NBD fitted by maximum likelihood (L-BFGS on the log parameters).
 
     Args:
@@ -115,7 +116,7 @@ class BetaGeoModel:
         return np.asarray(np.maximum(out, 0.0))
 
 
-class ParetoNBDModel:
+class ParetoNBDModel(BaseEstimator):
     """Pareto/NBD (Schmittlein, Morrison and Colombo 1987), fitted by maximum likelihood.
 
     While alive a customer buys as a Poisson process with rate lambda ~ Gamma(r, alpha); the
@@ -313,7 +314,7 @@ LAST_ORDER_COLUMN = "days_since_last_order"
 MONETARY_COLUMN = "aov_lifetime"
 
 
-class BTYDPrior:
+class BTYDPrior(BaseEstimator):
     """A logistic model on BTYD summaries: the log-odds a booster starts from.
 
     `fit` fits a `ParetoNBDModel` (or a `BetaGeoModel`; no label needed) on the rows'

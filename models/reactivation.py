@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 from models.base import (
     booster_predict,
@@ -43,7 +44,7 @@ PriorChoice = Literal["auto", "btyd", "none"]
 _EPS = 1e-12
 
 
-class ReactivationClassifier:
+class ReactivationClassifier(ClassifierMixin, BaseEstimator):
     """P(customer orders again within the horizon), calibrated.
 
     The caller provides a validation set that comes *after* the training rows in time. The
@@ -67,6 +68,7 @@ class ReactivationClassifier:
         n_jobs: LightGBM threads.
 
     Attributes:
+        classes_: the labels, array([0, 1]).
         feature_names_in_: columns seen in fit, in order.
         booster_: the trained lightgbm.Booster.
         best_iteration_: number of boosting rounds kept.
@@ -102,6 +104,11 @@ class ReactivationClassifier:
         self.categorical_features = categorical_features
         self.random_state = random_state
         self.n_jobs = n_jobs
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # LightGBM routes missing values itself
+        return tags
 
     def fit(
         self,
@@ -180,6 +187,7 @@ class ReactivationClassifier:
             )
         self.calibration_ = method
         self.calibrator_ = None if method == "none" else BinaryCalibrator(method).fit(raw_val, yv)
+        self.classes_ = np.array([0, 1])
         self.feature_names_in_ = np.array(columns, dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
         self.feature_importances_ = pd.Series(

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
 
 from models.base import (
     check_categoricals,
@@ -26,7 +27,7 @@ from models.base import (
 from models.errors import InvalidInputError
 
 
-class AssignmentSupport:
+class AssignmentSupport(BaseEstimator):
     """P(option assigned | x), multiclass LightGBM with early stopping on a held-out fold.
 
     Args:
@@ -58,6 +59,11 @@ class AssignmentSupport:
         self.categorical_features = categorical_features
         self.random_state = random_state
         self.n_jobs = n_jobs
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # LightGBM routes missing values itself
+        return tags
 
     def fit(self, X: pd.DataFrame, assigned: Any) -> AssignmentSupport:
         X = check_features(X)

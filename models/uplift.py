@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
 
 from models.base import (
     binned_dataset,
@@ -78,7 +79,7 @@ def stacked_predictions(
     return out
 
 
-class BaggedOptionLearner:
+class BaggedOptionLearner(BaseEstimator):
     """Base of the learners: input checks, bagging, out-of-bag predictions, uncertainty.
 
     Args:
@@ -134,6 +135,11 @@ class BaggedOptionLearner:
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.max_oob_rows = max_oob_rows
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # LightGBM routes missing values itself
+        return tags
 
     # --- subclass hooks ---------------------------------------------------------------------
     def _design(self, X: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, list[str], list[str]]:
