@@ -17,6 +17,7 @@ from models.errors import ModelsError
 from training.errors import TrainingError
 
 app = typer.Typer(no_args_is_help=True)
+SEED_MAX = 2**32 - 1  # numpy's and LightGBM's seeds are unsigned 32-bit
 
 KEY_METRICS = (
     "reactivation_auc",
@@ -68,7 +69,7 @@ def _print_evaluation(ev: object) -> None:
 def train(
     data: Annotated[Path, typer.Argument(help="data directory, frame directory or frame file")],
     experiment: Annotated[str, typer.Option(help="MLflow experiment")] = "winback",
-    seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="seed of every random choice")] = 0,
     horizon_days: Annotated[
         int | None, typer.Option("--horizon-days", help="reactivation label horizon")
     ] = None,
@@ -102,14 +103,29 @@ def evaluate(
     model_uri: Annotated[str, typer.Argument(help="e.g. models:/winback-policy@challenger")],
     data: Annotated[Path, typer.Argument(help="data directory, frame directory or frame file")],
     out: Annotated[Path, typer.Option(help="JSON file for the metrics")] = Path("evaluation.json"),
-    seed: Annotated[int, typer.Option(help="seed of the held-out split and bootstrap")] = 0,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=SEED_MAX,
+            help="seed of the bootstrap intervals (default: the model's training seed); the "
+            "held-out contacts are always those the model's training held out",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a registered model on held-out data; print the metrics and write JSON."""
     from models.pyfunc import load_policy_model
-    from training.evaluate import Evaluation, evaluate_reactivation, evaluate_response
+    from training.evaluate import (
+        Evaluation,
+        evaluate_reactivation,
+        evaluate_response,
+        split_seed,
+    )
     from training.inputs import load_training_inputs
     from training.tracking import configure_tracking
 
+    if not out.parent.is_dir():
+        fail(f"--out: directory {out.parent} does not exist")
     try:
         configure_tracking()
         model = load_policy_model(model_uri)
@@ -118,7 +134,8 @@ def evaluate(
         if model.reactivation is not None and inputs.reactivation is not None:
             evaluate_reactivation(model, inputs.reactivation, ev)
         if model.response is not None and inputs.offer_response is not None:
-            evaluate_response(model, inputs.offer_response, seed, ev, inputs.ground_truth)
+            boot_seed = split_seed(model, 0) if seed is None else seed
+            evaluate_response(model, inputs.offer_response, boot_seed, ev, inputs.ground_truth)
     except (TrainingError, FeaturesError, ModelsError) as exc:
         fail(str(exc))
         return
@@ -137,7 +154,9 @@ def promote(
         bool,
         typer.Option(help="challenger's lower bound must beat the champion's estimate"),
     ] = True,
-    seed: Annotated[int, typer.Option(help="seed of the held-out split and bootstrap")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=SEED_MAX, help="seed of the bootstrap intervals")
+    ] = 0,
 ) -> None:
     """Compare challenger and champion on the same held-out data; move champion if better."""
     from training.promote import promote as run_promote

@@ -21,6 +21,7 @@ import pandas as pd
 from features import constants as c
 from features import modeling_frame as mf
 from features.frames import Frame
+from models.errors import FeatureMismatchError
 from models.policy_model import PolicyModel
 from training import metrics as m
 from training.fit import logged_propensity, logged_reward, response_split
@@ -62,8 +63,21 @@ def _vocab(model: PolicyModel, column: str) -> list[str]:
 
 
 def matrix_for(model: PolicyModel, frame: Frame) -> np.ndarray:
-    """The frame's features as the model's numeric matrix (text categoricals via its vocab)."""
+    """The frame's features as the model's numeric matrix (text categoricals via its vocab).
+
+    Raises FeatureMismatchError naming the model's columns the frame lacks (a model trained on
+    another feature set, e.g. Hillstrom's, cannot be evaluated on a synthetic world's frame).
+    """
     df = frame.data
+    missing = [col for col in model.feature_columns if col not in df.columns]
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise FeatureMismatchError(
+            f"the data lacks {len(missing)} of the model's {model.feature_set_key} features "
+            f"({shown}): it was built with {frame.spec.feature_set or 'another feature set'}"
+        )
     out = np.empty((len(df), len(model.feature_columns)))
     for j, col in enumerate(model.feature_columns):
         s = df[col]
@@ -98,14 +112,21 @@ def _binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
-def evaluate_reactivation(model: PolicyModel, frame: Frame, ev: Evaluation) -> None:
+def reactivation_test(
+    model: PolicyModel, frame: Frame
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(X, P(reactivation), label) on the reactivation test rows: the last cutoff's customers
+    we did not contact inside its label window."""
     df = frame.data
     last = df[mf.CUTOFF].max()
     test = (df[mf.CUTOFF] == last) & ~df[mf.CONTACTED_IN_WINDOW].astype(bool)
     sub = Frame(df[test].reset_index(drop=True), frame.spec)
     X = matrix_for(model, sub)
-    p = model.p_reactivation(X)
-    y = sub.data[mf.LABEL].to_numpy(dtype=float)
+    return X, model.p_reactivation(X), sub.data[mf.LABEL].to_numpy(dtype=float)
+
+
+def evaluate_reactivation(model: PolicyModel, frame: Frame, ev: Evaluation) -> None:
+    X, p, y = reactivation_test(model, frame)
     overall = _binary_metrics(y, p)
     ev.metrics.update({f"reactivation_{k}": v for k, v in overall.items()})
     rows = [{"slice": "all", "group": "all", **overall}]
@@ -143,10 +164,32 @@ class HeldOut:
     unit: str
 
 
-def held_out(model: PolicyModel, frame: Frame, seed: int) -> HeldOut:
-    """Score the held-out contacts (the same split training used) and build the logged data."""
+def split_seed(model: PolicyModel, seed: int) -> int:
+    """The seed of `model`'s own train/test split (its training seed; `seed` for models that
+    did not record one). Where contacts carry one timestamp (a single randomized experiment
+    such as Hillstrom) the held-out contacts are a random share drawn from it: drawn from any
+    other seed, most of them would be rows the model trained on."""
+    try:
+        return int(model.metadata.get("seed", seed))
+    except ValueError:
+        return seed
+
+
+def response_test_mask(model: PolicyModel, frame: Frame, seed: int) -> np.ndarray:
+    """The contacts `model` did not train on: the split training made."""
+    return response_split(frame, split_seed(model, seed))
+
+
+def held_out(
+    model: PolicyModel, frame: Frame, seed: int, test: np.ndarray | None = None
+) -> HeldOut:
+    """Score the held-out contacts and build the logged data.
+
+    `test` defaults to the split the model's training made (`response_test_mask`).
+    """
     spec = frame.spec
-    test = response_split(frame, seed)
+    if test is None:
+        test = response_test_mask(model, frame, seed)
     df = frame.data[test].reset_index(drop=True)
     df["__action__"] = df[spec.treatment_column].astype(str)
     X = matrix_for(model, Frame(df, spec))

@@ -4,8 +4,11 @@ Both versions are evaluated on the same held-out contacts (the same split traini
 their learned policies compared with a paired bootstrap of the doubly robust estimate. The
 challenger is promoted when its estimated value is higher and, by default, the lower bound of
 its own interval is above the champion's estimate. The first model becomes champion. Models
-without an offer-response part are compared by reactivation AUC on the last cutoff. Every
-comparison is recorded as an MLflow run in the `winback-promotions` experiment.
+without an offer-response part are compared by reactivation AUC on the last cutoff, with the
+same rule: the challenger's one-sided 95% lower bound (bootstrap over the customers) must be
+above the champion's AUC. Models that cannot be evaluated on the data (another feature set)
+are promoted only with `--force`, recorded as "not comparable". Every comparison is recorded
+as an MLflow run in the `winback-promotions` experiment.
 """
 
 from __future__ import annotations
@@ -18,16 +21,19 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 
 from features.settings import Settings, get_settings
+from models.errors import FeatureMismatchError
 from models.policy_model import PolicyModel
 from models.pyfunc import load_policy_model
 from training.errors import RegistryError, TrackingError
-from training.evaluate import Evaluation, evaluate_reactivation, held_out
+from training.evaluate import held_out, reactivation_test, response_test_mask
 from training.inputs import TrainingInputs, load_training_inputs
+from training.metrics import roc_auc
 from training.policy_value import deterministic_policy, evaluate_policies, policy_difference
 from training.registry import CHALLENGER, CHAMPION, VersionInfo, alias_uri, get_alias, set_alias
 from training.tracking import configure_tracking, use_experiment
 
 PROMOTIONS_EXPERIMENT = "winback-promotions"
+AUC_BOOTSTRAP = 200  # resamples of the test cutoff's customers for the AUC comparison
 
 
 @dataclass
@@ -56,9 +62,18 @@ def _load(info: VersionInfo) -> PolicyModel:
 def _compare_policies(
     challenger: PolicyModel, champion: PolicyModel, inputs: TrainingInputs, seed: int
 ) -> tuple[float, float, float, float, tuple[float, float]]:
-    assert inputs.offer_response is not None
-    a = held_out(challenger, inputs.offer_response, seed)
-    b = held_out(champion, inputs.offer_response, seed)
+    frame = inputs.offer_response
+    assert frame is not None
+    # rows neither model trained on: the splits differ when the contacts share one timestamp
+    # (a random split) and the two models were trained with different seeds
+    test = response_test_mask(challenger, frame, seed) & response_test_mask(champion, frame, seed)
+    if not test.any():
+        raise RegistryError(
+            "challenger and champion share no held-out contact on this data (their random "
+            "train/test splits, from their training seeds, do not overlap)"
+        )
+    a = held_out(challenger, frame, seed, test)
+    b = held_out(champion, frame, seed, test)
     opts = a.options
     pi_b_labels = np.where(np.isin(b.learned, opts), b.learned, challenger.control)
     pi_a = deterministic_policy(a.learned, opts)
@@ -80,15 +95,26 @@ def _compare_policies(
 
 
 def _compare_reactivation(
-    challenger: PolicyModel, champion: PolicyModel, inputs: TrainingInputs
+    challenger: PolicyModel, champion: PolicyModel, inputs: TrainingInputs, seed: int
 ) -> tuple[float, float, float, float, tuple[float, float]]:
+    """AUCs on the test cutoff, the challenger's 95% lower bound and a paired interval for the
+    difference, from the same bootstrap resamples of the customers."""
     assert inputs.reactivation is not None
-    evs = []
-    for model in (challenger, champion):
-        ev = Evaluation()
-        evaluate_reactivation(model, inputs.reactivation, ev)
-        evs.append(ev.metrics.get("reactivation_auc", float("nan")))
-    return evs[0], evs[0], evs[1], evs[0] - evs[1], (float("nan"), float("nan"))
+    _, pa, y = reactivation_test(challenger, inputs.reactivation)
+    _, pb, _ = reactivation_test(champion, inputs.reactivation)
+    if len(np.unique(y)) < 2:
+        raise RegistryError("the test cutoff's labels have a single class: AUC is undefined")
+    va, vb = roc_auc(y, pa), roc_auc(y, pb)
+    rng = np.random.default_rng(seed)
+    boot_a, boot_d = np.empty(AUC_BOOTSTRAP), np.empty(AUC_BOOTSTRAP)
+    for i in range(AUC_BOOTSTRAP):
+        idx = rng.integers(0, len(y), len(y))
+        boot_a[i] = roc_auc(y[idx], pa[idx])
+        boot_d[i] = boot_a[i] - roc_auc(y[idx], pb[idx])
+    ok = np.isfinite(boot_a)  # a resample may hold one class only
+    low = float(np.quantile(boot_a[ok], 0.05))  # one-sided 95%, like the policy's bound
+    d_lo, d_hi = np.quantile(boot_d[ok], [0.025, 0.975])
+    return va, low, vb, va - vb, (float(d_lo), float(d_hi))
 
 
 def promote(
@@ -106,11 +132,25 @@ def promote(
         raise RegistryError(
             f"no '{CHALLENGER}' version of winback-policy: run `winback train` first"
         )
+    inputs = load_training_inputs(data)  # bad data is an error before anything moves
     champion = get_alias(CHAMPION)
-    if champion is None or champion.version == challenger.version:
+    if champion is not None and champion.version == challenger.version:
         result = Comparison(
             challenger.version,
-            None if champion is None else champion.version,
+            champion.version,
+            "none",
+            float("nan"),
+            float("nan"),
+            float("nan"),
+            float("nan"),
+            (float("nan"),) * 2,
+            False,
+            f"v{challenger.version} is already champion: nothing to compare",
+        )
+    elif champion is None:
+        result = Comparison(
+            challenger.version,
+            None,
             "first model",
             float("nan"),
             float("nan"),
@@ -122,18 +162,29 @@ def promote(
         )
     else:
         a, b = _load(challenger), _load(champion)
-        inputs = load_training_inputs(data)
-        if a.has_response and b.has_response and inputs.offer_response is not None:
-            criterion = "policy value (DR, held-out contacts)"
-            va, va_low, vb, d, d_ci = _compare_policies(a, b, inputs, seed)
-            better = va > vb and (va_low > vb or not require_confidence)
-        elif inputs.reactivation is not None and a.reactivation and b.reactivation:
-            criterion = "reactivation AUC (test cutoff)"
-            va, va_low, vb, d, d_ci = _compare_reactivation(a, b, inputs)
-            better = va > vb
-        else:
-            raise RegistryError("challenger and champion share no part that this data can evaluate")
-        if better:
+        nan = float("nan")
+        try:
+            if a.has_response and b.has_response and inputs.offer_response is not None:
+                criterion = "policy value (DR, held-out contacts)"
+                va, va_low, vb, d, d_ci = _compare_policies(a, b, inputs, seed)
+            elif inputs.reactivation is not None and a.reactivation and b.reactivation:
+                criterion = "reactivation AUC (test cutoff)"
+                va, va_low, vb, d, d_ci = _compare_reactivation(a, b, inputs, seed)
+            else:
+                raise RegistryError(
+                    "challenger and champion share no part that this data can evaluate"
+                )
+        except (FeatureMismatchError, RegistryError) as exc:
+            if not force:
+                raise RegistryError(
+                    f"cannot compare v{challenger.version} with champion v{champion.version} "
+                    f"on {data}: {exc} (--force promotes without a comparison)"
+                ) from None
+            criterion, va, va_low, vb, d, d_ci = "not comparable", nan, nan, nan, nan, (nan, nan)
+        better = va > vb and (va_low > vb or not require_confidence)
+        if criterion == "not comparable":
+            reason = "forced: the models could not be compared on this data"
+        elif better:
             reason = "challenger is better" + (" with confidence" if require_confidence else "")
         elif force:
             reason = "forced: challenger was not better"

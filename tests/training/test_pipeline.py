@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -15,7 +16,7 @@ from features import constants as c
 from features.settings import get_settings
 from features.synthetic.generate import generate_world, write_world
 from models.pyfunc import load_policy_model
-from training.errors import NothingToTrainError, TrackingError
+from training.errors import NothingToTrainError, RegistryError, TrackingError, TrainingError
 from training.inputs import load_training_inputs
 from training.pipeline import train
 from training.promote import promote
@@ -81,6 +82,13 @@ def test_promote_first_becomes_champion_then_requires_evidence(world: Path, stor
     first = train(world, seed=2, n_bags=2)
     r1 = promote(world, seed=2)
     assert r1.promoted and get_alias(CHAMPION).version == first.version  # type: ignore[union-attr]
+    again = promote(world, seed=2)  # the challenger is the champion: nothing moves
+    assert (
+        not again.promoted
+        and again.reason == f"v{first.version} is already champion: nothing to compare"
+    )
+    with pytest.raises(TrainingError, match="no such file"):  # bad data: nothing recorded
+        promote(world.parent / "missing", seed=2)
     second = train(world, seed=2, n_bags=2)  # same data and seed: the same policy
     r2 = promote(world, seed=2)
     assert not r2.promoted
@@ -113,6 +121,46 @@ def test_data_without_contacts_trains_reactivation_only(world: Path, tmp_path: P
     assert "no past contacts" in inputs.skipped["offer_response"]
 
 
+def test_reactivation_only_promotion_needs_a_confident_auc(
+    world: Path, store: Path, tmp_path: Path
+) -> None:
+    no_contacts = tmp_path / "no_contacts"
+    no_contacts.mkdir()
+    for f in world.iterdir():
+        if f.name not in ("contacts.parquet", "events.parquet", c.GROUND_TRUTH_FILE):
+            (no_contacts / f.name).write_bytes(f.read_bytes())
+    first = train(no_contacts, seed=1)
+    assert promote(no_contacts).promoted
+    train(no_contacts, seed=2)  # another seed: about the same AUC
+    r = promote(no_contacts)
+    assert r.criterion == "reactivation AUC (test cutoff)"
+    # a real bootstrap bound, below the point estimate (it used to be the estimate itself)
+    assert r.challenger_ci_low < r.challenger_value
+    lo, hi = r.difference_ci
+    assert lo < r.difference < hi
+    assert not r.promoted and get_alias(CHAMPION).version == first.version  # type: ignore[union-attr]
+
+
+def test_models_that_cannot_be_compared_move_only_with_force(
+    world: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from models.errors import FeatureMismatchError
+
+    train(world, seed=1, n_bags=2)
+    promote(world)
+    second = train(world, seed=2, n_bags=2)
+
+    def other_features(*args: object) -> None:
+        raise FeatureMismatchError("the data lacks 7 of the model's hillstrom@1 features")
+
+    monkeypatch.setattr("training.promote._compare_policies", other_features)
+    with pytest.raises(RegistryError, match=r"cannot compare v2 with champion v1 .*--force"):
+        promote(world)
+    forced = promote(world, force=True)
+    assert forced.promoted and forced.criterion == "not comparable"
+    assert get_alias(CHAMPION).version == second.version  # type: ignore[union-attr]
+
+
 def test_nothing_to_train_is_a_clear_error(tmp_path: Path, world: Path) -> None:
     only = tmp_path / "tiny"
     only.mkdir()
@@ -125,6 +173,8 @@ def test_cli_train_reports_skips_and_registers(world: Path, store: Path, tmp_pat
     runner = CliRunner()
     result = runner.invoke(app, ["train", str(world), "--seed", "4", "--bags", "2"])
     assert result.exit_code == 0, result.output
+    run = mlflow.get_run(mlflow.search_runs(experiment_names=["winback"]).iloc[0]["run_id"])
+    trained_metrics = run.data.metrics
     assert "registered winback-policy v1 as 'challenger'" in result.output
     assert "decision rule choice" in result.output  # the rules training chose among
     assert "decision_rule_z" in result.output
@@ -138,6 +188,18 @@ def test_cli_train_reports_skips_and_registers(world: Path, store: Path, tmp_pat
     )
     assert result.exit_code == 0, result.output
     assert out.exists() and "reactivation_auc" in out.read_text()
+    # evaluate's default bootstrap seed is the model's: it reproduces training's figures
+    assert json.loads(out.read_text())["metrics"]["policy_learned_dr"] == pytest.approx(
+        trained_metrics["policy_learned_dr"]
+    )
+    result = runner.invoke(
+        app,
+        ["evaluate", "models:/winback-policy@challenger", str(world), "--out", "/nonexistent/x"],
+    )
+    assert result.exit_code == 1 and "--out: directory /nonexistent does not exist" in result.output
+    for command in (["train", str(world)], ["promote", str(world)]):
+        result = runner.invoke(app, [*command, "--seed", "-1"])
+        assert result.exit_code == 2 and "--seed" in result.output, result.output
 
 
 def test_compiled_backend_scores_like_lightgbm(world: Path, store: Path, tmp_path: Path) -> None:
