@@ -167,7 +167,6 @@ def reactivation_split(frame: Frame, seed: int) -> ReactivationSplit:
         half = pd.Series(in_test_half(df[frame.spec.id_column], seed), index=df.index)
         va, te = va & ~half, te & half
         info["test_split"] = "half of the last cutoff's customers (2 cutoffs)"
-        # not "test_rows": the run's metadata also holds the response split's keys
         info["validation_half_rows"] = str(int(va.sum()))
         info["test_half_rows"] = str(int(te.sum()))
     return ReactivationSplit(tr, va, te, info)
