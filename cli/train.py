@@ -132,7 +132,7 @@ def evaluate(
         inputs = load_training_inputs(data)
         ev = Evaluation()
         if model.reactivation is not None and inputs.reactivation is not None:
-            evaluate_reactivation(model, inputs.reactivation, ev)
+            evaluate_reactivation(model, inputs.reactivation, ev, split_seed(model, 0))
         if model.response is not None and inputs.offer_response is not None:
             boot_seed = split_seed(model, 0) if seed is None else seed
             evaluate_response(model, inputs.offer_response, boot_seed, ev, inputs.ground_truth)

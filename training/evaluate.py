@@ -24,7 +24,12 @@ from features.frames import Frame
 from models.errors import FeatureMismatchError
 from models.policy_model import PolicyModel
 from training import metrics as m
-from training.fit import logged_propensity, logged_reward, response_split
+from training.fit import (
+    logged_propensity,
+    logged_reward,
+    reactivation_split,
+    response_split,
+)
 from training.policy_value import (
     LoggedData,
     deterministic_policy,
@@ -112,21 +117,29 @@ def _binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
+def reactivation_test_mask(model: PolicyModel, frame: Frame, seed: int) -> np.ndarray:
+    """The reactivation rows `model`'s training held out for testing (`reactivation_split` with
+    its own seed), without the customers we contacted inside the label window."""
+    test = reactivation_split(frame, split_seed(model, seed)).test.to_numpy(dtype=bool)
+    return np.asarray(test & ~frame.data[mf.CONTACTED_IN_WINDOW].astype(bool).to_numpy())
+
+
 def reactivation_test(
-    model: PolicyModel, frame: Frame
+    model: PolicyModel, frame: Frame, seed: int, test: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(X, P(reactivation), label) on the reactivation test rows: the last cutoff's customers
-    we did not contact inside its label window."""
-    df = frame.data
-    last = df[mf.CUTOFF].max()
-    test = (df[mf.CUTOFF] == last) & ~df[mf.CONTACTED_IN_WINDOW].astype(bool)
-    sub = Frame(df[test].reset_index(drop=True), frame.spec)
+    """(X, P(reactivation), label) on the test rows (default `reactivation_test_mask`): the
+    last cutoff's customers (its test half when the frame has two cutoffs) we did not contact
+    inside its label window."""
+    if test is None:
+        test = reactivation_test_mask(model, frame, seed)
+    sub = Frame(frame.data[test].reset_index(drop=True), frame.spec)
     X = matrix_for(model, sub)
     return X, model.p_reactivation(X), sub.data[mf.LABEL].to_numpy(dtype=float)
 
 
-def evaluate_reactivation(model: PolicyModel, frame: Frame, ev: Evaluation) -> None:
-    X, p, y = reactivation_test(model, frame)
+def evaluate_reactivation(model: PolicyModel, frame: Frame, ev: Evaluation, seed: int = 0) -> None:
+    """Metrics on the reactivation rows the model's training held out (`reactivation_test`)."""
+    X, p, y = reactivation_test(model, frame, seed)
     overall = _binary_metrics(y, p)
     ev.metrics.update({f"reactivation_{k}": v for k, v in overall.items()})
     rows = [{"slice": "all", "group": "all", **overall}]

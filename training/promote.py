@@ -25,7 +25,12 @@ from models.errors import FeatureMismatchError
 from models.policy_model import PolicyModel
 from models.pyfunc import load_policy_model
 from training.errors import RegistryError, TrackingError
-from training.evaluate import held_out, reactivation_test, response_test_mask
+from training.evaluate import (
+    held_out,
+    reactivation_test,
+    reactivation_test_mask,
+    response_test_mask,
+)
 from training.inputs import TrainingInputs, load_training_inputs
 from training.metrics import roc_auc
 from training.policy_value import deterministic_policy, evaluate_policies, policy_difference
@@ -100,8 +105,14 @@ def _compare_reactivation(
     """AUCs on the test cutoff, the challenger's 95% lower bound and a paired interval for the
     difference, from the same bootstrap resamples of the customers."""
     assert inputs.reactivation is not None
-    _, pa, y = reactivation_test(challenger, inputs.reactivation)
-    _, pb, _ = reactivation_test(champion, inputs.reactivation)
+    frame = inputs.reactivation
+    test = reactivation_test_mask(challenger, frame, seed) & reactivation_test_mask(
+        champion, frame, seed
+    )
+    if not test.any():
+        raise RegistryError("challenger and champion share no held-out reactivation row")
+    _, pa, y = reactivation_test(challenger, frame, seed, test)
+    _, pb, _ = reactivation_test(champion, frame, seed, test)
     if len(np.unique(y)) < 2:
         raise RegistryError("the test cutoff's labels have a single class: AUC is undefined")
     va, vb = roc_auc(y, pa), roc_auc(y, pb)

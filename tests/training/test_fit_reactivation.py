@@ -112,3 +112,31 @@ def test_test_half_does_not_depend_on_python_hash_randomisation() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == here
+
+
+def test_evaluation_scores_the_test_half_the_models_training_held_out() -> None:
+    import json
+
+    from models.policy_model import PolicyModel
+    from training.evaluate import Evaluation, evaluate_reactivation
+
+    frame = reactivation_frame(2)
+    df = frame.data
+    fit = fit_reactivation(frame, seed=3)
+    fs = json.dumps({"name": "test", "version": "1", "features": []})
+    model = PolicyModel(
+        fs,
+        frame.spec.feature_columns,
+        ("holdout",),
+        "holdout",
+        {},
+        "v1",
+        reactivation=fit.model,
+        metadata={"seed": "3"},
+    )
+    ev = Evaluation()
+    evaluate_reactivation(model, frame, ev, seed=0)  # the split follows the model's seed, 3
+    split = reactivation_split(frame, seed=3)
+    held_out = split.test & ~df[mf.CONTACTED_IN_WINDOW]
+    assert ev.metrics["reactivation_n"] == held_out.sum()
+    assert ev.metrics["reactivation_n"] < (split.validation | split.test).sum() / 1.5
