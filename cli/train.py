@@ -58,6 +58,7 @@ def _print_evaluation(ev: object) -> None:
         "uplift",
         "policy_value",
         "learned_minus_best_single",
+        "policy_value_slices",
         "true_value",
         "decision_rule_choice",
     ):

@@ -34,9 +34,11 @@ from training.policy_value import (
     LoggedData,
     deterministic_policy,
     evaluate_policies,
+    point_estimates,
     policy_difference,
     random_policy,
     single_option_policy,
+    subset,
 )
 
 SLICES = ("value_tier", "lapse_state")
@@ -249,16 +251,16 @@ def evaluate_response(
         score = (h.p[o] - h.p[model.control]).to_numpy()[rows]
         curves[o] = m.qini_curve(y[rows], actions[rows] == o, score)
     ev.curves["qini"] = curves
-    no_incentive = c.NO_INCENTIVE if c.NO_INCENTIVE in logged_opts else model.control
     best_single = model.default_option if model.default_option in logged_opts else model.control
     n = len(df)
     policies = {
         "learned": deterministic_policy(learned, logged_opts),
-        "no_incentive": single_option_policy(n, logged_opts, no_incentive),
         "best_single": single_option_policy(n, logged_opts, best_single),
         "random": random_policy(n, logged_opts),
         "no_contact": single_option_policy(n, logged_opts, model.control),
     }
+    if c.NO_INCENTIVE in logged_opts:  # never logged (Hillstrom): no evidence, no baseline row
+        policies["no_incentive"] = single_option_policy(n, logged_opts, c.NO_INCENTIVE)
     values = evaluate_policies(logged, policies, q=q, n_boot=n_boot, seed=seed)
     ev.tables["policy_value"] = values
     for pol, est, estimate in zip(
@@ -275,11 +277,50 @@ def evaluate_response(
     for est, row in diff.iterrows():
         ev.metrics[f"learned_minus_best_single_{est}"] = float(row["difference"])
         ev.metrics[f"learned_minus_best_single_{est}_ci_low"] = float(row["ci_low"])
+    ev.tables["policy_value_slices"] = _policy_slices(
+        model, h, policies["learned"], policies["best_single"], seed
+    )
     ev.metrics["reward_unit_is_margin"] = float(unit == "margin")
     ev.metrics["response_test_rows"] = float(n)
     ev.metrics["share_deviating_from_best_single"] = float(np.mean(learned != best_single))
     if ground_truth is not None and c.CONTACT_ID in df:
         _true_values(model, df, ground_truth, learned, policies, logged_opts, ev)
+
+
+SLICE_MIN_ROWS = 200  # below this a slice's interval says little; it is listed with its n only
+SLICE_BOOTSTRAP = 200
+
+
+def _policy_slices(
+    model: PolicyModel, h: HeldOut, learned: np.ndarray, best_single: np.ndarray, seed: int
+) -> pd.DataFrame:
+    """DR value of the learned policy and of the best single option per value tier and lapse
+    state of the held-out contacts, with a paired bootstrap interval of their difference."""
+    rows: list[dict[str, Any]] = []
+    for col in SLICES:
+        groups = _decoded(model, h.X, col)
+        if groups is None:
+            continue
+        for g in sorted(set(groups)):
+            sel = groups == g
+            row: dict[str, Any] = {"slice": col, "group": g, "n": int(sel.sum())}
+            row["deviating"] = float(np.mean(learned[sel].argmax(1) != best_single[sel].argmax(1)))
+            if sel.sum() >= SLICE_MIN_ROWS:
+                sub, q = subset(h.logged, sel), h.q[sel]
+                row["learned_dr"] = point_estimates(sub, learned[sel], q)["dr"]
+                row["best_single_dr"] = point_estimates(sub, best_single[sel], q)["dr"]
+                d = policy_difference(
+                    sub, learned[sel], best_single[sel], q=q, n_boot=SLICE_BOOTSTRAP, seed=seed
+                ).loc["dr"]
+                row |= {
+                    "difference": d["difference"],
+                    "ci_low": d["ci_low"],
+                    "ci_high": d["ci_high"],
+                }
+            rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=["slice", "group", "n"]).set_index(["slice", "group"])
+    return pd.DataFrame(rows).set_index(["slice", "group"])
 
 
 def _true_values(

@@ -122,6 +122,19 @@ def _estimates(terms: dict[str, np.ndarray], idx: np.ndarray | None) -> dict[str
     return est
 
 
+def point_estimates(logged: LoggedData, policy: np.ndarray, q: Any = None) -> dict[str, float]:
+    """The IPS and SNIPS (and, with `q`, DR) estimates of one policy's value, no intervals."""
+    terms = _terms(logged, _check_policy(logged, policy), _check_q(logged, q))
+    return {k: float(v) for k, v in _estimates(terms, None).items()}
+
+
+def subset(logged: LoggedData, rows: np.ndarray) -> LoggedData:
+    """The logged decisions of `rows` (a boolean mask or indices)."""
+    return LoggedData(
+        logged.options, logged.action[rows], logged.propensity[rows], logged.reward[rows]
+    )
+
+
 def _check_q(logged: LoggedData, q: Any) -> np.ndarray | None:
     if q is None:
         return None

@@ -52,6 +52,13 @@ def test_train_registers_challenger_that_scores(world: Path, store: Path) -> Non
     meta = result.metadata
     assert int(meta["train_rows"]) == int(meta["support_rows"])  # every training contact
     assert int(meta["reactivation_train_rows"]) > 0 and "reactivation_test_cutoff" in meta
+    # policy value by value tier and by lapse state: every held-out contact in one group
+    slices = result.evaluation.tables["policy_value_slices"]
+    for col in ("value_tier", "lapse_state"):
+        assert slices.loc[col, "n"].sum() == metrics["response_test_rows"]
+    big = slices[slices["n"] >= 200]
+    assert len(big) and (big["ci_low"] <= big["difference"]).all()
+    assert np.allclose(big["learned_dr"] - big["best_single_dr"], big["difference"])
     # the oracle is the best possible policy: nothing beats it on the truth
     oracle = metrics["true_incremental_margin_oracle"]
     for name in ("learned", "best_single", "random", "no_incentive"):
