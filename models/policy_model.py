@@ -5,7 +5,8 @@ absent when the data did not support it), the feature set (its ordered columns a
 option list with each option's cost model, and the decision rule's parameters. `score` works on
 a plain numpy matrix in feature-set column order and calls the LightGBM boosters directly, so
 the API never builds a DataFrame per request; `predict_frame` is the DataFrame view used by the
-MLflow pyfunc.
+MLflow pyfunc: it takes the feature set's own columns (text categoricals as text, encoded through
+the vocabulary stored in the feature set, as training encoded them).
 
 Decision values are conservative by design: for each option the engine ranks by
 
@@ -124,6 +125,16 @@ class PolicyModel:
     def feature_set_key(self) -> str:
         raw = json.loads(self.feature_set)
         return f"{raw['name']}@{raw['version']}"
+
+    @cached_property
+    def vocabularies(self) -> dict[str, tuple[str, ...]]:
+        """Feature -> the sorted vocabulary its text values were coded into at training.
+
+        Only text categoricals have one; numeric features and categoricals that arrive as codes
+        (the synthetic feature sets) do not appear.
+        """
+        features = json.loads(self.feature_set).get("features", [])
+        return {f["name"]: tuple(f["vocabulary"]) for f in features if f.get("vocabulary")}
 
     @cached_property
     def _column_index(self) -> dict[str, int]:
@@ -269,12 +280,48 @@ class PolicyModel:
                 out[:, j] = est[:, self.support.options_.index(o)] >= self.min_support
         return out
 
-    def predict_frame(self, X: pd.DataFrame) -> pd.DataFrame:
-        """The pyfunc output: p_<option>, value_<option>, best_offer, best_value per row."""
+    def feature_matrix(self, X: pd.DataFrame) -> np.ndarray:
+        """The feature-set columns of a DataFrame as the matrix `score` takes.
+
+        Numeric and boolean columns (any dtype, nullable ones included) are used as numbers, so
+        category codes pass through. Text or pandas-categorical values of a feature with a
+        vocabulary become codes into it, as in training: unknown and missing values are NaN,
+        which the boosters treat as missing. Other columns must hold numbers.
+
+        Raises:
+            FeatureMismatchError: a feature-set column is absent.
+            InvalidInputError: a column without a vocabulary holds values that are not numbers.
+        """
         missing = [c for c in self.feature_columns if c not in X.columns]
         if missing:
             raise FeatureMismatchError(f"input lacks feature-set columns: {missing}")
-        s = self.score(X[list(self.feature_columns)].to_numpy(dtype=float))
+        out = np.empty((len(X), len(self.feature_columns)))
+        for j, col in enumerate(self.feature_columns):
+            s = X[col]
+            if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+                out[:, j] = s.to_numpy(dtype=float, na_value=np.nan)
+            elif col in self.vocabularies:
+                # -1 for unknown and missing values (pd.Categorical with unknown values is
+                # deprecated in pandas 3 and will raise)
+                codes = pd.Index(self.vocabularies[col]).get_indexer(pd.Index(s.astype("string")))
+                out[:, j] = np.where(codes < 0, np.nan, codes)
+            else:
+                values = pd.to_numeric(s.astype(object), errors="coerce")
+                bad = values.isna() & s.notna()
+                if bad.any():
+                    raise InvalidInputError(
+                        f"column {col}: value {s[bad].iloc[0]!r} is not a number, and the "
+                        f"feature set {self.feature_set_key} has no vocabulary for {col}"
+                    )
+                out[:, j] = values.to_numpy(dtype=float, na_value=np.nan)
+        return out
+
+    def predict_frame(self, X: pd.DataFrame) -> pd.DataFrame:
+        """The pyfunc output: p_<option>, value_<option>, best_offer, best_value per row.
+
+        `X` holds the feature set's columns as the data has them (see `feature_matrix`).
+        """
+        s = self.score(self.feature_matrix(X))
         out: dict[str, Any] = {}
         for j, o in enumerate(self.options):
             out[f"p_{o}"] = s.p[:, j]

@@ -2,9 +2,10 @@
 
 `mlflow.pyfunc.load_model(...).predict(df)` (and so `mlflow models serve` and
 `mlflow.pyfunc.spark_udf`) returns, per row, `p_<option>`, `value_<option>`, `p_reactivation`,
-`best_offer` and `best_value` (model only, no guardrails). Our own API skips the pyfunc wrapper
-and its input checks: `load_policy_model` returns the `PolicyModel`, whose `score` calls the
-LightGBM boosters on a numpy matrix.
+`best_offer` and `best_value` (model only, no guardrails). Its input is the feature set's own
+columns, as the data has them: a Hillstrom model takes `zip_code` as "Urban", not as a code. Our
+own API skips the pyfunc wrapper and its input checks: `load_policy_model` returns the
+`PolicyModel`, whose `score` calls the LightGBM boosters on a numpy matrix.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import joblib
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature, infer_signature
 from mlflow.pyfunc import PythonModel
+from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from models.errors import ModelsError
 from models.policy_model import PolicyModel
@@ -39,6 +42,25 @@ class WinbackPolicyPyfunc(PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         return self.policy.predict_frame(model_input)
+
+
+def policy_signature(policy: PolicyModel, example: pd.DataFrame) -> ModelSignature:
+    """The pyfunc's signature, inferred from raw feature-set rows and the policy's output.
+
+    Columns with a vocabulary (text categoricals) are declared `Any`: MLflow's `string` type
+    rejects a pandas `category` column ("Can not safely convert category to <U0"), which is how
+    the frames store them, and `predict_frame` checks the values against the vocabulary itself
+    (unknown ones score as missing, as in training). Numeric columns keep their inferred types.
+    """
+    inferred = infer_signature(example, policy.predict_frame(example))
+    assert isinstance(inferred.inputs, Schema)
+    columns = [
+        ColSpec(AnyType(), spec.name, required=spec.required)
+        if isinstance(spec, ColSpec) and spec.name in policy.vocabularies
+        else spec
+        for spec in inferred.inputs.inputs
+    ]
+    return ModelSignature(inputs=Schema(columns), outputs=inferred.outputs)
 
 
 def load_policy_model(model_uri: str) -> PolicyModel:

@@ -12,14 +12,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 
 from features.settings import Settings, get_settings
 from models.policy_model import PolicyModel
-from models.pyfunc import ARTIFACT_FILE, ARTIFACT_KEY, WinbackPolicyPyfunc
+from models.pyfunc import ARTIFACT_FILE, ARTIFACT_KEY, WinbackPolicyPyfunc, policy_signature
 from training import plots
 from training.errors import TrackingError
-from training.evaluate import Evaluation, evaluate_reactivation, evaluate_response, matrix_for
+from training.evaluate import Evaluation, evaluate_reactivation, evaluate_response
 from training.fit import build_policy_model, fit_reactivation, fit_response
 from training.inputs import TrainingInputs, load_training_inputs
 from training.registry import CHALLENGER, MODEL_NAME, set_alias, set_version_tags
@@ -67,7 +66,7 @@ def fit_policy(
     )
     ev = Evaluation()
     if react is not None and inputs.reactivation is not None:
-        evaluate_reactivation(model, inputs.reactivation, ev)
+        evaluate_reactivation(model, inputs.reactivation, ev, seed)
         ev.tables["feature_importance"] = react.model.feature_importances_.to_frame("gain")
     if resp is not None and inputs.offer_response is not None:
         evaluate_response(model, inputs.offer_response, seed, ev, inputs.ground_truth)
@@ -95,22 +94,26 @@ def _log_figures(ev: Evaluation, folder: Path) -> None:
 
 
 def _input_example(model: PolicyModel, inputs: TrainingInputs) -> pd.DataFrame:
+    """Five raw rows of the feature set's columns, as the data has them (text stays text)."""
     frame = inputs.offer_response or inputs.reactivation
     assert frame is not None
-    X = matrix_for(model, frame)[:5]
-    return pd.DataFrame(X, columns=list(model.feature_columns))
+    head = frame.data.head(5)
+    model.feature_matrix(head)  # FeatureMismatchError naming any column the frame lacks
+    rows = head[list(model.feature_columns)]
+    # pandas categoricals as plain text: the example is stored as JSON and read back as such
+    text = [c for c in rows.columns if isinstance(rows[c].dtype, pd.CategoricalDtype)]
+    return rows.astype(dict.fromkeys(text, object)).reset_index(drop=True)
 
 
 def log_policy_model(model: PolicyModel, example: pd.DataFrame, folder: Path) -> tuple[str, str]:
     """Log the pyfunc, register a new version of winback-policy; return (model uri, version)."""
     path = folder / ARTIFACT_FILE
     joblib.dump(model, path)
-    output = model.predict_frame(example)
     info = mlflow.pyfunc.log_model(
         name="winback-policy",
         python_model=WinbackPolicyPyfunc(),
         artifacts={ARTIFACT_KEY: str(path)},
-        signature=infer_signature(example, output),
+        signature=policy_signature(model, example),
         input_example=example,
         registered_model_name=MODEL_NAME,
     )
