@@ -70,7 +70,8 @@ def _vocab(model: PolicyModel, column: str) -> list[str]:
 
 
 def matrix_for(model: PolicyModel, frame: Frame) -> np.ndarray:
-    """The frame's features as the model's numeric matrix (text categoricals via its vocab).
+    """The frame's features as the model's numeric matrix (`PolicyModel.feature_matrix`: text
+    categoricals through the feature set's vocabulary).
 
     Raises FeatureMismatchError naming the model's columns the frame lacks (a model trained on
     another feature set, e.g. Hillstrom's, cannot be evaluated on a synthetic world's frame).
@@ -85,15 +86,7 @@ def matrix_for(model: PolicyModel, frame: Frame) -> np.ndarray:
             f"the data lacks {len(missing)} of the model's {model.feature_set_key} features "
             f"({shown}): it was built with {frame.spec.feature_set or 'another feature set'}"
         )
-    out = np.empty((len(df), len(model.feature_columns)))
-    for j, col in enumerate(model.feature_columns):
-        s = df[col]
-        if pd.api.types.is_numeric_dtype(s):
-            out[:, j] = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)
-        else:
-            codes = pd.Categorical(s.astype("string"), categories=_vocab(model, col)).codes
-            out[:, j] = np.where(codes < 0, np.nan, codes)
-    return out
+    return model.feature_matrix(df)
 
 
 def _decoded(model: PolicyModel, X: np.ndarray, column: str) -> np.ndarray | None:
