@@ -6,6 +6,7 @@ categorical (non-negative integer codes), which LightGBM then splits on as categ
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -256,14 +257,34 @@ def train_on_rows(
 
 
 def booster_predict(booster: Any, X: pd.DataFrame | np.ndarray, what: str = "model") -> np.ndarray:
+    """Prediction with the booster's best iteration, on the booster's own thread count.
+
+    LightGBM keeps its OpenMP thread count in one process-wide setting that every call resets
+    from its own parameters, and sizes per-thread buffers from it. A prediction without
+    `num_threads` (meaning: every core) in one thread while a one-thread booster trains or
+    predicts in another can size buffers for one count and run with the other: the bagged
+    learners' threads crashed with SIGSEGV within a minute of a stress loop (LGBM_BoosterCreate
+    in one thread, LGBM_BoosterPredictForMat in the other). Predicting with the thread count the
+    booster was trained with keeps concurrent calls in agreement.
+    """
     with translate_lightgbm_errors(what):
         best = booster.best_iteration if booster.best_iteration > 0 else None
-        return np.asarray(booster.predict(X, num_iteration=best), dtype=float)
+        params = getattr(booster, "params", None)
+        params = params if isinstance(params, dict) else {}
+        threads = params.get("num_threads")
+        kwargs = {"num_threads": int(threads)} if threads else {}
+        return np.asarray(booster.predict(X, num_iteration=best, **kwargs), dtype=float)
 
 
 # Below this many rows one thread is faster: waking an OpenMP team costs more than it saves,
 # and API workers already use every core between them.
 _SINGLE_THREAD_ROWS = 2_000
+# One prediction at a time per process: predictions of different sizes ask LightGBM for
+# different thread counts, which it keeps in one process-wide setting (see `booster_predict`).
+# An API worker predicts on its event loop (one customer, one thread) and in its thread pool
+# (a batch, every core) at once; unserialised, the two could interleave and corrupt memory.
+# Uncontended, the lock costs well under a microsecond per call.
+_PREDICT_LOCK = threading.Lock()
 
 
 def predict_numpy(booster: Any, X: np.ndarray) -> np.ndarray:
@@ -277,4 +298,6 @@ def predict_numpy(booster: Any, X: np.ndarray) -> np.ndarray:
     best = booster.best_iteration
     n_iter = best if 0 < best < booster.current_iteration() else None
     threads = 1 if X.shape[0] < _SINGLE_THREAD_ROWS else 0
-    return np.asarray(booster.predict(X, num_iteration=n_iter, num_threads=threads), dtype=float)
+    with _PREDICT_LOCK:
+        out = booster.predict(X, num_iteration=n_iter, num_threads=threads)
+    return np.asarray(out, dtype=float)
