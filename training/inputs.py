@@ -49,6 +49,12 @@ class TrainingInputs:
         return self.files.get(name, self.source)
 
 
+_IMPORT_HINT = (
+    "raw Hillstrom or CDNOW files are imported first: "
+    "`winback import hillstrom|cdnow FILE --out DIR`, then train on DIR"
+)
+
+
 def _frame_file(path: Path) -> Frame:
     df, spec = mf.read_frame(path)
     return Frame(df, spec)
@@ -106,6 +112,8 @@ def load_training_inputs(
     skipped: dict[str, str] = {}
     try:
         if source.is_file():
+            if source.suffix.lower() in (".csv", ".txt"):
+                raise TrainingError(f"{source}: a raw file, not a modeling frame; {_IMPORT_HINT}")
             frame = _frame_file(source)
             inputs = TrainingInputs(source, _catalog_beside(source))
             inputs.files[frame.spec.kind] = source
@@ -140,6 +148,14 @@ def load_training_inputs(
                 except (OSError, ValueError) as exc:  # pyarrow errors subclass these
                     raise TrainingError(f"{truth}: cannot read ground truth: {exc}") from None
         else:
+            if not any(
+                (source / name).exists() for name in (REACTIVATION_FILE, OFFER_RESPONSE_FILE)
+            ):
+                raise NothingToTrainError(
+                    f"{source}: nothing to train: neither a data directory (no {c.CUSTOMERS} "
+                    f"table) nor a frame "
+                    f"directory (no {REACTIVATION_FILE} or {OFFER_RESPONSE_FILE}); {_IMPORT_HINT}"
+                )
             inputs = TrainingInputs(source, _catalog_beside(source))
             pairs = ((REACTIVATION_FILE, "reactivation"), (OFFER_RESPONSE_FILE, "offer_response"))
             for name, attr in pairs:

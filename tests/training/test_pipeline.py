@@ -172,8 +172,12 @@ def test_nothing_to_train_is_a_clear_error(tmp_path: Path, world: Path) -> None:
     only = tmp_path / "tiny"
     only.mkdir()
     (only / "offers.yaml").write_bytes((world / "offers.yaml").read_bytes())
-    with pytest.raises(NothingToTrainError, match="nothing to train"):
+    with pytest.raises(NothingToTrainError, match=r"nothing to train.*winback import hillstrom"):
         load_training_inputs(only)
+    raw = tmp_path / "hillstrom.csv"
+    raw.write_text("recency,history\n1,2\n")
+    with pytest.raises(TrainingError, match=r"a raw file, not a modeling frame.*winback import"):
+        load_training_inputs(raw)
 
 
 def test_cli_train_reports_skips_and_registers(world: Path, store: Path, tmp_path: Path) -> None:
