@@ -47,7 +47,7 @@ from features.engine import FeatureEngine
 from features.featureset import FeatureSet
 from features.importers.cdnow import import_cdnow, read_cdnow
 from models.reactivation import ReactivationClassifier
-from training.metrics import roc_auc
+from training.metrics import paired_auc_bootstrap, roc_auc
 
 SRC = Path("/work/shared/data/cdnow/CDNOW_master.txt")
 CUTOFF = pd.Timestamp("1997-10-01")  # first day after the calibration period
@@ -145,14 +145,9 @@ def paired_bootstrap(
 ) -> tuple[float, float, float]:
     """Standard error of our AUC, and a percentile 95% interval of ours - other's, over the
     same resamples of the customers (how far the test set's own noise moves the figures)."""
-    rng = np.random.default_rng(seed)
-    a, d = np.empty(n_boot), np.empty(n_boot)
-    for i in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
-        a[i] = roc_auc(y[idx], ours[idx])
-        d[i] = a[i] - roc_auc(y[idx], other[idx])
-    lo, hi = np.quantile(d, [0.025, 0.975])
-    return float(a.std(ddof=1)), float(lo), float(hi)
+    auc, diff = paired_auc_bootstrap(y, ours, other, n_boot, seed)
+    lo, hi = np.nanquantile(diff, [0.025, 0.975])
+    return float(np.nanstd(auc, ddof=1)), float(lo), float(hi)
 
 
 def main() -> None:

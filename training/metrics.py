@@ -52,6 +52,21 @@ def roc_auc(y: Any, score: Any) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def paired_auc_bootstrap(
+    y: Any, a: Any, b: Any, n_boot: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """AUC of scores `a`, and AUC(a) - AUC(b), on `n_boot` resamples of the rows (the same
+    resamples for both); NaN where a resample holds a single class."""
+    y_arr, sa, sb = _arr(y), _arr(a), _arr(b)
+    rng = np.random.default_rng(seed)
+    auc_a, diff = np.empty(n_boot), np.empty(n_boot)
+    for i in range(n_boot):
+        idx = rng.integers(0, len(y_arr), len(y_arr))
+        auc_a[i] = roc_auc(y_arr[idx], sa[idx])
+        diff[i] = auc_a[i] - roc_auc(y_arr[idx], sb[idx])
+    return auc_a, diff
+
+
 def log_loss(y: Any, p: Any, eps: float = 1e-15) -> float:
     """Mean negative log-likelihood, probabilities clipped to [eps, 1 - eps]."""
     y_arr, q = _arr(y), np.clip(_arr(p), eps, 1 - eps)

@@ -32,7 +32,7 @@ from training.evaluate import (
     response_test_mask,
 )
 from training.inputs import TrainingInputs, load_training_inputs
-from training.metrics import roc_auc
+from training.metrics import paired_auc_bootstrap, roc_auc
 from training.policy_value import deterministic_policy, evaluate_policies, policy_difference
 from training.registry import CHALLENGER, CHAMPION, VersionInfo, alias_uri, get_alias, set_alias
 from training.tracking import configure_tracking, use_experiment
@@ -116,12 +116,7 @@ def _compare_reactivation(
     if len(np.unique(y)) < 2:
         raise RegistryError("the test cutoff's labels have a single class: AUC is undefined")
     va, vb = roc_auc(y, pa), roc_auc(y, pb)
-    rng = np.random.default_rng(seed)
-    boot_a, boot_d = np.empty(AUC_BOOTSTRAP), np.empty(AUC_BOOTSTRAP)
-    for i in range(AUC_BOOTSTRAP):
-        idx = rng.integers(0, len(y), len(y))
-        boot_a[i] = roc_auc(y[idx], pa[idx])
-        boot_d[i] = boot_a[i] - roc_auc(y[idx], pb[idx])
+    boot_a, boot_d = paired_auc_bootstrap(y, pa, pb, AUC_BOOTSTRAP, seed)
     ok = np.isfinite(boot_a)  # a resample may hold one class only
     low = float(np.quantile(boot_a[ok], 0.05))  # one-sided 95%, like the policy's bound
     d_lo, d_hi = np.quantile(boot_d[ok], [0.025, 0.975])

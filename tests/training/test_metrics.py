@@ -14,6 +14,7 @@ from training.metrics import (
     expected_calibration_error,
     lift_at_top,
     log_loss,
+    paired_auc_bootstrap,
     qini_coefficient,
     qini_curve,
     roc_auc,
@@ -95,3 +96,17 @@ def test_uplift_scores_per_option() -> None:
     assert list(s.index) == ["a"]
     assert s.loc["a", "qini"] == pytest.approx(1 / 16)
     assert s.loc["a", "n"] == 4
+
+
+def test_paired_auc_bootstrap_uses_the_same_resamples_for_both_scores() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    good = y + rng.normal(0, 0.5, 400)
+    auc, diff = paired_auc_bootstrap(y, good, good, n_boot=50, seed=1)
+    assert auc.shape == diff.shape == (50,)
+    np.testing.assert_array_equal(diff, 0.0)  # same rows for both: no spurious difference
+    assert 0.8 < auc.mean() < 1.0 and auc.std() > 0
+    _, vs_noise = paired_auc_bootstrap(y, good, rng.normal(size=400), n_boot=50, seed=1)
+    assert (vs_noise > 0.2).all()
+    again, _ = paired_auc_bootstrap(y, good, good, n_boot=50, seed=1)
+    np.testing.assert_array_equal(again, auc)
