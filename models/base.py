@@ -264,15 +264,19 @@ def booster_predict(booster: Any, X: pd.DataFrame | np.ndarray, what: str = "mod
     `num_threads` (meaning: every core) in one thread while a one-thread booster trains or
     predicts in another can size buffers for one count and run with the other: the bagged
     learners' threads crashed with SIGSEGV within a minute of a stress loop (LGBM_BoosterCreate
-    in one thread, LGBM_BoosterPredictForMat in the other). Predicting with the thread count the
-    booster was trained with keeps concurrent calls in agreement.
+    in one thread, LGBM_BoosterPredictForMat in the other). In a worker thread, where another
+    thread's boosters may be training, the prediction uses the thread count the booster was
+    trained with, which keeps concurrent calls in agreement. The main thread, which waits while
+    the workers fit, predicts on every core (1M rows: 2.6 s against 5.0 s on one thread).
     """
     with translate_lightgbm_errors(what):
         best = booster.best_iteration if booster.best_iteration > 0 else None
-        params = getattr(booster, "params", None)
-        params = params if isinstance(params, dict) else {}
-        threads = params.get("num_threads")
-        kwargs = {"num_threads": int(threads)} if threads else {}
+        kwargs: dict[str, int] = {}
+        if threading.current_thread() is not threading.main_thread():
+            params = getattr(booster, "params", None)
+            threads = params.get("num_threads") if isinstance(params, dict) else None
+            if threads:
+                kwargs["num_threads"] = int(threads)
         return np.asarray(booster.predict(X, num_iteration=best, **kwargs), dtype=float)
 
 

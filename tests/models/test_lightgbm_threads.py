@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import lightgbm as lgb
@@ -30,8 +31,12 @@ def test_booster_predict_uses_the_thread_count_the_booster_trained_with() -> Non
         return original(X, **kwargs)
 
     booster.predict = recording
-    p = base.booster_predict(booster, np.zeros((4, 3)))
+    with ThreadPoolExecutor(max_workers=1) as pool:  # as the bags run
+        p = pool.submit(base.booster_predict, booster, np.zeros((4, 3))).result()
     assert seen["num_threads"] == 1 and p.shape == (4,)
+    seen.clear()  # the main thread waits while workers fit: it predicts on every core
+    base.booster_predict(booster, np.zeros((4, 3)))
+    assert "num_threads" not in seen
 
 
 class _Probe:
