@@ -114,9 +114,8 @@ def _binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 def reactivation_test_mask(model: PolicyModel, frame: Frame, seed: int) -> np.ndarray:
     """The reactivation rows `model`'s training held out for testing (`reactivation_split` with
-    its own seed), without the customers we contacted inside the label window."""
-    test = reactivation_split(frame, split_seed(model, seed)).test.to_numpy(dtype=bool)
-    return np.asarray(test & ~frame.data[mf.CONTACTED_IN_WINDOW].astype(bool).to_numpy())
+    its own seed)."""
+    return reactivation_split(frame, split_seed(model, seed)).test.to_numpy(dtype=bool)
 
 
 def reactivation_test(

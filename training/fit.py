@@ -105,7 +105,6 @@ def encode_features(frame: Frame) -> Encoded:
 @dataclass
 class ReactivationFit:
     model: ReactivationClassifier
-    test: pd.DataFrame  # test rows (frame columns) with `p_reactivation`
     split: dict[str, str]
 
 
@@ -137,8 +136,9 @@ def reactivation_split(frame: Frame, seed: int) -> ReactivationSplit:
     With exactly two cutoffs there is no next cutoff to validate on: the model trains on the
     first, and the last cutoff's customers are split by `in_test_half` into a validation half
     (early stopping and calibration) and a test half, so no row both tunes and tests the model.
-    Rows we contacted inside the label window are left out of training and validation, not of
-    test. Fewer than two cutoffs leave nothing to test on: TrainingError.
+    Rows we contacted inside the label window are left out of all three: our contact, not the
+    customer alone, may have caused their order. Fewer than two cutoffs leave nothing to test
+    on: TrainingError.
     """
     df = frame.data
     cutoffs = sorted(df[mf.CUTOFF].unique())
@@ -155,7 +155,7 @@ def reactivation_split(frame: Frame, seed: int) -> ReactivationSplit:
         train_cuts, val_cut, test_cut = cutoffs[:1], cutoffs[-1], cutoffs[-1]
     tr = cut.isin(train_cuts) & clean
     va = (cut == val_cut) & clean
-    te = cut == test_cut
+    te = (cut == test_cut) & clean
     info = {
         "train_cutoffs": ",".join(str(pd.Timestamp(x).date()) for x in train_cuts),
         "validation_cutoff": str(pd.Timestamp(val_cut).date()),
@@ -177,16 +177,14 @@ def fit_reactivation(frame: Frame, seed: int) -> ReactivationFit:
     enc = encode_features(frame)
     df = frame.data
     split = reactivation_split(frame, seed)
-    tr, va, te = split.train, split.validation, split.test
+    tr, va = split.train, split.validation
     y = df[mf.LABEL].astype(int)
     if y[tr].nunique() < 2:
         raise TrainingError("reactivation: the training cutoffs have a single label class")
     model = ReactivationClassifier(
         categorical_features=list(enc.categorical), random_state=seed, n_jobs=LGBM_THREADS
     ).fit(enc.X[tr], y[tr], X_val=enc.X[va], y_val=y[va])
-    test = df[te].copy()
-    test["p_reactivation"] = model.predict_proba(enc.X[te])[:, 1]
-    return ReactivationFit(model, test, split.info)
+    return ReactivationFit(model, split.info)
 
 
 @dataclass

@@ -97,9 +97,7 @@ def _input_example(model: PolicyModel, inputs: TrainingInputs) -> pd.DataFrame:
     """Five raw rows of the feature set's columns, as the data has them (text stays text)."""
     frame = inputs.offer_response or inputs.reactivation
     assert frame is not None
-    head = frame.data.head(5)
-    model.feature_matrix(head)  # FeatureMismatchError naming any column the frame lacks
-    rows = head[list(model.feature_columns)]
+    rows = frame.data.head(5)[list(model.feature_columns)]  # the model was built from this frame
     # pandas categoricals as plain text: the example is stored as JSON and read back as such
     text = [c for c in rows.columns if isinstance(rows[c].dtype, pd.CategoricalDtype)]
     return rows.astype(dict.fromkeys(text, object)).reset_index(drop=True)
