@@ -62,13 +62,6 @@ class Evaluation:
         }
 
 
-def _vocab(model: PolicyModel, column: str) -> list[str]:
-    for f in json.loads(model.feature_set)["features"]:
-        if f["name"] == column:
-            return list(f.get("vocabulary") or [])
-    return []
-
-
 def matrix_for(model: PolicyModel, frame: Frame) -> np.ndarray:
     """The frame's features as the model's numeric matrix (`PolicyModel.feature_matrix`: text
     categoricals through the feature set's vocabulary).
@@ -92,7 +85,7 @@ def matrix_for(model: PolicyModel, frame: Frame) -> np.ndarray:
 def _decoded(model: PolicyModel, X: np.ndarray, column: str) -> np.ndarray | None:
     if column not in model.feature_columns:
         return None
-    vocab = _vocab(model, column)
+    vocab = list(model.vocabularies.get(column, ()))
     codes = X[:, model.feature_columns.index(column)]
     labels = np.array([*vocab, "unknown"], dtype=object)
     idx = np.where(np.isfinite(codes) & (codes >= 0) & (codes < len(vocab)), codes, len(vocab))
