@@ -132,10 +132,11 @@ def evaluate(
         model = load_policy_model(model_uri)
         inputs = load_training_inputs(data)
         ev = Evaluation()
+        # the held-out rows follow the model's own seed whatever is given (see split_seed)
+        boot_seed = split_seed(model, 0) if seed is None else seed
         if model.reactivation is not None and inputs.reactivation is not None:
-            evaluate_reactivation(model, inputs.reactivation, ev, split_seed(model, 0))
+            evaluate_reactivation(model, inputs.reactivation, ev, boot_seed)
         if model.response is not None and inputs.offer_response is not None:
-            boot_seed = split_seed(model, 0) if seed is None else seed
             evaluate_response(model, inputs.offer_response, boot_seed, ev, inputs.ground_truth)
     except (TrainingError, FeaturesError, ModelsError) as exc:
         fail(str(exc))
