@@ -297,3 +297,19 @@ def logged_decision(
             )
         )
     return rows
+
+
+# The sections of the JSON summary (the API's summary adds its `schema_version`).
+REPORT_SECTIONS = {
+    "filters",
+    "definitions",
+    "totals",
+    "overall",
+    "groups",
+    "conversion_curve",
+    "repeat_purchase",
+    "guardrail_blocks",
+    "calibration",
+    "budget_usage",
+    "notes",
+}

@@ -23,7 +23,7 @@ from tests.api.conftest import (
     make_snapshot,
     runtime_of,
 )
-from tests.serving.test_report import REPORT_SECTIONS
+from tests.factories import REPORT_SECTIONS
 
 CHAMPION = "models:/winback-policy@champion"
 SUMMARY_KEYS = {"schema_version", *REPORT_SECTIONS}

@@ -28,25 +28,11 @@ from serving.reporting.metrics import attribute_outcomes
 from serving.reporting.stats import difference
 from serving.store import DecisionRecord, EventRecord, Store, upgrade_database
 from serving.store.models import Event
-from tests.factories import logged_decision
+from tests.factories import REPORT_SECTIONS, logged_decision
 
 T0 = datetime(2026, 3, 2, 9, 0)
 TRUE_LIFT = 0.10
 TRUE_MARGIN_LIFT = 2.0
-# The sections of the JSON summary (the API's summary adds its `schema_version`).
-REPORT_SECTIONS = {
-    "filters",
-    "definitions",
-    "totals",
-    "overall",
-    "groups",
-    "conversion_curve",
-    "repeat_purchase",
-    "guardrail_blocks",
-    "calibration",
-    "budget_usage",
-    "notes",
-}
 
 
 def _plant(
