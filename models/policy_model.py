@@ -294,7 +294,11 @@ class PolicyModel:
         """
         missing = [c for c in self.feature_columns if c not in X.columns]
         if missing:
-            raise FeatureMismatchError(f"input lacks feature-set columns: {missing}")
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise FeatureMismatchError(
+                f"the input lacks {len(missing)} of the {self.feature_set_key} feature-set "
+                f"columns: {missing[:5]}{more}"
+            )
         out = np.empty((len(X), len(self.feature_columns)))
         for j, col in enumerate(self.feature_columns):
             s = X[col]

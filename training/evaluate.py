@@ -21,7 +21,6 @@ import pandas as pd
 from features import constants as c
 from features import modeling_frame as mf
 from features.frames import Frame
-from models.errors import FeatureMismatchError
 from models.policy_model import PolicyModel
 from training import metrics as m
 from training.fit import (
@@ -64,22 +63,9 @@ class Evaluation:
 
 def matrix_for(model: PolicyModel, frame: Frame) -> np.ndarray:
     """The frame's features as the model's numeric matrix (`PolicyModel.feature_matrix`: text
-    categoricals through the feature set's vocabulary).
-
-    Raises FeatureMismatchError naming the model's columns the frame lacks (a model trained on
-    another feature set, e.g. Hillstrom's, cannot be evaluated on a synthetic world's frame).
-    """
-    df = frame.data
-    missing = [col for col in model.feature_columns if col not in df.columns]
-    if missing:
-        shown = ", ".join(missing[:5]) + (
-            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        )
-        raise FeatureMismatchError(
-            f"the data lacks {len(missing)} of the model's {model.feature_set_key} features "
-            f"({shown}): it was built with {frame.spec.feature_set or 'another feature set'}"
-        )
-    return model.feature_matrix(df)
+    categoricals through the feature set's vocabulary; FeatureMismatchError naming the columns
+    a frame of another feature set lacks)."""
+    return model.feature_matrix(frame.data)
 
 
 def _decoded(model: PolicyModel, X: np.ndarray, column: str) -> np.ndarray | None:

@@ -47,6 +47,7 @@ def test_held_out_rows_are_the_models_own_split_whatever_seed_is_asked() -> None
 def test_a_frame_without_the_models_features_is_a_clear_error() -> None:
     frame = experiment(10)
     with pytest.raises(
-        FeatureMismatchError, match=r"lacks 2 of the model's tiny@1 features \(recency, zip_code\)"
+        FeatureMismatchError,
+        match=r"lacks 2 of the tiny@1 feature-set columns: \['recency', 'zip_code'\]",
     ):
         matrix_for(model("0", ("x", "recency", "zip_code")), frame)
