@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,11 +27,8 @@ from serving.engine.timeutil import to_days
 from serving.errors import ModelUnavailableError
 from serving.policy import Policy
 from serving.precomputed import PrecomputedScores, SnapshotRowScorer
+from serving.scoring import Scorer, align_scores
 from serving.store import ContactCaps, CustomerState, Store
-
-if TYPE_CHECKING:
-    # `serving.api` imports this module; its scoring protocol is imported lazily.
-    from serving.api.scoring import Scorer
 
 log = logging.getLogger("winback.decide")
 
@@ -168,8 +165,6 @@ def score_rows(
             feature_set.key,
         )
         return None
-    from serving.api.scoring import align_scores
-
     try:
         return align_scores(scorer, matrix, options)
     except ModelUnavailableError as exc:

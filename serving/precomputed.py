@@ -17,16 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from features.snapshot import Attachment, Snapshot
-
-if TYPE_CHECKING:
-    # `serving.api` imports `serving.decide`, which imports this module.
-    from serving.api.scoring import Scorer
+from serving.scoring import Scorer
 
 FloatMatrix = npt.NDArray[np.float64]
 

@@ -20,8 +20,8 @@ from serving.api.logs import configure_logging
 from serving.api.metrics import LatencyMiddleware, Metrics
 from serving.api.routes import admin, customers, events, health, recommendations, reports
 from serving.api.runtime import Clock, SnapshotSource, build_runtime, utc_now
-from serving.api.scoring import ScorerLoader
 from serving.api.sync import read_target, watch
+from serving.scoring import ScorerLoader
 from serving.settings import ServingSettings, get_serving_settings
 from serving.store import Store, upgrade_database
 

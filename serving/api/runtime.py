@@ -18,10 +18,9 @@ from typing import Protocol
 from features.offers import OfferCatalog, load_catalog
 from features.snapshot import Snapshot, SnapshotError, SnapshotStore
 from serving.api.metrics import Metrics
-from serving.api.scoring import Scorer, ScorerLoader, no_model_loader
 from serving.engine import OptionSet
-from serving.errors import ModelUnavailableError
 from serving.policy import Policy, load_policy
+from serving.scoring import Scorer, ScorerLoader, load_scorer, no_model_loader
 from serving.settings import ServingSettings
 from serving.store import ContactCaps, Store
 
@@ -72,18 +71,6 @@ class Runtime:
     @property
     def model_version(self) -> str | None:
         return self.scorer.version if self.scorer is not None else None
-
-
-def load_scorer(loader: ScorerLoader, uri: str) -> tuple[Scorer | None, str | None]:
-    """(scorer, None) or (None, why not): a missing or broken model is not fatal."""
-    if not uri:
-        return None, "model_uri is empty: rules only"
-    try:
-        return loader(uri), None
-    except ModelUnavailableError as exc:
-        return None, str(exc)
-    except Exception as exc:  # a broken package must not stop the service: rules only
-        return None, f"model {uri}: cannot load: {type(exc).__name__}: {exc}"
 
 
 def build_runtime(

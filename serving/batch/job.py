@@ -17,12 +17,11 @@ from features.config import FeatureConfig
 from features.datadir import load_data_dir
 from features.offers import load_catalog
 from features.snapshot import CURRENT_FILE, Snapshot, write_snapshot
-from serving.api.runtime import load_scorer
-from serving.api.scoring import Scorer
 from serving.batch.errors import BatchError
 from serving.decide import Decider
 from serving.engine import OptionSet
 from serving.policy import load_policy
+from serving.scoring import Scorer, load_scorer
 from serving.settings import ServingSettings
 from serving.store import ContactCaps, Store, upgrade_database
 

@@ -18,8 +18,8 @@ from features.featureset import CONSENT_STATES, WINBACK_V1, FeatureSet
 from features.snapshot import Snapshot
 from serving.api import create_app
 from serving.api.runtime import Runtime
-from serving.api.scoring import Scorer
 from serving.errors import ModelUnavailableError
+from serving.scoring import Scorer
 from serving.settings import ServingSettings
 from tests.factories import CATALOG_YAML, snapshot_of
 

@@ -90,3 +90,15 @@ def align_scores(scorer: Scorer, features: FloatMatrix, options: OptionSet) -> S
     p_out[:, known] = p[:, take[known]]
     v_out[:, known] = v[:, take[known]]
     return Scores(p_convert=p_out, value=v_out, model_version=scorer.version)
+
+
+def load_scorer(loader: ScorerLoader, uri: str) -> tuple[Scorer | None, str | None]:
+    """(scorer, None) or (None, why not): a missing or broken model is not fatal."""
+    if not uri:
+        return None, "model_uri is empty: rules only"
+    try:
+        return loader(uri), None
+    except ModelUnavailableError as exc:
+        return None, str(exc)
+    except Exception as exc:  # a broken package must not stop the service: rules only
+        return None, f"model {uri}: cannot load: {type(exc).__name__}: {exc}"
