@@ -67,6 +67,14 @@ class ServingSettings(BaseSettings):
     """Repeated next-offer calls for one customer and campaign within this window return the
     same decision and count once (template engines fetch HTML and text parts, and retry)."""
 
+    clock_tolerance_seconds: int = Field(300, ge=0, le=86_400)
+    """A recorded decision is made, and its caps and consent judged, at the server's clock;
+    a caller's `context.timestamp` on one may differ from it by at most this much (else 422).
+    Dry runs may ask about any time."""
+
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    """Largest request body accepted (413 above it)."""
+
     batch_limit: int = Field(1000, ge=1, le=10_000)
     """Most customers accepted by `POST /v1/recommendations/batch`."""
 

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from serving.api.errors import install_error_handlers
+from serving.api.limits import BodyLimitMiddleware
 from serving.api.logs import configure_logging
 from serving.api.metrics import LatencyMiddleware, Metrics
 from serving.api.routes import admin, customers, events, health, recommendations, reports
@@ -83,6 +84,7 @@ def create_app(
     for module in (recommendations, customers, events, reports, admin, health):
         app.include_router(module.router)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
     return app
 
 

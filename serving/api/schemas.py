@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any, Literal
+import json
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+from typing_extensions import TypeAliasType
 
 from features.offers import Channel
 
@@ -22,7 +33,86 @@ EventType = Literal[
     "complaint",
     "bounce",
 ]
-Id = Field(min_length=1, max_length=128)
+
+PRINTABLE: Final = r"^[^\x00-\x1f\x7f]+$"
+"""Ids and names: no control characters (NUL above all: PostgreSQL cannot store it)."""
+NO_NUL: Final = r"^[^\x00]*$"
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=PRINTABLE)]
+"""A caller-chosen id (customer, event, campaign, request): 1-128 printable characters."""
+OfferId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=PRINTABLE)]
+
+EARLIEST: Final = datetime(1970, 1, 1)
+LATEST: Final = datetime(2100, 1, 1)
+# A coarse check of the year in the schema itself, so generated clients see the bound.
+_TS_PATTERN: Final = r"^(19[7-9][0-9]|20[0-9][0-9])-"
+
+
+def utc_bounded(value: datetime) -> datetime:
+    """Naive UTC (a naive input is taken as UTC) between 1970 and 2100."""
+    if not EARLIEST.year <= value.year < LATEST.year:  # before converting: year 1 overflows
+        raise ValueError(
+            f"must be between {EARLIEST.date()} and {LATEST.date()} (UTC), got year {value.year}"
+        )
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    if not EARLIEST <= value < LATEST:
+        raise ValueError(f"must be between {EARLIEST.date()} and {LATEST.date()} (UTC)")
+    return value
+
+
+Timestamp = Annotated[
+    datetime,
+    AfterValidator(utc_bounded),
+    Field(json_schema_extra={"pattern": _TS_PATTERN}),
+]
+"""ISO 8601; with an offset, or UTC when it has none; years 1970-2099."""
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+UtcOut = Annotated[datetime, AfterValidator(_aware)]
+"""A response time: always with its offset (UTC)."""
+
+MAX_AMOUNT: Final = 1e9
+Money = Annotated[float, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT, allow_inf_nan=False)]
+MAX_PAYLOAD_BYTES: Final = 16_384
+
+PayloadValue = TypeAliasType(
+    "PayloadValue",
+    "bool | int | Annotated[float, Field(allow_inf_nan=False)] "
+    "| Annotated[str, StringConstraints(max_length=4096, pattern=NO_NUL)] "
+    "| list[PayloadValue] "
+    "| dict[Annotated[str, StringConstraints(max_length=128, pattern=NO_NUL)], PayloadValue] "
+    "| None",
+)
+"""Any JSON value without NUL characters or non-finite numbers."""
+MAX_PAYLOAD_DEPTH: Final = 16
+
+
+def payload_problem(value: Any, path: str = "payload", depth: int = 0) -> str | None:
+    """The first spot of a JSON value that cannot be stored, as 'path: problem', or None."""
+    if depth > MAX_PAYLOAD_DEPTH:
+        return f"{path}: nested deeper than {MAX_PAYLOAD_DEPTH} levels"
+    if isinstance(value, str):
+        return f"{path}: contains a NUL character" if "\x00" in value else None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path}: must be a finite number"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str) or "\x00" in k:
+                return f"{path}: a key contains a NUL character"
+            found = payload_problem(v, f"{path}.{k}", depth + 1)
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            found = payload_problem(v, f"{path}[{i}]", depth + 1)
+            if found:
+                return found
+    return None
 
 
 class _In(BaseModel):
@@ -32,31 +122,55 @@ class _In(BaseModel):
 class DecisionContext(_In):
     """When and why the caller asks."""
 
-    timestamp: datetime | None = Field(None, description="decision time; default: now (UTC)")
-    campaign_id: str | None = Field(None, min_length=1, max_length=128)
-    trigger: str | None = Field(None, max_length=128, description="e.g. browsed_category")
+    timestamp: Timestamp | None = Field(
+        None,
+        description=(
+            "decision time; default: now. A recorded decision is always made at the server's "
+            "clock (caps and consent are judged there), and this may differ from it by at "
+            "most WINBACK_CLOCK_TOLERANCE_SECONDS (default 300 s); a dry run may ask about any "
+            "time, and opt-outs already received apply to it whatever that time."
+        ),
+    )
+    campaign_id: Id | None = None
+    trigger: Id | None = Field(None, description="e.g. browsed_category")
 
 
 class RecommendationRequest(_In):
     """`POST /v1/recommendations`."""
 
-    customer_id: str = Id
+    customer_id: Id
     channel: ChannelOrAuto = "auto"
     context: DecisionContext = DecisionContext()
-    candidate_offer_ids: list[str] | None = Field(None, min_length=1, max_length=64)
+    candidate_offer_ids: list[OfferId] | None = Field(None, min_length=1, max_length=64)
     dry_run: bool = False
-    request_id: str | None = Field(None, min_length=1, max_length=128)
+    request_id: Id | None = Field(
+        None,
+        description=(
+            "idempotency key: a repeat with the same body gets the decision(s) already "
+            "recorded under it (`recorded: true`), recorded once; the same key with a "
+            "different body is refused with 409 `idempotency_key_reused`. Dry runs record "
+            "nothing and are not keyed."
+        ),
+    )
 
 
 class BatchRecommendationRequest(_In):
     """`POST /v1/recommendations/batch`: one decision per customer, same channel and context."""
 
-    customer_ids: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(min_length=1)
+    customer_ids: list[Id] = Field(min_length=1)
     channel: ChannelOrAuto = "auto"
     context: DecisionContext = DecisionContext()
-    candidate_offer_ids: list[str] | None = Field(None, min_length=1, max_length=64)
+    candidate_offer_ids: list[OfferId] | None = Field(None, min_length=1, max_length=64)
     dry_run: bool = False
-    request_id: str | None = Field(None, min_length=1, max_length=128)
+    request_id: Id | None = Field(
+        None,
+        description=(
+            "idempotency key: a repeat with the same body gets the decision(s) already "
+            "recorded under it (`recorded: true`), recorded once; the same key with a "
+            "different body is refused with 409 `idempotency_key_reused`. Dry runs record "
+            "nothing and are not keyed."
+        ),
+    )
 
 
 class ExcludedOffer(BaseModel):
@@ -131,17 +245,38 @@ class NextOffer(BaseModel):
 class EventIn(_In):
     """`POST /v1/events`; `event_id` (chosen by the sender) makes delivery idempotent."""
 
-    event_id: str = Id
-    customer_id: str = Id
+    event_id: Id
+    customer_id: Id
     type: EventType
-    ts: datetime | None = Field(None, description="when it happened; default: now (UTC)")
+    ts: Timestamp | None = Field(
+        None,
+        description=(
+            "when it happened (kept as reported); default: now. An unsubscribe or complaint "
+            "takes effect when it is received, whatever this says."
+        ),
+    )
     channel: Channel | None = None
-    contact_id: str | None = Field(None, max_length=128)
-    decision_id: str | None = Field(None, max_length=128)
-    offer_id: str | None = Field(None, max_length=64)
-    revenue: float | None = Field(None, ge=0)
-    margin: float | None = None
-    payload: dict[str, Any] | None = None
+    contact_id: Id | None = None
+    decision_id: Id | None = None
+    offer_id: OfferId | None = None
+    revenue: Annotated[Money, Field(ge=0)] | None = None
+    margin: Money | None = None
+    payload: (
+        dict[Annotated[str, StringConstraints(max_length=128, pattern=NO_NUL)], PayloadValue] | None
+    ) = Field(None, description=f"free-form JSON (at most {MAX_PAYLOAD_BYTES:,} bytes serialised)")
+
+    @field_validator("payload", mode="before")
+    @classmethod
+    def _payload_checks(cls, value: Any) -> Any:
+        """One clear message naming the spot (the schema's union would list every branch)."""
+        if isinstance(value, dict):
+            problem = payload_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
+            size = len(json.dumps(value, separators=(",", ":")).encode())
+            if size > MAX_PAYLOAD_BYTES:
+                raise ValueError(f"at most {MAX_PAYLOAD_BYTES:,} bytes of JSON, got {size:,}")
+        return value
 
     @model_validator(mode="after")
     def _order_amounts(self) -> EventIn:
@@ -180,7 +315,7 @@ class PreferencesOut(BaseModel):
     channels: list[str] | None
     max_contacts: int | None
     per_days: int | None
-    ts: datetime
+    ts: UtcOut
 
 
 class ReloadRequest(_In):

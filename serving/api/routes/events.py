@@ -17,11 +17,13 @@ def post_event(body: schemas.EventIn, rt: RuntimeDep, _: ClientKey) -> schemas.E
     """Store an event once per `event_id`.
 
     `unsubscribe` and `complaint` opt the customer out (of the event's channel, else the
-    contact's, else every channel) before the next decision; `not_sent` releases the cap the
+    contact's, else every channel) from the moment they are received, whatever their `ts`:
+    no contact is recorded after this call has answered; `not_sent` releases the cap the
     named decision took; an `order` naming an offer adds one redemption and its expected cost
     to the offer's budget usage. A repeated `event_id` changes nothing (`duplicate: true`).
     """
-    ts = utc_naive(body.ts) if body.ts is not None else rt.clock()
+    received = rt.clock()
+    ts = utc_naive(body.ts) if body.ts is not None else received
     res = rt.store.append_event(
         EventRecord(
             event_id=body.event_id,
@@ -35,7 +37,8 @@ def post_event(body: schemas.EventIn, rt: RuntimeDep, _: ClientKey) -> schemas.E
             revenue=body.revenue,
             margin=body.margin,
             payload=body.payload,
-        )
+        ),
+        received=received,
     )
     offer = rt.options.offers.get(body.offer_id) if body.offer_id else None
     if not res.duplicate and body.type == "order" and offer is not None and offer.is_incentive:
