@@ -69,7 +69,7 @@ class ServingSettings(BaseSettings):
 
     clock_tolerance_seconds: int = Field(300, ge=0, le=86_400)
     """A recorded decision is made, and its caps and consent judged, at the server's clock;
-    a caller's `context.timestamp` on one may differ from it by at most this much (else 422).
+    a caller's `context.timestamp` on one may differ from it by at most this much (else 409).
     Dry runs may ask about any time."""
 
     max_body_bytes: int = Field(1_048_576, ge=1024)

@@ -10,8 +10,11 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
+    StrictBool,
     StringConstraints,
     field_validator,
     model_validator,
@@ -61,8 +64,26 @@ def utc_bounded(value: datetime) -> datetime:
     return value
 
 
+def _iso_text(value: Any) -> Any:
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an ISO 8601 date-time string, e.g. 2026-01-10T12:00:00Z")
+    return value
+
+
+def _json_int(value: Any) -> Any:
+    """An integer as JSON Schema means it: 3 or 3.0, not "3" or true."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be an integer")
+        return int(value)
+    return value
+
+
 Timestamp = Annotated[
     datetime,
+    BeforeValidator(_iso_text),
     AfterValidator(utc_bounded),
     Field(json_schema_extra={"pattern": _TS_PATTERN}),
 ]
@@ -77,19 +98,23 @@ UtcOut = Annotated[datetime, AfterValidator(_aware)]
 """A response time: always with its offset (UTC)."""
 
 MAX_AMOUNT: Final = 1e9
-Money = Annotated[float, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT, allow_inf_nan=False)]
+Money = Annotated[float, Strict(), Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT, allow_inf_nan=False)]
 MAX_PAYLOAD_BYTES: Final = 16_384
 
 PayloadValue = TypeAliasType(
     "PayloadValue",
-    "bool | int | Annotated[float, Field(allow_inf_nan=False)] "
-    "| Annotated[str, StringConstraints(max_length=4096, pattern=NO_NUL)] "
+    "Annotated[bool, Strict()] | Annotated[int, Strict()] "
+    "| Annotated[float, Strict(), Field(allow_inf_nan=False)] "
+    "| Annotated[str, Strict(), StringConstraints(max_length=4096, pattern=NO_NUL)] "
     "| list[PayloadValue] "
     "| dict[Annotated[str, StringConstraints(max_length=128, pattern=NO_NUL)], PayloadValue] "
     "| None",
 )
-"""Any JSON value without NUL characters or non-finite numbers."""
+"""Any JSON value without NUL characters or non-finite numbers, kept as sent (strict: a
+string of digits stays a string)."""
 MAX_PAYLOAD_DEPTH: Final = 16
+MAX_PAYLOAD_TEXT: Final = 4096
+MAX_PAYLOAD_KEY: Final = 128
 
 
 def payload_problem(value: Any, path: str = "payload", depth: int = 0) -> str | None:
@@ -97,13 +122,15 @@ def payload_problem(value: Any, path: str = "payload", depth: int = 0) -> str | 
     if depth > MAX_PAYLOAD_DEPTH:
         return f"{path}: nested deeper than {MAX_PAYLOAD_DEPTH} levels"
     if isinstance(value, str):
+        if len(value) > MAX_PAYLOAD_TEXT:
+            return f"{path}: at most {MAX_PAYLOAD_TEXT:,} characters, got {len(value):,}"
         return f"{path}: contains a NUL character" if "\x00" in value else None
     if isinstance(value, float) and not math.isfinite(value):
         return f"{path}: must be a finite number"
     if isinstance(value, dict):
         for k, v in value.items():
-            if not isinstance(k, str) or "\x00" in k:
-                return f"{path}: a key contains a NUL character"
+            if not isinstance(k, str) or "\x00" in k or len(k) > MAX_PAYLOAD_KEY:
+                return f"{path}: keys are at most {MAX_PAYLOAD_KEY} characters, without NUL"
             found = payload_problem(v, f"{path}.{k}", depth + 1)
             if found:
                 return found
@@ -142,7 +169,7 @@ class RecommendationRequest(_In):
     channel: ChannelOrAuto = "auto"
     context: DecisionContext = DecisionContext()
     candidate_offer_ids: list[OfferId] | None = Field(None, min_length=1, max_length=64)
-    dry_run: bool = False
+    dry_run: StrictBool = False
     request_id: Id | None = Field(
         None,
         description=(
@@ -157,11 +184,11 @@ class RecommendationRequest(_In):
 class BatchRecommendationRequest(_In):
     """`POST /v1/recommendations/batch`: one decision per customer, same channel and context."""
 
-    customer_ids: list[Id] = Field(min_length=1)
+    customer_ids: list[Id] = Field(min_length=1, json_schema_extra={"uniqueItems": True})
     channel: ChannelOrAuto = "auto"
     context: DecisionContext = DecisionContext()
     candidate_offer_ids: list[OfferId] | None = Field(None, min_length=1, max_length=64)
-    dry_run: bool = False
+    dry_run: StrictBool = False
     request_id: Id | None = Field(
         None,
         description=(
@@ -242,8 +269,43 @@ class NextOffer(BaseModel):
     model_version: str | None
 
 
+_OTHER_EVENTS: Final = [t for t in EventType.__args__ if t not in ("order", "not_sent")]  # type: ignore[attr-defined]
+
+
 class EventIn(_In):
     """`POST /v1/events`; `event_id` (chosen by the sender) makes delivery idempotent."""
+
+    # The cross-field rules of `_order_amounts`, stated in the schema too (clients and
+    # schema-driven tests then know them): an order has amounts, not_sent names its decision.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"type": {"enum": _OTHER_EVENTS}}},
+                {
+                    "properties": {
+                        "type": {"const": "order"},
+                        "revenue": {"type": "number"},
+                        "margin": {"type": "number"},
+                    },
+                    "required": ["type", "revenue", "margin"],
+                },
+                {
+                    "properties": {
+                        "type": {"const": "not_sent"},
+                        "decision_id": {"type": "string"},
+                    },
+                    "required": ["type", "decision_id"],
+                },
+                {
+                    "properties": {
+                        "type": {"const": "not_sent"},
+                        "contact_id": {"type": "string"},
+                    },
+                    "required": ["type", "contact_id"],
+                },
+            ]
+        }
+    )
 
     event_id: Id
     customer_id: Id
@@ -298,9 +360,25 @@ class EventResult(BaseModel):
 class PreferencesIn(_In):
     """`PUT /v1/customers/{customer_id}/preferences`: the full state, not a patch."""
 
+    # `_frequency_pair` in the schema: both frequency fields, or neither.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"max_contacts": {"type": "null"}, "per_days": {"type": "null"}}},
+                {
+                    "properties": {
+                        "max_contacts": {"type": "integer"},
+                        "per_days": {"type": "integer"},
+                    },
+                    "required": ["max_contacts", "per_days"],
+                },
+            ]
+        }
+    )
+
     channels: list[Channel] | None = Field(None, description="allowed channels; null = any")
-    max_contacts: int | None = Field(None, ge=1, le=1000)
-    per_days: int | None = Field(None, ge=1, le=3650)
+    max_contacts: Annotated[int, Field(ge=1, le=1000), BeforeValidator(_json_int)] | None = None
+    per_days: Annotated[int, Field(ge=1, le=3650), BeforeValidator(_json_int)] | None = None
 
     @model_validator(mode="after")
     def _frequency_pair(self) -> PreferencesIn:
@@ -324,7 +402,7 @@ class ReloadRequest(_In):
     model_uri: str | None = Field(None, description="e.g. models:/winback-policy@challenger")
     policy_path: str | None = None
     catalog_path: str | None = None
-    snapshot: bool = True
+    snapshot: StrictBool = True
 
 
 class Readiness(BaseModel):
@@ -352,3 +430,23 @@ class ErrorResponse(BaseModel):
     """The one shape of every error the API returns."""
 
     error: ErrorBody
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+ERROR_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    400: _error("the body could not be read (not UTF-8, or not JSON at all)"),
+    401: _error("`X-API-Key` is missing or not valid"),
+    403: _error("the key is valid but of the other scope (client vs admin)"),
+    409: _error(
+        "`request_id` reused with a different request (`idempotency_key_reused`), or a "
+        "recorded decision's `context.timestamp` too far from the server's clock "
+        "(`timestamp_out_of_tolerance`)"
+    ),
+    413: _error("the body is larger than WINBACK_MAX_BODY_BYTES, or too many customers"),
+    422: _error("a field is invalid: `field` names it, `message` says why"),
+    503: _error("the store or the service is not available; nothing was recorded"),
+}
+"""The answers every authenticated endpoint may give besides its own."""

@@ -112,7 +112,8 @@ def _record(
 
 def decision_time(rt: Runtime, requested: datetime | None, dry_run: bool) -> datetime:
     """The time a decision is made at: the server's clock for a recorded decision (a caller's
-    time only within `clock_tolerance_seconds` of it, else 422), any time for a dry run."""
+    time only within `clock_tolerance_seconds` of it, else 409: the request conflicts with
+    the server's clock, however valid its form), any time for a dry run."""
     now = rt.clock()
     if requested is None:
         return now
@@ -123,7 +124,7 @@ def decision_time(rt: Runtime, requested: datetime | None, dry_run: bool) -> dat
     off = (at - now).total_seconds()
     if abs(off) > tolerance:
         raise ApiError(
-            422,
+            409,
             "timestamp_out_of_tolerance",
             f"context.timestamp: a recorded decision is made at the server's clock "
             f"({now.isoformat()}Z); {at.isoformat()}Z is {off:+,.0f} s from it, more than "

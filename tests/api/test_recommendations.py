@@ -74,7 +74,7 @@ def test_recorded_decisions_happen_at_the_server_clock(client: TestClient, clock
         json={"customer_id": "c1", "context": {"timestamp": later}},
         headers=CLIENT,
     )
-    assert r.status_code == 422
+    assert r.status_code == 409
     err = r.json()["error"]
     assert (err["code"], err["field"]) == ("timestamp_out_of_tolerance", "context.timestamp")
     # Within the tolerance the server's clock decides: still capped.

@@ -21,7 +21,7 @@ from serving.engine.timeutil import to_days
 from serving.store import Preferences
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
-CustomerId = Annotated[str, Path(min_length=1, max_length=128)]
+CustomerId = Annotated[str, Path(min_length=1, max_length=128, pattern=schemas.PRINTABLE)]
 
 
 @router.get("/{customer_id}/next-offer", response_model=schemas.NextOffer)
@@ -29,7 +29,9 @@ async def next_offer(
     customer_id: CustomerId,
     rt: ClientRuntime,
     channel: Annotated[schemas.ChannelOrAuto, Query()] = "auto",
-    campaign: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    campaign: Annotated[
+        str | None, Query(min_length=1, max_length=128, pattern=schemas.PRINTABLE)
+    ] = None,
 ) -> Response:
     """The decision as flat JSON for template engines; repeated calls within the window for
     the same customer and campaign return the same decision and count once."""

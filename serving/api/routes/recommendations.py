@@ -12,15 +12,9 @@ from serving.api.runtime import Runtime
 from serving.api.service import Outcome, decide_and_record, decide_once, decision_time
 
 router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
-_ERRORS = {
-    401: {"model": schemas.ErrorResponse},
-    403: {"model": schemas.ErrorResponse},
-    422: {"model": schemas.ErrorResponse},
-    503: {"model": schemas.ErrorResponse},
-}
 
 
-@router.post("", response_model=schemas.Decision, responses=_ERRORS)  # type: ignore[arg-type]
+@router.post("", response_model=schemas.Decision)
 async def recommend(body: schemas.RecommendationRequest, rt: ClientRuntime) -> Response:
     """Decide offer, channel and stage (or no contact) for one customer, and log it."""
     # Runs on the event loop, not in the thread pool: one decision is about a millisecond of
@@ -64,7 +58,6 @@ def _decide(
 @router.post(
     "/batch",
     response_model=schemas.BatchResponse,
-    responses=_ERRORS | {413: {"model": schemas.ErrorResponse}},  # type: ignore[arg-type]
 )
 def recommend_batch(
     body: schemas.BatchRecommendationRequest, rt: RuntimeDep, _: ClientKey
