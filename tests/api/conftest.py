@@ -184,3 +184,12 @@ def runtime_of(client: TestClient) -> Runtime:
     """The runtime the app under test loaded."""
     app = cast(FastAPI, client.app)
     return cast(Runtime, app.state.runtime)
+
+
+@pytest.fixture
+def store_client(settings: ServingSettings, clock: Clock, url: str) -> Iterator[TestClient]:
+    """`client` on each store: SQLite, and PostgreSQL when WINBACK_TEST_DATABASE_URL is set."""
+    cfg = settings.model_copy(update={"database_url": url})
+    app = create_app(cfg, snapshots=FakeSnapshots(make_snapshot(CUSTOMERS)), clock=clock)
+    with TestClient(app) as c:
+        yield c
