@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
@@ -64,8 +65,14 @@ def utc_bounded(value: datetime) -> datetime:
     return value
 
 
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
 def _iso_text(value: Any) -> Any:
-    if not isinstance(value, str | datetime):
+    """Only ISO 8601 text (pydantic alone also takes numbers and numeric strings as epochs)."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _ISO_DATE.match(value):
         raise ValueError("must be an ISO 8601 date-time string, e.g. 2026-01-10T12:00:00Z")
     return value
 
@@ -262,7 +269,12 @@ class NextOffer(BaseModel):
     channel: str | None
     stage: int | None
     stage_name: str | None
-    reason: str
+    reason: str = Field(
+        description=(
+            "why: the choice's reason code, or for no contact the guardrail that stopped the "
+            "option that got furthest (e.g. consent_unknown, stage_too_soon, cap_channel)"
+        )
+    )
     top_category: str | None
     top_categories: list[str]
     policy_version: str | None

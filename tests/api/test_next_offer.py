@@ -36,8 +36,8 @@ def test_renders_a_real_liquid_template(client: TestClient) -> None:
     assert html == "Hello! Our buying guide - picked for books."
     none = _next(client, cid="nobody")
     assert liquid.parse(TEMPLATE).render(**none) == "(no offer: unknown_customer)"
-    capped = _next(client, cid="c-noconsent")
-    assert liquid.parse(TEMPLATE).render(**capped) == "(no offer: no_allowed_option)"
+    no_consent = _next(client, cid="c-noconsent")  # the guardrail, not "no allowed option"
+    assert liquid.parse(TEMPLATE).render(**no_consent) == "(no offer: consent_unknown)"
 
 
 def test_repeated_calls_in_the_window_return_the_same_decision_once(
@@ -51,6 +51,7 @@ def test_repeated_calls_in_the_window_return_the_same_decision_once(
     other = _next(client, campaign="summer")  # another campaign is another decision
     assert other["decision_id"] != first["decision_id"]
     assert other["send"] is False  # and the cap of one contact is already taken
+    assert other["reason"] == "cap_across_channels"
     clock.advance(minutes=11)  # past the 600 s window: a new decision
     assert _next(client)["decision_id"] != first["decision_id"]
     assert _contacts(client, "c1") == 1
