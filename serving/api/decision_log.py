@@ -27,8 +27,13 @@ NEXT_OFFER = "next-offer"
 
 
 def next_offer_request_id(campaign_id: str | None) -> str:
-    """The request id next-offer decisions are logged under (the dedupe key with customer)."""
-    return f"{NEXT_OFFER}:{campaign_id or '-'}"
+    """The request id next-offer decisions are logged under (the dedupe key with customer);
+    a campaign id too long to fit the 128-character column beside the prefix is hashed."""
+    rid = f"{NEXT_OFFER}:{campaign_id or '-'}"
+    if len(rid) <= 128:
+        return rid
+    digest = hashlib.blake2b((campaign_id or "").encode(), digest_size=16).hexdigest()
+    return f"{NEXT_OFFER}:#{digest}"
 
 
 def next_offer_decision_id(customer_id: str, campaign_id: str | None, bucket: int) -> str:

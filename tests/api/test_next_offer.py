@@ -63,3 +63,10 @@ def test_concurrent_calls_count_once(client: TestClient) -> None:
     assert len({b["decision_id"] for b in bodies}) == 1
     assert all(b["send"] for b in bodies)
     assert _contacts(client, "c3") == 1
+
+
+def test_a_campaign_id_of_the_longest_allowed_length_is_served(store_client: TestClient) -> None:
+    campaign = "w" * 128  # the request id it is logged under must still fit its column
+    first = _next(store_client, campaign=campaign)
+    again = _next(store_client, campaign=campaign)
+    assert first["send"] is True and again["decision_id"] == first["decision_id"]
