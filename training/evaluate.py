@@ -116,12 +116,13 @@ def reactivation_test(
 
 def evaluate_reactivation(model: PolicyModel, frame: Frame, ev: Evaluation, seed: int = 0) -> None:
     """Metrics on the reactivation rows the model's training held out (`reactivation_test`)."""
-    X, p, y = reactivation_test(model, frame, seed)
-    if len(y) == 0:  # a protocol whose cutoff's labels lie beyond the data
+    test = reactivation_test_mask(model, frame, seed)
+    if not test.any():  # a protocol whose cutoff's labels lie beyond the data
         ev.notes["reactivation_not_evaluated"] = (
             "no held-out rows: the data does not reach the cutoff's labels"
         )
         return
+    X, p, y = reactivation_test(model, frame, seed, test)
     overall = _binary_metrics(y, p)
     ev.metrics.update({f"reactivation_{k}": v for k, v in overall.items()})
     rows = [{"slice": "all", "group": "all", **overall}]
