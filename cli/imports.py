@@ -10,7 +10,6 @@ from rich.table import Table
 
 from cli.output import console, fail, print_validation
 from features.errors import FeaturesError
-from features.importers import DEFAULT_MARGIN_RATE, import_cdnow, import_hillstrom
 
 app = typer.Typer()
 import_app = typer.Typer(
@@ -19,6 +18,10 @@ import_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(import_app, name="import")
+
+DEFAULT_MARGIN_RATE = 0.25
+"""`features.importers.DEFAULT_MARGIN_RATE`, repeated here so that `--help` need not import
+the importers (pandas); tests/cli/test_lazy_imports.py checks that the two agree."""
 
 Out = Annotated[Path, typer.Option("--out", help="output directory (created; must be empty)")]
 Overwrite = Annotated[
@@ -43,6 +46,8 @@ def cdnow(
     overwrite: Overwrite = False,
 ) -> None:
     """CDNOW purchase log -> a data directory (customers, orders, empty contacts, offers.yaml)."""
+    from features.importers import import_cdnow
+
     try:
         result = import_cdnow(src, out, margin_rate=margin_rate, fmt=fmt, overwrite=overwrite)
     except FeaturesError as exc:
@@ -69,6 +74,8 @@ def hillstrom(
     overwrite: Overwrite = False,
 ) -> None:
     """Hillstrom e-mail test -> an offer_response modeling frame plus offers.yaml."""
+    from features.importers import import_hillstrom
+
     try:
         result = import_hillstrom(src, out, overwrite=overwrite)
     except FeaturesError as exc:

@@ -10,9 +10,6 @@ import typer
 
 from cli.output import console, fail
 from serving.errors import ServingError
-from serving.reporting import FORMATS, ReportOptions, render, report_summary
-from serving.settings import get_serving_settings
-from serving.store import Store
 
 app = typer.Typer(no_args_is_help=True)
 _SUFFIX_FORMATS = {".json": "json", ".csv": "csv"}
@@ -45,6 +42,10 @@ def report(
     seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
 ) -> None:
     """Report contacts, conversions, margin and incremental lift against the holdout."""
+    from serving.reporting import FORMATS, ReportOptions, render, report_summary
+    from serving.settings import get_serving_settings
+    from serving.store import Store
+
     chosen = fmt or _SUFFIX_FORMATS.get(out.suffix.lower(), "html")
     if chosen not in FORMATS:
         fail(f"format: must be one of {', '.join(FORMATS)}, got {chosen!r}")

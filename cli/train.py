@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pandas as pd
 import typer
 from rich.table import Table
 
@@ -16,6 +15,9 @@ from cli.output import console, fail
 from features.errors import FeaturesError
 from models.errors import ModelsError
 from training.errors import TrainingError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = typer.Typer(no_args_is_help=True)
 SEED_MAX = 2**32 - 1  # numpy's and LightGBM's seeds are unsigned 32-bit
@@ -49,6 +51,8 @@ def _table(title: str, df: pd.DataFrame) -> None:
 
 
 def _print_evaluation(ev: object) -> None:
+    import pandas as pd
+
     metrics = getattr(ev, "metrics", {})
     tables = getattr(ev, "tables", {})
     shown = {k: metrics[k] for k in KEY_METRICS if k in metrics}
@@ -256,6 +260,8 @@ def promote(
     Refused (unless --force): a challenger trained on other data, or one that cannot be
     evaluated on DATA.
     """
+    import pandas as pd
+
     from training.promote import promote as run_promote
 
     try:

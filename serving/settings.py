@@ -90,6 +90,11 @@ class ServingSettings(BaseSettings):
     workers: int = Field(1, ge=1)
     log_level: str = "info"
 
+    worker_healthcheck_timeout: int = Field(30, ge=1)
+    """Seconds uvicorn's supervisor waits for a worker process (with `workers` > 1) to answer
+    its health check, from the worker's start on, before it kills and replaces the worker.
+    uvicorn's own default of 5 s killed every worker in a loop on a loaded host."""
+
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _keys(cls, value: Any) -> Any:
