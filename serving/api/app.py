@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,6 +29,8 @@ from serving.api.sync import read_target, watch
 from serving.scoring import ScorerLoader
 from serving.settings import ServingSettings, get_serving_settings
 from serving.store import Store, upgrade_database
+
+log = logging.getLogger("winback.api")
 
 
 def create_app(
@@ -60,8 +63,15 @@ def create_app(
             )
             # Load the snapshot now: loaded by the first request instead, a 1M-customer
             # snapshot held that request and those queued behind it for seconds (in each
-            # worker). A missing snapshot is not fatal: customers are then unknown.
-            app.state.runtime.snapshot()
+            # worker). A missing or corrupt one is not fatal: the service starts degraded
+            # (customers unknown, `/readyz` says why) and the watcher retries the load.
+            if app.state.runtime.snapshot() is None:
+                app.state.snapshot_error = app.state.runtime.snapshot_problem()
+                log.warning(
+                    "starting degraded, no serving snapshot (retried every %s s): %s",
+                    cfg.refresh_interval_seconds,
+                    app.state.snapshot_error,
+                )
             # Settings win at start; only reloads published from now on are applied.
             published = read_target(cfg.reload_state_path)
             app.state.generation = published.generation if published else 0
