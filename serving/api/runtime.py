@@ -149,9 +149,9 @@ def reloaded(
     """A new runtime with the policy, catalog and model reloaded; (runtime, snapshot swapped).
 
     Everything must load, or nothing changes: PolicyError / OfferCatalogError for the policy
-    and catalog, `ReloadRefusedError` for a model URI that cannot be loaded or a failed snapshot
-    refresh (the snapshot is refreshed last, after everything else has loaded). An empty
-    model URI means rules only, by choice.
+    and catalog, `ReloadRefusedError` for a model that cannot be loaded (asked for, or the
+    one serving now) or a failed snapshot refresh (the snapshot is refreshed last, after
+    everything else has loaded). An empty model URI means rules only, by choice.
     """
     settings = rt.settings.model_copy(
         update={
@@ -167,7 +167,9 @@ def reloaded(
     policy = load_policy(settings.policy_path)
     catalog = load_catalog(Path(settings.catalog_path))
     scorer, error = load_scorer(rt.scorer_loader, settings.model_uri)
-    if scorer is None and settings.model_uri:
+    # Refused when it would lose a loaded model or when this model was asked for; a service
+    # already rules-only because its configured model is missing may reload the rest.
+    if scorer is None and settings.model_uri and (model_uri is not None or rt.scorer):
         still = f"still serving {rt.model_version}" if rt.scorer else "still rules only"
         raise ReloadRefusedError(
             f"model_uri: cannot load {settings.model_uri!r}, nothing changed ({still}): {error}",
