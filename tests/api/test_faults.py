@@ -515,3 +515,27 @@ def test_reload_with_a_corrupt_snapshot_is_refused_and_the_old_one_serves(
         # without the snapshot, the rest of a reload applies
         r = client.post("/admin/reload", json={"snapshot": False}, headers=ADMIN)
         assert r.status_code == 200
+
+
+def test_the_store_probe_runs_at_most_once_per_interval(
+    settings: ServingSettings, files: dict[str, Path]
+) -> None:
+    from serving.store import Store
+    from serving.store.health import StoreProbe
+
+    upgrade_database(settings.database_url)
+    store = Store.from_url(settings.database_url)
+    now = [0.0]
+    probe = StoreProbe(store.engine, min_interval=1.0, clock=lambda: now[0])
+    try:
+        assert probe.check().writable
+        with read_only(files["db"]):
+            now[0] += 0.5
+            assert probe.check().writable  # the last result, within the interval
+            now[0] += 0.6
+            health = probe.check()
+            assert health.problem == "store_read_only" and health.reachable
+        now[0] += 1.0
+        assert probe.check().writable
+    finally:
+        store.dispose()

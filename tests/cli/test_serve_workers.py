@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -112,6 +114,22 @@ def test_two_workers_become_ready_while_every_cpu_is_busy(tmp_path: Path, busy_c
         assert server.poll() is None, text
         assert "in its place" not in text and "died" not in text, text
         print(f"ready after {ready_after:.1f} s with {busy_cpus} busy CPU(s)")
+
+        # a worker killed from outside is replaced, and the log says why
+        worker = int(re.findall(r"Started server process \[(\d+)\]", text)[0])
+        os.kill(worker, signal.SIGKILL)
+        while "in its place" not in log.read_text():
+            assert time.monotonic() - started < 2 * READY_WITHIN, log.read_text()
+            time.sleep(0.5)
+        assert f"worker [{worker}] was killed by SIGKILL; started worker [" in log.read_text()
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_a_workers_exit_is_described_by_code_or_signal() -> None:
+    from serving.supervisor import exit_description
+
+    assert exit_description(3) == "exited with code 3"
+    assert exit_description(-9) == "was killed by SIGKILL"
+    assert exit_description(None) == "is still running"
