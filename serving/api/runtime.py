@@ -41,6 +41,17 @@ def utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def brief(error: object, limit: int = 300) -> str:
+    """An error's text fit for an HTTP body: its first line, without a SQL statement.
+
+    A model that fails to load can fail inside MLflow's own store, whose SQLAlchemy errors
+    carry the statement (`[SQL: ...]`) and a link on further lines; those stay in the log.
+    """
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = text.split("[SQL:", 1)[0].rstrip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class ReloadRefusedError(ServingError):
     """A reload asked for something that cannot be loaded; the running service is unchanged.
 
@@ -97,9 +108,9 @@ class Runtime:
         try:
             self.snapshots.current()
         except SnapshotError as exc:
-            return str(exc)
+            return brief(exc)
         error = getattr(self.snapshots, "error", None)  # a refresh that failed, old one kept
-        return str(error) if error is not None else None
+        return brief(error) if error is not None else None
 
     @property
     def model_version(self) -> str | None:
@@ -172,7 +183,8 @@ def reloaded(
     if scorer is None and settings.model_uri and (model_uri is not None or rt.scorer):
         still = f"still serving {rt.model_version}" if rt.scorer else "still rules only"
         raise ReloadRefusedError(
-            f"model_uri: cannot load {settings.model_uri!r}, nothing changed ({still}): {error}",
+            f"model_uri: cannot load {settings.model_uri!r}, nothing changed ({still}): "
+            f"{brief(error)}",
             "model_uri",
         )
     swapped = False
@@ -182,7 +194,7 @@ def reloaded(
         except SnapshotError as exc:
             raise ReloadRefusedError(
                 f'snapshot: refresh failed, nothing changed (reload with "snapshot": false '
-                f"to apply the rest without it): {exc}",
+                f"to apply the rest without it): {brief(exc)}",
                 "snapshot",
             ) from None
     new = replace(

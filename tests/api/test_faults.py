@@ -539,3 +539,30 @@ def test_the_store_probe_runs_at_most_once_per_interval(
         assert probe.check().writable
     finally:
         store.dispose()
+
+
+def test_a_model_store_error_shows_no_sql_in_the_reload_answer_or_readyz(
+    settings: ServingSettings, clock: Clock
+) -> None:
+    good = FakeScorer({"pct10": 4.0, "none": 0.5})
+    sql_error = (
+        "(sqlite3.OperationalError) duplicate column name: step\n"
+        "[SQL: ALTER TABLE metrics ADD COLUMN step BIGINT DEFAULT '0' NOT NULL]\n"
+        "(Background on this error at: https://sqlalche.me/e/21/e3q8)"
+    )
+
+    def load(uri: str) -> Any:
+        if uri == CHAMPION:
+            return good
+        raise RuntimeError(sql_error)
+
+    with TestClient(_app(settings, clock, load)) as client:
+        r = client.post("/admin/reload", json={"model_uri": "models:/m@x"}, headers=ADMIN)
+        assert r.status_code == 422
+        message = r.json()["error"]["message"]
+        assert "duplicate column name: step" in message
+        assert "ALTER TABLE" not in message and "sqlalche.me" not in message
+    cfg = settings.model_copy(update={"model_uri": "models:/m@x"})
+    with TestClient(_app(cfg, clock, load)) as client:
+        detail = client.get("/readyz").json()["details"]["model_unavailable"]
+        assert "duplicate column name" in detail and "ALTER TABLE" not in detail

@@ -16,7 +16,7 @@ from pydantic import Field
 from features.snapshot import Snapshot
 from serving.api import schemas
 from serving.api.deps import RuntimeDep
-from serving.api.runtime import Runtime
+from serving.api.runtime import Runtime, brief
 from serving.precomputed import precomputed_scores
 
 router = APIRouter(tags=["health"])
@@ -44,7 +44,7 @@ def readiness(rt: Runtime) -> ReadinessReport:
     if store.problem is not None:
         details[store.problem] = store.message or store.problem
     if rt.scorer is None:
-        details["model_unavailable"] = rt.model_error or "no model loaded: rules only"
+        details["model_unavailable"] = brief(rt.model_error or "no model loaded: rules only")
     snap = rt.snapshot()
     problem = rt.snapshot_problem()
     if snap is None:
