@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from bench_cdnow import (  # type: ignore[import-not-found]  # bench/ is the script's folder
     CUTOFF,
     HOLDOUT_DAYS,
@@ -118,15 +117,26 @@ def main() -> None:
         data, report = tmp / "cdnow", tmp / "evaluation.json"
         t0 = time.perf_counter()
         out = winback(
-            "import", "transactions", str(args.src), "--mapping", str(MAPPING), "--out", str(data),
+            "import",
+            "transactions",
+            str(args.src),
+            "--mapping",
+            str(MAPPING),
+            "--out",
+            str(data),
             env=env,
         )
         print("$ winback import transactions ... --mapping docs/mappings/cdnow.yaml")
         print(out.strip())
         t1 = time.perf_counter()
         out = winback(
-            "train", str(data), "--cutoff", str(CUTOFF.date()), "--horizon-days",
-            str(HOLDOUT_DAYS), env=env,
+            "train",
+            str(data),
+            "--cutoff",
+            str(CUTOFF.date()),
+            "--horizon-days",
+            str(HOLDOUT_DAYS),
+            env=env,
         )
         print(f"$ winback train DIR --cutoff {CUTOFF.date()} --horizon-days {HOLDOUT_DAYS}")
         boxes = tuple("┏┃┡│└")  # the tables are printed by the JSON's figures below
@@ -151,8 +161,10 @@ def main() -> None:
     _, diff = paired_auc_bootstrap(y, p_cli, bg, args.boot, 0)
     lo, hi = np.nanquantile(diff, [0.025, 0.975])
 
-    print(f"\nCDNOW, {len(y):,} customers at {CUTOFF.date()}, buy within {HOLDOUT_DAYS} days: "
-          f"{y.mean():.1%}")
+    print(
+        f"\nCDNOW, {len(y):,} customers at {CUTOFF.date()}, buy within {HOLDOUT_DAYS} days: "
+        f"{y.mean():.1%}"
+    )
     print(f"{'':34s} {'AUC':>8s}")
     print(f"{'CLI (evaluate JSON)':34s} {cli_auc:8.4f}")
     print(f"{'BG/NBD (same run)':34s} {bg_auc:8.4f}")
