@@ -195,3 +195,99 @@ def transactions(
         )
     console.print("contacts, events, consent: none in the source (written empty)")
     print_validation(r.report)
+
+
+Into = Annotated[
+    Path, typer.Option("--into", help="data directory to add to (its customers must exist)")
+]
+Maps = Annotated[list[str] | None, typer.Option("--map", help="FIELD=COLUMN, repeatable")]
+Channel = Annotated[str, typer.Option("--channel", help="channel of every row, unless mapped")]
+Sep = Annotated[str, typer.Option("--sep", help="CSV separator")]
+Query = Annotated[
+    str | None, typer.Option("--query", help="SQL query (SRC is then a SQLAlchemy URL)")
+]
+TsFormat = Annotated[str | None, typer.Option("--ts-format", help="strftime format of ts")]
+
+
+def _print_esp(result: object, what: str) -> None:
+    rows = getattr(result, "rows_read", 0)
+    console.print(f"read {rows:,} {what} rows", highlight=False)
+    for key, n in getattr(result, "dropped", {}).items():
+        console.print(f"  dropped {n:,} rows: {key.replace('_', ' ')}", highlight=False)
+    for table, n in getattr(result, "added", {}).items():
+        console.print(f"  added {n:,} rows to {table}", highlight=False)
+    print_validation(result.report)  # type: ignore[attr-defined]
+
+
+@import_app.command("consent")
+def consent(
+    src: Annotated[str, typer.Argument(help="consent list: CSV, Parquet, or a URL with --query")],
+    into: Into,
+    maps: Maps = None,
+    channel: Channel = "email",
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="when the list was exported, without a ts")
+    ] = None,
+    status: Annotated[
+        list[str] | None,
+        typer.Option("--status", help="WORD=opted_in|opted_out, repeatable (beside the usual)"),
+    ] = None,
+    sep: Sep = ",",
+    ts_format: TsFormat = None,
+    query: Query = None,
+) -> None:
+    """An ESP's consent list (customer_id, status[, ts, channel]) -> the consent table."""
+    from features.importers.esp import import_consent
+    from features.importers.transactions import parse_map_options
+
+    try:
+        result = import_consent(
+            src,
+            into,
+            parse_map_options(maps or []),
+            channel=channel,
+            as_of=as_of,
+            status_words=parse_map_options(status or []),
+            sep=sep,
+            ts_format=ts_format,
+            query=query,
+        )
+    except FeaturesError as exc:
+        fail(str(exc))
+        return
+    _print_esp(result, "consent")
+
+
+@import_app.command("esp-events")
+def esp_events(
+    src: Annotated[str, typer.Argument(help="event log: CSV, Parquet, or a URL with --query")],
+    into: Into,
+    maps: Maps = None,
+    channel: Channel = "email",
+    event: Annotated[
+        list[str] | None,
+        typer.Option("--event", help="WORD=send|open|click|delivery_issue|unsubscribe|complaint"),
+    ] = None,
+    sep: Sep = ",",
+    ts_format: TsFormat = None,
+    query: Query = None,
+) -> None:
+    """An ESP's sends/opens/clicks/bounces/unsubscribes -> contacts, events and consent."""
+    from features.importers.esp import import_esp_events
+    from features.importers.transactions import parse_map_options
+
+    try:
+        result = import_esp_events(
+            src,
+            into,
+            parse_map_options(maps or []),
+            channel=channel,
+            event_words=parse_map_options(event or []),
+            sep=sep,
+            ts_format=ts_format,
+            query=query,
+        )
+    except FeaturesError as exc:
+        fail(str(exc))
+        return
+    _print_esp(result, "event")

@@ -144,8 +144,11 @@ def _refusal_of_data(model: PolicyModel, version: str, data: Path) -> str | None
     )
 
 
-def _evaluation_gap(model: PolicyModel, inputs: TrainingInputs, seed: int) -> str | None:
-    """Why `model` cannot be evaluated on `inputs` (None when it can)."""
+def _evaluation_gap(
+    model: PolicyModel, inputs: TrainingInputs, seed: int
+) -> tuple[str | None, float]:
+    """Why `model` cannot be evaluated on `inputs` (None when it can), and its value there:
+    the learned policy's DR value, else the reactivation AUC (NaN when not evaluated)."""
     from training.evaluate import Evaluation, evaluate_reactivation, evaluate_response
 
     ev = Evaluation()
@@ -155,16 +158,15 @@ def _evaluation_gap(model: PolicyModel, inputs: TrainingInputs, seed: int) -> st
         if model.has_response and inputs.offer_response is not None:
             evaluate_response(model, inputs.offer_response, seed, ev, None)
     except FeatureMismatchError as exc:
-        return str(exc)
-    if ev.metrics.get("reactivation_auc") is None and not any(
-        k.startswith("policy_value") or k.startswith("learned") for k in ev.metrics
-    ):
+        return str(exc), float("nan")
+    value = ev.metrics.get("policy_learned_dr", ev.metrics.get("reactivation_auc"))
+    if value is None:
         return "nothing in the data that this model can be evaluated on " + (
             f"({ev.notes['reactivation_not_evaluated']})"
             if "reactivation_not_evaluated" in ev.notes
             else "(its parts and the data's frames do not meet)"
-        )
-    return None
+        ), float("nan")
+    return None, float("nan") if value is None else float(value)
 
 
 def _label_overlap(challenger: PolicyModel, champion: PolicyModel) -> str | None:
@@ -206,7 +208,8 @@ def promote(
     # test frame (its cutoff and horizon)
     inputs = load_training_inputs(data, **protocol_args(a.metadata))  # type: ignore[arg-type]
     refusal = _refusal_of_data(a, challenger.version, Path(data))
-    refusal = refusal or _evaluation_gap(a, inputs, seed)
+    gap, first_value = _evaluation_gap(a, inputs, seed)
+    refusal = refusal or gap
     champion = get_alias(CHAMPION, name)
     already = champion is not None and champion.version == challenger.version
     if refusal is not None and not already and not force:
@@ -231,7 +234,7 @@ def promote(
             challenger.version,
             None,
             "first model",
-            float("nan"),
+            first_value,
             float("nan"),
             float("nan"),
             float("nan"),

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -175,9 +175,14 @@ def _is_url(src: str) -> bool:
     return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", src) is not None
 
 
-def _chunks(src: str, mapping: TransactionMapping, query: str | None) -> Iterator[pd.DataFrame]:
-    """The mapped source columns, `CHUNK_ROWS` rows at a time, as read (text stays text)."""
-    wanted = sorted(set(mapping.columns.values()))
+def read_chunks(
+    src: str, columns: Iterable[str], sep: str, query: str | None
+) -> Iterator[pd.DataFrame]:
+    """The source's `columns`, `CHUNK_ROWS` rows at a time, as read (CSV text stays text).
+
+    `src` is a CSV file (separator `sep`), a Parquet file, or a SQLAlchemy URL with `query`.
+    """
+    wanted = sorted(set(columns))
     if query is not None:
         yield from _sql_chunks(src, query, wanted)
         return
@@ -187,7 +192,6 @@ def _chunks(src: str, mapping: TransactionMapping, query: str | None) -> Iterato
     if path.suffix.lower() == ".parquet":
         yield from _parquet_chunks(path, wanted)
         return
-    sep = mapping.sep
     try:
         reader = pd.read_csv(
             path,
@@ -256,7 +260,8 @@ def _sql_chunks(url: str, query: str, wanted: list[str]) -> Iterator[pd.DataFram
 # -- reducing lines to orders ---------------------------------------------------------------
 
 
-def _text(s: pd.Series) -> pd.Series:
+def text_column(s: pd.Series) -> pd.Series:
+    """Stripped text; empty strings are missing."""
     out = s.astype("string").str.strip()
     return out.mask(out == "")
 
@@ -264,14 +269,15 @@ def _text(s: pd.Series) -> pd.Series:
 def _number(s: pd.Series) -> pd.Series:
     if pd.api.types.is_numeric_dtype(s):
         return s.astype("float64")
-    return pd.to_numeric(_text(s), errors="coerce").astype("float64")
+    return pd.to_numeric(text_column(s), errors="coerce").astype("float64")
 
 
-def _timestamp(s: pd.Series, fmt: str | None) -> pd.Series:
+def timestamp_column(s: pd.Series, fmt: str | None) -> pd.Series:
+    """Naive-UTC timestamps (`fmt`, or inferred); what does not parse is NaT."""
     if pd.api.types.is_datetime64_any_dtype(s):
         ts = pd.Series(s)
     else:
-        text = _text(s)
+        text = text_column(s)
         ts = pd.to_datetime(text, format=fmt, errors="coerce", utc=True)
     if isinstance(ts.dtype, pd.DatetimeTZDtype):
         ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
@@ -285,10 +291,10 @@ def _reduce_chunk(
     col = m.columns
     n = len(raw)
     counts["rows_read"] += n
-    cid = _text(raw[col["customer_id"]])
+    cid = text_column(raw[col["customer_id"]])
     ok = cid.notna().to_numpy(dtype=bool, copy=True)
     counts["missing_customer_id"] += int((~ok).sum())
-    ts = _timestamp(raw[col["ts"]], m.ts_format)
+    ts = timestamp_column(raw[col["ts"]], m.ts_format)
     bad_ts = ok & ts.isna().to_numpy()
     counts["bad_timestamp"] += int(bad_ts.sum())
     ok &= ~bad_ts
@@ -305,7 +311,7 @@ def _reduce_chunk(
     counts["bad_amount"] += int(bad_amount.sum())
     ok &= ~bad_amount
     if "order_id" in col:
-        oid = _text(raw[col["order_id"]])
+        oid = text_column(raw[col["order_id"]])
         no_oid = ok & oid.isna().to_numpy()
         counts["missing_order_id"] += int(no_oid.sum())
         ok &= ~no_oid
@@ -333,7 +339,7 @@ def _reduce_chunk(
         lines[c.MARGIN] = margin[ok].to_numpy()
     for name, target in (("category", c.CATEGORY), ("channel", "channel"), ("region", "region")):
         if name in col:
-            lines[target] = _text(raw[col[name]])[ok].to_numpy()
+            lines[target] = text_column(raw[col[name]])[ok].to_numpy()
     if "order_id" not in col:  # every row is an order already
         return lines.assign(_top=lines[c.REVENUE])
     return _orders_of(lines)
@@ -370,7 +376,7 @@ def transaction_tables(
     """Read the source and build the contract's customers and orders; and the counts."""
     counts: Counter[str] = Counter()
     parts = []
-    for chunk in _chunks(src, mapping, query):
+    for chunk in read_chunks(src, mapping.columns.values(), mapping.sep, query):
         parts.append(_reduce_chunk(chunk, mapping, counts["rows_read"], counts))
     if not counts["rows_read"]:
         raise DataSourceError(f"{src}: no rows in the source")

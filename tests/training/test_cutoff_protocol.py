@@ -159,6 +159,7 @@ def test_cli_from_import_to_champion_per_data_set(shop: Path, store: Path, tmp_p
     assert get_alias(CHAMPION, "shop") is None
     first = runner.invoke(app, ["promote", str(shop), "--model-name", "shop"])
     assert first.exit_code == 0, first.output
+    assert "PROMOTED" in first.output and "evaluated on the data" in " ".join(first.output.split())
     assert get_alias(CHAMPION, "shop").version == "1"  # type: ignore[union-attr]
 
 
