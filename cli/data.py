@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from cli.output import fail, print_validation
-from features.datadir import validate_data_dir
 from features.errors import FeaturesError
 
 app = typer.Typer(no_args_is_help=True)
@@ -19,6 +18,8 @@ def validate(
     directory: Annotated[Path, typer.Argument(help="data directory to check")],
 ) -> None:
     """Check a data directory against the data contract; exit 1 if anything is wrong."""
+    from features.datadir import validate_data_dir
+
     try:
         report, _ = validate_data_dir(directory)
     except FeaturesError as exc:

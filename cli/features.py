@@ -5,24 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
-import pandas as pd
 import typer
-from pydantic import ValidationError
 from rich.table import Table
 
 from cli.output import console, fail
-from features.build import build_customer_view
-from features.config import FeatureConfig
-from features.datadir import load_data_dir
 from features.errors import FeaturesError
 from features.featureset import DEFAULT_FEATURE_SET, FeatureSet, get_feature_set
-from features.frames import summarize_offer_response, summarize_reactivation, write_frames
-from features.offers import format_pydantic_error
-from features.settings import get_settings
-from features.snapshot import Attachment, write_snapshot
 
 if TYPE_CHECKING:
+    import pandas as pd
+
+    from features.config import FeatureConfig
     from serving.model_scorer import PolicyScorer
 
 app = typer.Typer(no_args_is_help=True)
@@ -31,6 +24,11 @@ app.add_typer(group, name="features")
 
 
 def _config() -> FeatureConfig:
+    from pydantic import ValidationError
+
+    from features.config import FeatureConfig
+    from features.offers import format_pydantic_error
+
     try:
         return FeatureConfig()
     except ValidationError as exc:
@@ -39,6 +37,8 @@ def _config() -> FeatureConfig:
 
 
 def _print_summary(title: str, df: pd.DataFrame) -> None:
+    import pandas as pd
+
     table = Table(title=title)
     table.add_column(str(df.index.name or ""))
     for col in df.columns:
@@ -65,6 +65,9 @@ def frames(
     ] = None,
 ) -> None:
     """Write OUT/reactivation.parquet and OUT/offer_response.parquet, then summarize them."""
+    from features.datadir import load_data_dir
+    from features.frames import summarize_offer_response, summarize_reactivation, write_frames
+
     try:
         data = load_data_dir(directory)
         with console.status("building frames"):
@@ -113,6 +116,14 @@ def materialize(
     ] = True,
 ) -> None:
     """Write the current features of every customer as a new snapshot version."""
+    import numpy as np
+    import pandas as pd
+
+    from features.build import build_customer_view
+    from features.datadir import load_data_dir
+    from features.settings import get_settings
+    from features.snapshot import Attachment, write_snapshot
+
     root = out or get_settings().snapshot_dir
     if feature_set is not None and model is not None:
         fail("--feature-set and --model: give one (--model takes the model's feature set)")

@@ -10,7 +10,6 @@ from rich.table import Table
 
 from cli.output import console, fail
 from features.errors import FeaturesError
-from features.synthetic.generate import generate_world, world_summary, write_world
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -27,6 +26,8 @@ def generate(
     ] = "parquet",
 ) -> None:
     """Generate a synthetic world (customers, orders, past campaigns) plus its ground truth."""
+    from features.synthetic.generate import generate_world, world_summary, write_world
+
     try:
         with console.status(f"generating {customers:,} customers"):
             world = generate_world(customers, seed)

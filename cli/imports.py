@@ -10,14 +10,18 @@ from rich.table import Table
 
 from cli.output import console, fail, print_validation
 from features.errors import FeaturesError
-from features.importers import DEFAULT_MARGIN_RATE, import_cdnow, import_hillstrom
 
 app = typer.Typer()
 import_app = typer.Typer(
-    help="Import a public dataset (CDNOW, Hillstrom) into winback's data forms.",
+    help="Import a retailer's transactions, or a public dataset (CDNOW, Hillstrom), into "
+    "winback's data forms.",
     no_args_is_help=True,
 )
 app.add_typer(import_app, name="import")
+
+DEFAULT_MARGIN_RATE = 0.25
+"""`features.importers.DEFAULT_MARGIN_RATE`, repeated here so that `--help` need not import
+the importers (pandas); tests/cli/test_lazy_imports.py checks that the two agree."""
 
 Out = Annotated[Path, typer.Option("--out", help="output directory (created; must be empty)")]
 Overwrite = Annotated[
@@ -42,6 +46,8 @@ def cdnow(
     overwrite: Overwrite = False,
 ) -> None:
     """CDNOW purchase log -> a data directory (customers, orders, empty contacts, offers.yaml)."""
+    from features.importers import import_cdnow
+
     try:
         result = import_cdnow(src, out, margin_rate=margin_rate, fmt=fmt, overwrite=overwrite)
     except FeaturesError as exc:
@@ -68,6 +74,8 @@ def hillstrom(
     overwrite: Overwrite = False,
 ) -> None:
     """Hillstrom e-mail test -> an offer_response modeling frame plus offers.yaml."""
+    from features.importers import import_hillstrom
+
     try:
         result = import_hillstrom(src, out, overwrite=overwrite)
     except FeaturesError as exc:
@@ -89,3 +97,101 @@ def hillstrom(
         f"ts = {result.spec.notes['ts']}; outcome_margin unknown (NaN); propensity 1/3 per arm",
         highlight=False,
     )
+
+
+@import_app.command("transactions")
+def transactions(
+    src: Annotated[
+        str, typer.Argument(help="CSV or Parquet file, or a SQLAlchemy URL with --query")
+    ],
+    out: Out,
+    maps: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--map",
+            help="FIELD=COLUMN, repeatable; fields: customer_id, ts, order_id, revenue (or "
+            "quantity and unit_price), margin, category, channel, region",
+        ),
+    ] = None,
+    mapping_file: Annotated[
+        Path | None,
+        typer.Option("--mapping", help="YAML: columns: {field: column}, sep, ts_format, ..."),
+    ] = None,
+    query: Annotated[
+        str | None, typer.Option("--query", help="SQL query (SRC is then a SQLAlchemy URL)")
+    ] = None,
+    sep: Annotated[
+        str | None, typer.Option("--sep", help="CSV separator (default ','; '\\s+', 'tab', ';')")
+    ] = None,
+    ts_format: Annotated[
+        str | None,
+        typer.Option("--ts-format", help="strftime format of ts, e.g. %Y%m%d (default: inferred)"),
+    ] = None,
+    margin_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--margin-rate",
+            min=0.0,
+            max=1.0,
+            help="without a margin column: margin = revenue x this rate, marked as assumed "
+            "(default 0.25)",
+        ),
+    ] = None,
+    cancel_prefix: Annotated[
+        str | None,
+        typer.Option("--cancel-prefix", help="order ids starting with this are cancellations"),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table format: parquet or csv")] = "parquet",
+    overwrite: Overwrite = False,
+) -> None:
+    """A transaction log (one row per order or order line) -> a data directory."""
+    from features.importers.transactions import (
+        import_transactions,
+        load_mapping_file,
+        mapping_from,
+        parse_map_options,
+    )
+
+    try:
+        doc = load_mapping_file(mapping_file) if mapping_file else None
+        mapping = mapping_from(
+            parse_map_options(maps or []),
+            doc,
+            sep=sep,
+            ts_format=ts_format,
+            margin_rate=margin_rate,
+            cancel_prefix=cancel_prefix,
+        )
+        with console.status("importing"):
+            r = import_transactions(src, out, mapping, query=query, fmt=fmt, overwrite=overwrite)
+    except FeaturesError as exc:
+        fail(str(exc))
+        return
+    console.print(f"read {r.rows_read:,} rows", highlight=False)
+    why = {
+        "missing_customer_id": "no customer id",
+        "bad_timestamp": "timestamp does not parse",
+        "bad_amount": "amount does not parse",
+        "missing_order_id": "no order id",
+    }
+    for key, n in r.dropped.items():
+        console.print(f"  dropped {n:,} rows: {why[key]}", highlight=False)
+    if r.return_lines:
+        console.print(
+            f"  dropped {r.return_lines:,} return/cancellation lines (value "
+            f"{r.return_value:,.2f}): a return is not a purchase",
+            highlight=False,
+        )
+    console.print(
+        f"wrote {r.customers:,} customers, {r.orders:,} orders, revenue {r.revenue:,.2f}, "
+        f"{r.first_order} to {r.last_order} -> {r.out}",
+        highlight=False,
+    )
+    if r.margin_rate is not None:
+        console.print(
+            f"[yellow]margin: assumed[/] {r.margin_rate:g} x revenue (no margin column; "
+            "recorded in dataset.json, flagged in every report; set --margin-rate)",
+            highlight=False,
+        )
+    console.print("contacts, events, consent: none in the source (written empty)")
+    print_validation(r.report)

@@ -11,9 +11,6 @@ import typer
 from cli.output import console, fail, print_validation
 from features.errors import FeaturesError
 from serving.errors import ServingError
-from serving.learning import export_log
-from serving.settings import get_serving_settings
-from serving.store import Store
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -41,6 +38,10 @@ def export_log_command(
 ) -> None:
     """Export decisions (with their logged propensities), contacts, orders and events so that
     `winback train OUT` learns from what the service decided."""
+    from serving.learning import export_log
+    from serving.settings import get_serving_settings
+    from serving.store import Store
+
     if fmt not in ("parquet", "csv"):
         fail(f"format: must be 'parquet' or 'csv', got {fmt!r}")
     url = database_url or get_serving_settings().database_url

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
 
-from features.contract import ValidationReport
+if TYPE_CHECKING:
+    from features.contract import ValidationReport
 
 console = Console()
 err_console = Console(stderr=True)

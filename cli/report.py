@@ -10,9 +10,6 @@ import typer
 
 from cli.output import console, fail
 from serving.errors import ServingError
-from serving.reporting import FORMATS, ReportOptions, render, report_summary
-from serving.settings import get_serving_settings
-from serving.store import Store
 
 app = typer.Typer(no_args_is_help=True)
 _SUFFIX_FORMATS = {".json": "json", ".csv": "csv"}
@@ -53,6 +50,10 @@ def report(
     seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
 ) -> None:
     """Report contacts, conversions, margin and incremental lift against the holdout."""
+    from serving.reporting import FORMATS, ReportOptions, render, report_summary
+    from serving.settings import get_serving_settings
+    from serving.store import Store
+
     if out is None and json_out is None:
         fail("--out or --json: give at least one file to write")
         return

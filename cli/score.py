@@ -4,21 +4,17 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pandas as pd
 import typer
 from rich.table import Table
 
 from cli.output import console, fail
 from features.errors import FeaturesError
-from serving.batch.local import BatchResult, Wave, rows_progress, score_local
-from serving.batch.output import open_output, output_format
-from serving.batch.settings import BatchSettings
-from serving.decide import decision_key
-from serving.engine import EngineInputError
 from serving.errors import ServingError
-from serving.settings import get_serving_settings
+
+if TYPE_CHECKING:
+    from serving.batch.local import BatchResult
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -86,8 +82,16 @@ def score(
     ] = None,
 ) -> None:
     """Decide for every customer (as the API would) and write one row per customer to OUT."""
+    import pandas as pd
+
     from serving.batch.job import load_decider, load_snapshot, open_store, read_customers
+    from serving.batch.local import Wave, rows_progress, score_local
+    from serving.batch.output import open_output, output_format
+    from serving.batch.settings import BatchSettings
+    from serving.decide import decision_key
+    from serving.engine import EngineInputError
     from serving.model_scorer import mlflow_scorer_loader
+    from serving.settings import get_serving_settings
 
     try:
         at = pd.Timestamp(as_of or pd.Timestamp.now(tz="UTC")).tz_localize(None)

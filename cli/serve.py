@@ -10,18 +10,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
-from pydantic import ValidationError
 
 from cli.output import console, fail
 from features.errors import FeaturesError
-from features.offers import format_pydantic_error, load_catalog
 from serving.errors import ServingError
-from serving.policy import load_policy
-from serving.settings import ServingSettings, get_serving_settings
-from serving.store import upgrade_database
+
+if TYPE_CHECKING:
+    from serving.settings import ServingSettings
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -62,6 +60,11 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
 
 
 def _settings() -> ServingSettings:
+    from pydantic import ValidationError
+
+    from features.offers import format_pydantic_error
+    from serving.settings import get_serving_settings
+
     try:
         return get_serving_settings()
     except ValidationError as exc:
@@ -78,7 +81,10 @@ def serve(
     ] = None,
 ) -> None:
     """Start the recommendation API (settings from WINBACK_* variables)."""
-    import uvicorn
+    from features.offers import load_catalog
+    from serving.policy import load_policy
+    from serving.store import upgrade_database
+    from serving.supervisor import run_server
 
     settings = _settings()
     try:  # fail here with a clear message rather than in every worker's start-up
@@ -98,12 +104,4 @@ def serve(
         highlight=False,
     )
     with metrics_dir():
-        uvicorn.run(
-            "serving.api.app:app_from_env",
-            factory=True,
-            host=host or settings.host,
-            port=port or settings.port,
-            workers=workers or settings.workers,
-            log_level=settings.log_level,
-            access_log=False,
-        )
+        run_server(settings, host=host, port=port, workers=workers)

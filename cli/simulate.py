@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
 from rich.table import Table
 
 from cli.output import console, fail
-from cli.simulation import simulate
 from features.errors import FeaturesError
-from models.policy_model import PolicyModel
 from serving.errors import ServingError
-from serving.model_scorer import mlflow_scorer_loader
-from serving.policy import load_policy
 from training.errors import TrainingError
+
+if TYPE_CHECKING:
+    from models.policy_model import PolicyModel
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -44,6 +42,12 @@ def simulate_command(
     ] = None,
 ) -> None:
     """Estimate (IPS/SNIPS, DR with a model) a candidate policy against the logged one."""
+    import numpy as np
+
+    from cli.simulation import simulate
+    from serving.model_scorer import mlflow_scorer_loader
+    from serving.policy import load_policy
+
     try:
         candidate = load_policy(policy)
         loaded: PolicyModel | None = mlflow_scorer_loader()(model).model if model else None

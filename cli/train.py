@@ -1,13 +1,13 @@
-"""Commands that train, evaluate and promote `winback-policy`."""
+"""Commands that train, evaluate and promote a registered policy model (`winback-policy`, or
+the data set's own name: `--model-name` / `WINBACK_MODEL_NAME`)."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pandas as pd
 import typer
 from rich.table import Table
 
@@ -15,6 +15,9 @@ from cli.output import console, fail
 from features.errors import FeaturesError
 from models.errors import ModelsError
 from training.errors import TrainingError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = typer.Typer(no_args_is_help=True)
 SEED_MAX = 2**32 - 1  # numpy's and LightGBM's seeds are unsigned 32-bit
@@ -48,6 +51,8 @@ def _table(title: str, df: pd.DataFrame) -> None:
 
 
 def _print_evaluation(ev: object) -> None:
+    import pandas as pd
+
     metrics = getattr(ev, "metrics", {})
     tables = getattr(ev, "tables", {})
     shown = {k: metrics[k] for k in KEY_METRICS if k in metrics}
@@ -66,14 +71,76 @@ def _print_evaluation(ev: object) -> None:
             _table(name.replace("_", " "), tables[name])
 
 
+ModelName = Annotated[
+    str | None,
+    typer.Option(
+        "--model-name",
+        help="registered model name, one per data set (default: WINBACK_MODEL_NAME, or "
+        "winback-policy)",
+    ),
+]
+
+
+def _print_frames(result: object) -> None:
+    """Who is in each frame and why: the protocol, then rows and positive rate per frame."""
+    protocol = getattr(result, "protocol", None)
+    meta: dict[str, str] = getattr(result, "metadata", {})
+    if protocol is not None:
+        console.print(f"[bold]cutoff[/] {protocol.reason}", highlight=False)
+        console.print(protocol.describe(), highlight=False)
+    if "reactivation_train_rows" in meta:
+        rows = {
+            "train (origins)": (
+                meta.get("reactivation_train_rows", ""),
+                meta.get("reactivation_train_positive_rate", ""),
+            ),
+            "validation": (
+                meta.get("reactivation_validation_rows", ""),
+                meta.get("reactivation_validation_positive_rate", ""),
+            ),
+            "test (cutoff)": (
+                meta.get("reactivation_test_rows", ""),
+                meta.get("reactivation_test_positive_rate", ""),
+            ),
+        }
+        table = Table(title="reactivation frames")
+        for col in ("frame", "rows", "buy again"):
+            table.add_column(col, justify="left" if col == "frame" else "right")
+        for frame, (n, rate) in rows.items():
+            shown = f"{float(rate):.1%}" if rate else "—"
+            table.add_row(frame, f"{int(n):,}" if n else "—", shown)
+        console.print(table)
+    if "margin_assumed" in meta:
+        console.print(f"[yellow]margin assumed:[/] {meta['margin_assumed']}", highlight=False)
+
+
 @app.command()
 def train(
     data: Annotated[Path, typer.Argument(help="data directory, frame directory or frame file")],
     experiment: Annotated[str, typer.Option(help="MLflow experiment")] = "winback",
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="seed of every random choice")] = 0,
-    horizon_days: Annotated[
-        int | None, typer.Option("--horizon-days", help="reactivation label horizon")
+    cutoff: Annotated[
+        str | None,
+        typer.Option(
+            "--cutoff",
+            help="DATE: predict who buys within --horizon-days after it; every training label "
+            "ends before it, and the model is tested on its labels when the data reaches "
+            "(default: the latest date whose labels the data holds)",
+        ),
     ] = None,
+    horizon_days: Annotated[
+        int | None,
+        typer.Option("--horizon-days", min=1, help="the question's horizon N (default 90)"),
+    ] = None,
+    population: Annotated[
+        str,
+        typer.Option(
+            "--population",
+            help="who the reactivation frames hold: all (every known customer) or lapsing "
+            "(no order for 90+ days)",
+        ),
+    ] = "all",
+    model_name: ModelName = None,
     bags: Annotated[
         int, typer.Option(min=2, help="bootstrap bags of the response learner (uncertainty)")
     ] = 8,
@@ -84,19 +151,40 @@ def train(
     try:
         with console.status("training"):
             result = run_training(
-                data, experiment=experiment, seed=seed, horizon_days=horizon_days, n_bags=bags
+                data,
+                experiment=experiment,
+                seed=seed,
+                horizon_days=horizon_days,
+                n_bags=bags,
+                cutoff=cutoff,
+                population=population,
+                model_name=model_name,
             )
     except (TrainingError, FeaturesError, ModelsError) as exc:
         fail(str(exc))
         return
+    _print_frames(result)
     for part, why in result.skipped.items():
         console.print(f"[yellow]skipped[/] {part}: {why}", highlight=False)
+    if "reactivation_not_evaluated" in result.evaluation.notes:
+        note = result.evaluation.notes["reactivation_not_evaluated"]
+        console.print(f"[yellow]not evaluated[/] reactivation: {note}", highlight=False)
     _print_evaluation(result.evaluation)
+    name = result.model_name
     console.print(
-        f"[green]registered[/] winback-policy v{result.version} as 'challenger' "
-        f"(run {result.run_id}; trained: {', '.join(result.trained)})",
+        f"[green]registered[/] {name} v{result.version} as 'challenger' "
+        f"(run {result.run_id}; trained: {', '.join(result.trained)}; data fingerprint "
+        f"{result.metadata.get('data_fingerprint', '')})",
         highlight=False,
     )
+    if result.protocol is not None:
+        at = result.protocol.cutoff
+        uri = f"models:/{name}/{result.version}"
+        console.print(
+            f"scores as of {at}: winback features materialize {data} --as-of {at} --model "
+            f"{uri}  (or WINBACK_MODEL_URI={uri} winback score {data} --as-of {at} --out FILE)",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -122,7 +210,7 @@ def evaluate(
         evaluate_response,
         split_seed,
     )
-    from training.inputs import load_training_inputs
+    from training.inputs import load_training_inputs, protocol_args
     from training.tracking import configure_tracking
 
     if not out.parent.is_dir():
@@ -130,8 +218,11 @@ def evaluate(
     try:
         configure_tracking()
         model = load_policy_model(model_uri)
-        inputs = load_training_inputs(data)
-        ev = Evaluation()
+        # the model's own cutoff, horizon and population: its test rows are the cutoff's
+        inputs = load_training_inputs(data, **protocol_args(model.metadata))  # type: ignore[arg-type]
+        ev = Evaluation(notes=dict(inputs.data_notes))
+        if inputs.protocol is not None:
+            ev.notes["protocol"] = inputs.protocol.describe()
         # the held-out rows follow the model's own seed whatever is given (see split_seed)
         boot_seed = split_seed(model, 0) if seed is None else seed
         if model.reactivation is not None and inputs.reactivation is not None:
@@ -142,7 +233,10 @@ def evaluate(
         fail(str(exc))
         return
     if not ev.metrics:
-        fail(f"{model_uri}: nothing in {data} that this model can be evaluated on")
+        why = ev.notes.get("reactivation_not_evaluated", "its parts and the data's frames differ")
+        fail(f"{model_uri}: nothing in {data} that this model can be evaluated on ({why})")
+    for key, note in ev.notes.items():
+        console.print(f"[bold]{key.replace('_', ' ')}:[/] {note}", highlight=False)
     _print_evaluation(ev)
     out.write_text(json.dumps(ev.to_json(), indent=2, default=str))
     console.print(f"[green]wrote[/] {out}", highlight=False)
@@ -159,12 +253,25 @@ def promote(
     seed: Annotated[
         int, typer.Option(min=0, max=SEED_MAX, help="seed of the bootstrap intervals")
     ] = 0,
+    model_name: ModelName = None,
 ) -> None:
-    """Compare challenger and champion on the same held-out data; move champion if better."""
+    """Compare challenger and champion on the same held-out data; move champion if better.
+
+    Refused (unless --force): a challenger trained on other data, or one that cannot be
+    evaluated on DATA.
+    """
+    import pandas as pd
+
     from training.promote import promote as run_promote
 
     try:
-        r = run_promote(data, seed=seed, force=force, require_confidence=require_confidence)
+        r = run_promote(
+            data,
+            seed=seed,
+            force=force,
+            require_confidence=require_confidence,
+            model_name=model_name,
+        )
     except (TrainingError, FeaturesError, ModelsError) as exc:
         fail(str(exc))
         return

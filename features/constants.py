@@ -29,6 +29,10 @@ ORDER_TS: Final = "order_ts"
 REVENUE: Final = "revenue"
 MARGIN: Final = "margin"
 CATEGORY: Final = "category"
+UNKNOWN_CATEGORY: Final = "unknown"
+MARGIN_ASSUMED: Final = "margin_assumed"
+DATASET_FILE: Final = "dataset.json"
+DEFAULT_MARGIN_RATE: Final = 0.25
 DISCOUNT_AMOUNT: Final = "discount_amount"
 
 CONTACT_ID: Final = "contact_id"

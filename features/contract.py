@@ -70,8 +70,21 @@ ORDERS = TableSchema(
         Column(c.CUSTOMER_ID, "id", "who ordered"),
         Column(c.ORDER_TS, "ts", "when the order was placed"),
         Column(c.REVENUE, "float", "order revenue after discounts", min=0.0),
-        Column(c.MARGIN, "float", "gross margin of the order, in currency"),
-        Column(c.CATEGORY, "text", "main product category of the order"),
+        Column(
+            c.MARGIN,
+            "float",
+            "gross margin of the order, in currency; absent or empty: revenue x the data's "
+            "assumed margin rate (`dataset.json`), flagged in `margin_assumed`",
+            required=False,
+            nullable=True,
+        ),
+        Column(
+            c.CATEGORY,
+            "text",
+            "main product category of the order",
+            required=False,
+            default=c.UNKNOWN_CATEGORY,
+        ),
         Column(c.DISCOUNT_AMOUNT, "float", "discount given", required=False, min=0.0, default=0.0),
     ),
     key=(c.ORDER_ID,),

@@ -7,8 +7,10 @@ the other tables may be absent, which means "no rows" (CDNOW has no contacts at 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -32,6 +34,17 @@ class DataSet:
     consent: pd.DataFrame
     catalog: OfferCatalog
     source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """`dataset.json`: how the data was imported (source, mapping, assumed margin rate)."""
+    assumed_margin_rate: float | None = None
+    """The rate behind every assumed margin, None when every order carries its own margin."""
+
+    @property
+    def orders_margin_assumed(self) -> int:
+        """How many orders carry an assumed margin (revenue x `assumed_margin_rate`)."""
+        if c.MARGIN_ASSUMED not in self.orders.columns:
+            return 0
+        return int(self.orders[c.MARGIN_ASSUMED].sum())
 
     def table(self, name: str) -> pd.DataFrame:
         frame: pd.DataFrame = getattr(self, name)
@@ -61,6 +74,35 @@ def read_table(path: Path) -> pd.DataFrame:
     except (OSError, ValueError, pa.ArrowException, pd.errors.ParserError) as exc:
         raise DataSourceError(f"{path}: cannot read table: {exc}") from None
     raise DataSourceError(f"{path}: unsupported format '{path.suffix}' (use .parquet or .csv)")
+
+
+def read_dataset_meta(directory: Path) -> dict[str, Any]:
+    """`dataset.json` of a data directory ({} when absent); a malformed file is an error."""
+    path = Path(directory) / c.DATASET_FILE
+    if not path.exists():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataSourceError(f"{path}: cannot read the data set's description: {exc}") from None
+    if not isinstance(meta, dict):
+        raise DataSourceError(f"{path}: expected a JSON object")
+    return meta
+
+
+def margin_rate_of(meta: dict[str, Any]) -> float:
+    """The margin rate assumed for orders without a margin: the data's own
+    (`dataset.json` `assumed_margin_rate`) or `WINBACK_ASSUMED_MARGIN_RATE` (default 0.25)."""
+    from features.settings import get_settings
+
+    rate = meta.get("assumed_margin_rate")
+    if rate is None:
+        return get_settings().assumed_margin_rate
+    if not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
+        raise DataSourceError(
+            f"{c.DATASET_FILE}: assumed_margin_rate must be a number in [0, 1], got {rate!r}"
+        )
+    return float(rate)
 
 
 def _read_raw(directory: Path) -> tuple[dict[str, pd.DataFrame], list[Problem]]:
@@ -96,14 +138,24 @@ def validate_data_dir(directory: Path) -> tuple[ValidationReport, DataSet | None
     raw, problems = _read_raw(directory)
     report.problems += problems
     offer_ids = catalog.offer_ids if catalog else ()
-    tables, problems = validate_tables(raw, offer_ids)
+    meta = read_dataset_meta(directory)
+    rate = margin_rate_of(meta)
+    tables, problems = validate_tables(raw, offer_ids, margin_rate=rate)
     if catalog is None:  # contacts cannot be checked against a catalog we could not read
         problems = [p for p in problems if not (p.table == c.CONTACTS and p.column == c.OFFER_ID)]
     report.problems += problems
     report.row_counts = {name: len(df) for name, df in tables.items()}
     if not report.ok or catalog is None:
         return report, None
-    return report, DataSet(**tables, catalog=catalog, source=str(directory))
+    assumed = bool(tables[c.ORDERS][c.MARGIN_ASSUMED].any())
+    data = DataSet(
+        **tables,
+        catalog=catalog,
+        source=str(directory),
+        meta=meta,
+        assumed_margin_rate=rate if assumed else None,
+    )
+    return report, data
 
 
 def load_data_dir(directory: Path) -> DataSet:

@@ -3,7 +3,9 @@
 Both carry features computed with the same engine as serving, each row as of its own time
 (a cutoff, or the contact's timestamp), and outcomes taken strictly from that time on:
 
-- reactivation: per cutoff, every customer who is `at_risk` or `lapsed` then; label
+- reactivation: per cutoff, every customer who is `at_risk` or `lapsed` then (population
+  `lapsing`: no order for `at_risk_days`, 90 by default), or every customer known then
+  (population `all`, the protocol of `winback train --cutoff`); label
   `reactivated` = ordered within [cutoff, cutoff + H days), with the revenue and margin of those
   orders; `contacted_in_window` flags customers we contacted in that window (holdouts are not
   contacts), so the trainer can keep our own contacts out of the baseline label.
@@ -35,6 +37,12 @@ from features.featureset import FeatureSet
 REACTIVATION_FILE = "reactivation.parquet"
 OFFER_RESPONSE_FILE = "offer_response.parquet"
 TARGET_STATES = (c.LAPSE_STATES.index("at_risk"), c.LAPSE_STATES.index("lapsed"))
+POPULATIONS = ("all", "lapsing")
+POPULATION_MEANING = {
+    "all": "every customer who signed up or ordered before the cutoff",
+    "lapsing": "customers at_risk or lapsed at the cutoff (no order for at_risk_days or more; "
+    "customers active more recently are left out)",
+}
 
 
 @dataclass(frozen=True)
@@ -77,9 +85,17 @@ def reactivation_frame(
     cutoffs: Sequence[pd.Timestamp | datetime | str] | None = None,
     horizon_days: int | None = None,
     feature_set: FeatureSet | None = None,
+    population: str = "lapsing",
 ) -> Frame:
-    """One row per (cutoff, customer at_risk or lapsed at the cutoff), with the H-day label."""
+    """One row per (cutoff, customer of the population at the cutoff), with the H-day label.
+
+    `population`: `lapsing` (at_risk or lapsed at the cutoff) or `all` (`POPULATION_MEANING`).
+    """
     cfg = engine.config
+    if population not in POPULATIONS:
+        raise FeatureConfigError(
+            f"population must be one of {', '.join(POPULATIONS)}, got {population!r}"
+        )
     h = horizon_days or cfg.horizon_days
     if h <= 0:
         raise FeatureConfigError(f"horizon_days must be positive, got {h}")
@@ -97,8 +113,9 @@ def reactivation_frame(
         codes = engine.customers_before(cut.value)
         t = np.full(len(codes), cut.value, np.int64)
         matrix, _ = engine.compute(codes, t, fs)
-        keep = np.isin(matrix[:, fs.columns.index("lapse_state")], TARGET_STATES)
-        codes, t, matrix = codes[keep], t[keep], matrix[keep]
+        if population == "lapsing":
+            keep = np.isin(matrix[:, fs.columns.index("lapse_state")], TARGET_STATES)
+            codes, t, matrix = codes[keep], t[keep], matrix[keep]
         t_end = t + h * NS_PER_DAY
         o = engine.orders
         lo, hi = _window_counts(o, codes, t, t_end)
@@ -125,7 +142,13 @@ def reactivation_frame(
         outcome_columns=(mf.LABEL, mf.OUTCOME_REVENUE, mf.OUTCOME_MARGIN),
         time_column=mf.CUTOFF,
         source=engine.data.source,
-        notes=_notes(fs, cfg, horizon_days=str(h), cutoffs=",".join(str(x) for x in cuts)),
+        notes=_notes(
+            fs,
+            cfg,
+            horizon_days=str(h),
+            cutoffs=",".join(str(x) for x in cuts),
+            population=population,
+        ),
     )
     return Frame(df, spec)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,6 +28,14 @@ class Settings(BaseSettings):
 
     snapshot_dir: Path = Path("data/snapshot")
     """Where `winback features materialize` writes serving snapshots (versions + CURRENT)."""
+
+    assumed_margin_rate: float = Field(0.25, ge=0.0, le=1.0)
+    """Share of revenue taken as margin for orders without one, unless the data directory's
+    `dataset.json` states its own (`winback import transactions --margin-rate`)."""
+
+    model_name: str = "winback-policy"
+    """Registered model name `train` registers to and `promote` moves aliases on; one per data
+    set (e.g. `winback-cdnow`), so that one data set's challenger never replaces another's."""
 
     def resolved_tracking_uri(self) -> str:
         return self.tracking_uri or f"sqlite:///{self.mlruns_dir.as_posix()}/mlflow.db"

@@ -243,17 +243,38 @@ class Snapshot:
 
 
 class SnapshotStore:
-    """The live snapshot of a directory; `refresh()` swaps in a newer version in one step."""
+    """The live snapshot of a directory; `refresh()` swaps in a newer version in one step.
+
+    A load that fails (no snapshot yet, a corrupt version) is remembered in `error`; until
+    the next `refresh()` (the service calls it every `refresh_interval_seconds`), `current()`
+    raises that error again without touching the disk, so a server started without a
+    readable snapshot does not retry the load on every request. A failed refresh keeps the
+    snapshot already loaded, if any.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._snapshot: Snapshot | None = None
+        self._error: SnapshotError | None = None
         self._lock = threading.Lock()
 
+    @property
+    def error(self) -> SnapshotError | None:
+        """Why the last load or refresh failed; None once one succeeds."""
+        return self._error
+
     def current(self) -> Snapshot:
-        """The live snapshot (loaded on first use). Take it once per request and keep it."""
+        """The live snapshot (loaded on first use). Take it once per request and keep it.
+
+        Raises:
+            SnapshotError: nothing is loaded; the last attempt's error (only the first call
+                and `refresh()` read the disk).
+        """
         snap = self._snapshot
         if snap is None:
+            error = self._error
+            if error is not None:
+                raise SnapshotError(str(error))  # a new instance: no growing traceback
             self.refresh()
             snap = self._snapshot
         assert snap is not None
@@ -262,9 +283,15 @@ class SnapshotStore:
     def refresh(self) -> bool:
         """Load the version CURRENT names if it is new; True when a swap happened."""
         with self._lock:
-            version = current_version(self.root)
-            if self._snapshot is not None and self._snapshot.version == version:
-                return False
-            loaded = Snapshot.load(self.root, version)  # fully built before it becomes visible
+            try:
+                version = current_version(self.root)
+                if self._snapshot is not None and self._snapshot.version == version:
+                    self._error = None
+                    return False
+                loaded = Snapshot.load(self.root, version)  # fully built before it is visible
+            except SnapshotError as exc:
+                self._error = exc
+                raise
             self._snapshot = loaded
+            self._error = None
             return True

@@ -358,14 +358,45 @@ def check_relations(tables: dict[str, pd.DataFrame], offer_ids: Iterable[str]) -
     return problems
 
 
+def fill_assumed_margin(orders: pd.DataFrame, margin_rate: float) -> pd.DataFrame:
+    """Fill absent or empty margins with revenue x `margin_rate`, flagged in `margin_assumed`.
+
+    A retailer's export rarely carries cost data. The rate is the data's own (`dataset.json`,
+    written by `winback import transactions --margin-rate`) or the documented default
+    (`WINBACK_ASSUMED_MARGIN_RATE`, 0.25); every report built on these margins says so.
+    A `margin_assumed` column already in the data (a re-export) is kept: once assumed, a
+    margin stays assumed.
+    """
+    if c.MARGIN not in orders.columns or c.REVENUE not in orders.columns:
+        return orders
+    missing = orders[c.MARGIN].isna().to_numpy()
+    if c.MARGIN_ASSUMED in orders.columns:
+        given = orders[c.MARGIN_ASSUMED].astype("string").str.lower().isin(["true", "1"])
+        missing = missing | given.to_numpy(dtype=bool)
+    if missing.any():
+        filled = orders[c.REVENUE].to_numpy(np.float64) * margin_rate
+        orders[c.MARGIN] = np.where(missing, filled, orders[c.MARGIN].to_numpy(np.float64))
+    orders[c.MARGIN_ASSUMED] = missing
+    return orders
+
+
 def validate_tables(
-    raw: dict[str, pd.DataFrame], offer_ids: Iterable[str]
+    raw: dict[str, pd.DataFrame],
+    offer_ids: Iterable[str],
+    margin_rate: float = c.DEFAULT_MARGIN_RATE,
 ) -> tuple[dict[str, pd.DataFrame], list[Problem]]:
-    """Coerce and check every table, then the relations between them."""
+    """Coerce and check every table, then the relations between them.
+
+    Orders without a margin get revenue x `margin_rate` (`fill_assumed_margin`).
+    """
     problems: list[Problem] = []
     tables: dict[str, pd.DataFrame] = {}
     for name, schema in SCHEMAS.items():
         frame, coerce_problems, unparseable = coerce_table(schema, raw[name])
+        if name == c.ORDERS:
+            frame = fill_assumed_margin(frame, margin_rate)
+            if c.CATEGORY in frame.columns:  # optional: an order without one is "unknown"
+                frame[c.CATEGORY] = frame[c.CATEGORY].fillna(c.UNKNOWN_CATEGORY)
         problems += coerce_problems
         problems += check_table(schema, frame, unparseable)  # skips missing columns
         missing = [p.column for p in coerce_problems if p.rule == "missing_column"]

@@ -67,6 +67,14 @@ class ServingSettings(BaseSettings):
     """Repeated next-offer calls for one customer and campaign within this window return the
     same decision and count once (template engines fetch HTML and text parts, and retry)."""
 
+    clock_tolerance_seconds: int = Field(300, ge=0, le=86_400)
+    """A recorded decision is made, and its caps and consent judged, at the server's clock;
+    a caller's `context.timestamp` on one may differ from it by at most this much (else 409).
+    Dry runs may ask about any time."""
+
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    """Largest request body accepted (413 above it)."""
+
     batch_limit: int = Field(1000, ge=1, le=10_000)
     """Most customers accepted by `POST /v1/recommendations/batch`."""
 
@@ -81,6 +89,11 @@ class ServingSettings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1)
     log_level: str = "info"
+
+    worker_healthcheck_timeout: int = Field(30, ge=1)
+    """Seconds uvicorn's supervisor waits for a worker process (with `workers` > 1) to answer
+    its health check, from the worker's start on, before it kills and replaces the worker.
+    uvicorn's own default of 5 s killed every worker in a loop on a loaded host."""
 
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod

@@ -50,9 +50,13 @@ class Evaluation:
     metrics: dict[str, float] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     curves: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    """What a reader must know to trust the figures: the protocol (who is in each frame), an
+    assumed margin rate, a part not evaluated and why."""
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "notes": self.notes,
             "metrics": self.metrics,
             "tables": {
                 k: json.loads(v.reset_index().to_json(orient="records"))
@@ -112,7 +116,13 @@ def reactivation_test(
 
 def evaluate_reactivation(model: PolicyModel, frame: Frame, ev: Evaluation, seed: int = 0) -> None:
     """Metrics on the reactivation rows the model's training held out (`reactivation_test`)."""
-    X, p, y = reactivation_test(model, frame, seed)
+    test = reactivation_test_mask(model, frame, seed)
+    if not test.any():  # a protocol whose cutoff's labels lie beyond the data
+        ev.notes["reactivation_not_evaluated"] = (
+            "no held-out rows: the data does not reach the cutoff's labels"
+        )
+        return
+    X, p, y = reactivation_test(model, frame, seed, test)
     overall = _binary_metrics(y, p)
     ev.metrics.update({f"reactivation_{k}": v for k, v in overall.items()})
     rows = [{"slice": "all", "group": "all", **overall}]

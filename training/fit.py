@@ -141,6 +141,8 @@ def reactivation_split(frame: Frame, seed: int) -> ReactivationSplit:
     on: TrainingError.
     """
     df = frame.data
+    if "protocol" in frame.spec.notes:
+        return _protocol_split(frame)
     cutoffs = sorted(df[mf.CUTOFF].unique())
     if len(cutoffs) < 2:
         raise TrainingError(
@@ -172,6 +174,38 @@ def reactivation_split(frame: Frame, seed: int) -> ReactivationSplit:
     return ReactivationSplit(tr, va, te, info)
 
 
+def _protocol_split(frame: Frame) -> ReactivationSplit:
+    """The split a `CutoffProtocol` frame declares: its training origins, its validation origin,
+    and its cutoff (no rows when the data does not reach the cutoff's labels)."""
+    from training.protocol import CutoffProtocol
+
+    p = CutoffProtocol.from_json(frame.spec.notes["protocol"])
+    df = frame.data
+    cut = df[mf.CUTOFF]
+    clean = ~df[mf.CONTACTED_IN_WINDOW].astype(bool)
+    tr = cut.isin(pd.to_datetime(list(p.train_origins))) & clean
+    va = (cut == pd.Timestamp(p.validation_origin)) & clean
+    te = (cut == p.cutoff_ts) & clean
+    info = {
+        "protocol": "cutoff",
+        "population": p.population,
+        "cutoff": p.cutoff,
+        "horizon_days": str(p.horizon_days),
+        "train_cutoffs": ",".join(p.train_origins),
+        "validation_cutoff": p.validation_origin,
+        "train_horizon_days": str(p.train_horizon_days),
+        "test_cutoff": p.cutoff if p.labelled else "",
+        "train_rows": str(int(tr.sum())),
+        "train_positive_rate": f"{df.loc[tr, mf.LABEL].mean():.4f}" if tr.any() else "",
+        "validation_rows": str(int(va.sum())),
+        "validation_positive_rate": f"{df.loc[va, mf.LABEL].mean():.4f}" if va.any() else "",
+        "test_rows": str(int(te.sum())),
+        "test_positive_rate": f"{df.loc[te, mf.LABEL].mean():.4f}" if te.any() else "",
+        "excluded_contacted_rows": str(int((~clean).sum())),
+    }
+    return ReactivationSplit(tr, va, te, info)
+
+
 def fit_reactivation(frame: Frame, seed: int) -> ReactivationFit:
     """Fit on the training rows of `reactivation_split`, stopping early on its validation rows."""
     enc = encode_features(frame)
@@ -181,8 +215,15 @@ def fit_reactivation(frame: Frame, seed: int) -> ReactivationFit:
     y = df[mf.LABEL].astype(int)
     if y[tr].nunique() < 2:
         raise TrainingError("reactivation: the training cutoffs have a single label class")
+    # the prior summarises each history over the question's horizon (a protocol's N), as
+    # bench/bench_cdnow.py does; older frames keep the classifier's default
+    horizon = split.info.get("horizon_days")
+    prior = {"prior_horizon_days": float(horizon)} if horizon else {}
     model = ReactivationClassifier(
-        categorical_features=list(enc.categorical), random_state=seed, n_jobs=LGBM_THREADS
+        categorical_features=list(enc.categorical),
+        random_state=seed,
+        n_jobs=LGBM_THREADS,
+        **prior,  # type: ignore[arg-type]
     ).fit(enc.X[tr], y[tr], X_val=enc.X[va], y_val=y[va])
     return ReactivationFit(model, split.info)
 

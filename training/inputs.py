@@ -2,7 +2,9 @@
 
 A source is one of:
 - a data directory (customers, orders, ... and offers.yaml): both frames are built from it with
-  the same feature engine serving uses;
+  the same feature engine serving uses; the reactivation frame follows a `CutoffProtocol`
+  (`training.protocol`: monthly origins whose labels end before the cutoff, tested on the
+  cutoff's own labels);
 - a frame directory: `reactivation.parquet` and/or `offer_response.parquet` (as written by
   `winback features frames` or `winback import hillstrom`) beside an `offers.yaml`;
 - a single frame file (`*.parquet` with winback frame metadata), with `offers.yaml` beside it.
@@ -11,8 +13,9 @@ A source is one of:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -30,6 +33,10 @@ from features.frames import (
 )
 from features.offers import OfferCatalog, load_catalog
 from training.errors import NothingToTrainError, TrainingError
+from training.protocol import POPULATION_DEFAULT, CutoffProtocol, choose_protocol
+
+if TYPE_CHECKING:
+    from features.engine import FeatureEngine
 
 
 @dataclass
@@ -43,6 +50,10 @@ class TrainingInputs:
     ground_truth: pd.DataFrame | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
+    protocol: CutoffProtocol | None = None
+    """How the reactivation frame of a data directory was built (None for frame files)."""
+    data_notes: dict[str, str] = field(default_factory=dict)
+    """What every report built on this data must say (e.g. the assumed margin rate)."""
 
     def file_for(self, name: str) -> Path:
         """The file (or directory) a frame came from, for lineage."""
@@ -96,15 +107,58 @@ def _usable_reactivation(frame: Frame, skipped: dict[str, str]) -> Frame | None:
     return frame
 
 
+def protocol_frame(engine: FeatureEngine, protocol: CutoffProtocol) -> Frame:
+    """The reactivation frame of `protocol`: its origins with the short labels, then (when the
+    data reaches) the cutoff with the question's labels; one feature set, resolved at the
+    cutoff, for all of them. The protocol is stored in the frame's notes (`reactivation_split`
+    reads it)."""
+    from features.build import resolve_feature_set
+
+    cut = protocol.cutoff_ts
+    fs = resolve_feature_set(engine, cut)
+    origins = [*protocol.train_origins, protocol.validation_origin]
+    train = reactivation_frame(
+        engine, origins, protocol.train_horizon_days, fs, population=protocol.population
+    )
+    parts = [train.data]
+    if protocol.labelled:
+        test = reactivation_frame(
+            engine, [cut], protocol.horizon_days, fs, population=protocol.population
+        )
+        parts.append(test.data)
+    df = pd.concat(parts, ignore_index=True)
+    notes = dict(train.spec.notes)
+    notes.update(
+        protocol=protocol.to_json(),
+        horizon_days=str(protocol.horizon_days),
+        cutoffs=",".join(str(x) for x in sorted(df[mf.CUTOFF].unique())),
+    )
+    return Frame(df, replace(train.spec, notes=notes))
+
+
+def protocol_args(metadata: dict[str, str]) -> dict[str, object]:
+    """The `load_training_inputs` arguments that rebuild a model's own reactivation frame
+    (its cutoff, horizon and population), from the model's metadata; {} for older models."""
+    raw = metadata.get("protocol")
+    if not raw:
+        return {}
+    p = CutoffProtocol.from_json(raw)
+    return {"cutoff": p.cutoff, "horizon_days": p.horizon_days, "population": p.population}
+
+
 def load_training_inputs(
     source: Path,
     horizon_days: int | None = None,
-    n_cutoffs: int = 4,
     config: FeatureConfig | None = None,
+    cutoff: str | pd.Timestamp | None = None,
+    population: str = POPULATION_DEFAULT,
 ) -> TrainingInputs:
-    """Read or build the frames `source` supports. Raises NothingToTrainError if none."""
+    """Read or build the frames `source` supports. Raises NothingToTrainError if none.
+
+    For a data directory the reactivation frame follows `choose_protocol(data, horizon,
+    cutoff, population)` (the horizon defaults to the feature config's, 90 days).
+    """
     from features.engine import FeatureEngine  # heavy; imported only when building frames
-    from features.frames import default_cutoffs
 
     source = Path(source)
     if not source.exists():
@@ -129,10 +183,22 @@ def load_training_inputs(
             inputs = TrainingInputs(source, data.catalog)
             h = horizon_days or engine.config.horizon_days
             try:
-                cuts = default_cutoffs(data, h, n_cutoffs)
-                inputs.reactivation = _usable_reactivation(
-                    reactivation_frame(engine, cuts, h), skipped
+                inputs.protocol = choose_protocol(data, h, cutoff, population)
+            except TrainingError as exc:
+                if cutoff is not None:
+                    raise
+                skipped["reactivation"] = str(exc)
+            if data.assumed_margin_rate is not None:
+                inputs.data_notes["margin_assumed"] = (
+                    f"{data.orders_margin_assumed:,} of {len(data.orders):,} orders carry an "
+                    f"assumed margin of {data.assumed_margin_rate:g} x revenue (no margin in "
+                    "the data)"
                 )
+            try:
+                if inputs.protocol is not None:
+                    inputs.reactivation = _usable_reactivation(
+                        protocol_frame(engine, inputs.protocol), skipped
+                    )
             except FeaturesError as exc:
                 skipped["reactivation"] = str(exc)
             if len(data.contacts):

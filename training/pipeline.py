@@ -21,8 +21,15 @@ from training.errors import TrackingError
 from training.evaluate import Evaluation, evaluate_reactivation, evaluate_response
 from training.fit import build_policy_model, fit_reactivation, fit_response
 from training.inputs import TrainingInputs, load_training_inputs
+from training.protocol import POPULATION_DEFAULT, CutoffProtocol
 from training.registry import CHALLENGER, MODEL_NAME, set_alias, set_version_tags
-from training.tracking import DEFAULT_EXPERIMENT, configure_tracking, log_dataset, use_experiment
+from training.tracking import (
+    DEFAULT_EXPERIMENT,
+    configure_tracking,
+    data_fingerprint,
+    log_dataset,
+    use_experiment,
+)
 
 
 @dataclass
@@ -36,6 +43,8 @@ class TrainResult:
     skipped: dict[str, str]
     evaluation: Evaluation
     metadata: dict[str, str] = field(default_factory=dict)
+    model_name: str = MODEL_NAME
+    protocol: CutoffProtocol | None = None
 
 
 def fit_policy(
@@ -50,11 +59,14 @@ def fit_policy(
     resp = None
     if inputs.offer_response is not None:
         resp = fit_response(inputs.offer_response, seed, inputs.catalog, n_bags=n_bags, z=z)
-    meta = {"seed": str(seed), "n_bags": str(n_bags)}
+    meta = {"seed": str(seed), "n_bags": str(n_bags), **inputs.data_notes}
     if resp is not None:
         meta.update({"response_learner": resp.learner_name, **resp.split})
     if react is not None:  # prefixed: both splits have e.g. train_rows
         meta.update({f"reactivation_{k}": v for k, v in react.split.items()})
+        assert inputs.reactivation is not None
+        if "protocol" in inputs.reactivation.spec.notes:  # evaluate and promote rebuild it
+            meta["protocol"] = inputs.reactivation.spec.notes["protocol"]
     model = build_policy_model(
         inputs.catalog,
         resp,
@@ -64,7 +76,9 @@ def fit_policy(
         meta,
         z=resp.z if resp is not None else 1.96,
     )
-    ev = Evaluation()
+    ev = Evaluation(notes=dict(inputs.data_notes))
+    if inputs.protocol is not None:
+        ev.notes["protocol"] = inputs.protocol.describe()
     if react is not None and inputs.reactivation is not None:
         evaluate_reactivation(model, inputs.reactivation, ev, seed)
         ev.tables["feature_importance"] = react.model.feature_importances_.to_frame("gain")
@@ -103,8 +117,10 @@ def _input_example(model: PolicyModel, inputs: TrainingInputs) -> pd.DataFrame:
     return rows.astype(dict.fromkeys(text, object)).reset_index(drop=True)
 
 
-def log_policy_model(model: PolicyModel, example: pd.DataFrame, folder: Path) -> tuple[str, str]:
-    """Log the pyfunc, register a new version of winback-policy; return (model uri, version)."""
+def log_policy_model(
+    model: PolicyModel, example: pd.DataFrame, folder: Path, name: str = MODEL_NAME
+) -> tuple[str, str]:
+    """Log the pyfunc, register a new version of `name`; return (model uri, version)."""
     path = folder / ARTIFACT_FILE
     joblib.dump(model, path)
     info = mlflow.pyfunc.log_model(
@@ -113,7 +129,7 @@ def log_policy_model(model: PolicyModel, example: pd.DataFrame, folder: Path) ->
         artifacts={ARTIFACT_KEY: str(path)},
         signature=policy_signature(model, example),
         input_example=example,
-        registered_model_name=MODEL_NAME,
+        registered_model_name=name,
     )
     return info.model_uri, str(info.registered_model_version)
 
@@ -126,15 +142,29 @@ def train(
     horizon_days: int | None = None,
     z: float | None = None,
     n_bags: int = 8,
+    cutoff: str | None = None,
+    population: str = POPULATION_DEFAULT,
+    model_name: str | None = None,
 ) -> TrainResult:
-    """Train on a data directory or frame(s), log everything to MLflow, register a challenger."""
+    """Train on a data directory or frame(s), log everything to MLflow, register a challenger.
+
+    `cutoff`, `horizon_days` and `population` set the reactivation protocol of a data
+    directory (`training.protocol`); `model_name` (default `WINBACK_MODEL_NAME`) is the
+    registered model the new version joins.
+    """
     settings = settings or get_settings()
-    inputs = load_training_inputs(Path(source), horizon_days=horizon_days)
+    registered = model_name or settings.model_name
+    inputs = load_training_inputs(
+        Path(source), horizon_days=horizon_days, cutoff=cutoff, population=population
+    )
     # a bad tracking URI or experiment fails here, not after minutes of fitting
     configure_tracking(settings)
     use_experiment(experiment, settings)
     np.random.seed(seed)  # libraries that draw from the global generator stay reproducible
     model, ev = fit_policy(inputs, seed, z=z, n_bags=n_bags)
+    fingerprint = data_fingerprint(Path(source))
+    model.metadata["data_fingerprint"] = fingerprint
+    model.metadata["data_source"] = str(Path(source).resolve())
     trained = [k for k in ("reactivation", "offer_response") if getattr(inputs, k) is not None]
     try:
         with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
@@ -151,7 +181,8 @@ def train(
                 }
             )
             tags = {f"skipped.{k}": v for k, v in inputs.skipped.items()}
-            mlflow.set_tags(tags | {"trained": ",".join(trained)})
+            tags |= {f"note.{k}": v for k, v in ev.notes.items()}
+            mlflow.set_tags(tags | {"trained": ",".join(trained), "data_fingerprint": fingerprint})
             for name in trained:
                 frame = getattr(inputs, name)
                 log_dataset(frame.data, inputs.file_for(name), name, "training")
@@ -162,8 +193,9 @@ def train(
             mlflow.log_artifact(str(folder / "evaluation.json"))
             _log_figures(ev, folder)
             model.metadata["run_id"] = run.info.run_id
-            model_uri, version = log_policy_model(model, _input_example(model, inputs), folder)
-        set_alias(CHALLENGER, version)
+            example = _input_example(model, inputs)
+            model_uri, version = log_policy_model(model, example, folder, registered)
+        set_alias(CHALLENGER, version, registered)
         set_version_tags(
             version,
             {
@@ -171,10 +203,21 @@ def train(
                 "catalog_version": model.catalog_version,
                 "trained": ",".join(trained),
                 "seed": str(seed),
+                "data_fingerprint": fingerprint,
+                **({"cutoff": inputs.protocol.cutoff} if inputs.protocol else {}),
             },
+            registered,
         )
     except MlflowException as exc:
         raise TrackingError(f"MLflow: {exc.message}") from None
     return TrainResult(
-        run.info.run_id, model_uri, version, trained, inputs.skipped, ev, model.metadata
+        run.info.run_id,
+        model_uri,
+        version,
+        trained,
+        inputs.skipped,
+        ev,
+        model.metadata,
+        registered,
+        inputs.protocol,
     )

@@ -3,7 +3,10 @@
 Both versions are evaluated on the same held-out contacts (the same split training uses) and
 their learned policies compared with a paired bootstrap of the doubly robust estimate. The
 challenger is promoted when its estimated value is higher and, by default, the lower bound of
-its own interval is above the champion's estimate. The first model becomes champion. Models
+its own interval is above the champion's estimate. The first model becomes champion, once it
+has been evaluated on the data. Refused unless `--force`: a challenger trained on other data
+(its recorded data fingerprint differs from DATA's), one that cannot be evaluated on DATA, and
+a champion whose training labels reach into the challenger's test period. Models
 without an offer-response part are compared by reactivation AUC on the last cutoff, with the
 same rule: the challenger's one-sided 95% lower bound (bootstrap over the customers) must be
 above the champion's AUC. Models that cannot be evaluated on the data (another feature set)
@@ -31,11 +34,12 @@ from training.evaluate import (
     reactivation_test_mask,
     response_test_mask,
 )
-from training.inputs import TrainingInputs, load_training_inputs
+from training.inputs import TrainingInputs, load_training_inputs, protocol_args
 from training.metrics import paired_auc_bootstrap, roc_auc
 from training.policy_value import deterministic_policy, evaluate_policies, policy_difference
+from training.protocol import CutoffProtocol
 from training.registry import CHALLENGER, CHAMPION, VersionInfo, alias_uri, get_alias, set_alias
-from training.tracking import configure_tracking, use_experiment
+from training.tracking import configure_tracking, data_fingerprint, use_experiment
 
 PROMOTIONS_EXPERIMENT = "winback-promotions"
 AUC_BOOTSTRAP = 200  # resamples of the test cutoff's customers for the AUC comparison
@@ -123,24 +127,93 @@ def _compare_reactivation(
     return va, low, vb, va - vb, (float(d_lo), float(d_hi))
 
 
+def _refusal_of_data(model: PolicyModel, version: str, data: Path) -> str | None:
+    """Why `model` must not be judged on `data`: trained on another data set (None: fine, or
+    a model from before fingerprints were recorded)."""
+    trained_on = model.metadata.get("data_fingerprint")
+    if not trained_on:
+        return None
+    here = data_fingerprint(data)
+    if here == trained_on:
+        return None
+    source = model.metadata.get("data_source", "another data set")
+    return (
+        f"v{version} was trained on {source} (data fingerprint {trained_on}), not on {data} "
+        f"(fingerprint {here}): promote with the data it was trained on, or choose the data "
+        "set's own model name (--model-name)"
+    )
+
+
+def _evaluation_gap(model: PolicyModel, inputs: TrainingInputs, seed: int) -> str | None:
+    """Why `model` cannot be evaluated on `inputs` (None when it can)."""
+    from training.evaluate import Evaluation, evaluate_reactivation, evaluate_response
+
+    ev = Evaluation()
+    try:
+        if model.reactivation is not None and inputs.reactivation is not None:
+            evaluate_reactivation(model, inputs.reactivation, ev, seed)
+        if model.has_response and inputs.offer_response is not None:
+            evaluate_response(model, inputs.offer_response, seed, ev, None)
+    except FeatureMismatchError as exc:
+        return str(exc)
+    if ev.metrics.get("reactivation_auc") is None and not any(
+        k.startswith("policy_value") or k.startswith("learned") for k in ev.metrics
+    ):
+        return "nothing in the data that this model can be evaluated on " + (
+            f"({ev.notes['reactivation_not_evaluated']})"
+            if "reactivation_not_evaluated" in ev.notes
+            else "(its parts and the data's frames do not meet)"
+        )
+    return None
+
+
+def _label_overlap(challenger: PolicyModel, champion: PolicyModel) -> str | None:
+    """Whether the champion trained on labels inside the challenger's test period."""
+    a, b = challenger.metadata.get("protocol"), champion.metadata.get("protocol")
+    if not a or not b:
+        return None
+    pa, pb = CutoffProtocol.from_json(a), CutoffProtocol.from_json(b)
+    if pb.cutoff_ts > pa.cutoff_ts:
+        return (
+            f"the champion's training labels run up to {pb.cutoff}, into the challenger's test "
+            f"period (from {pa.cutoff}): it would be judged on rows it learned from"
+        )
+    return None
+
+
 def promote(
     data: Path,
     seed: int = 0,
     force: bool = False,
     require_confidence: bool = True,
     settings: Settings | None = None,
+    model_name: str | None = None,
 ) -> Comparison:
-    """Evaluate challenger and champion on `data` and move `champion` if the rule allows."""
+    """Evaluate challenger and champion on `data` and move `champion` if the rule allows.
+
+    `model_name` (default `WINBACK_MODEL_NAME`) is the registered model whose aliases move.
+    Raises RegistryError when the challenger was trained on other data or cannot be evaluated
+    on `data`, unless `force`.
+    """
     settings = settings or get_settings()
+    name = model_name or settings.model_name
     configure_tracking(settings)
-    challenger = get_alias(CHALLENGER)
+    challenger = get_alias(CHALLENGER, name)
     if challenger is None:
+        raise RegistryError(f"no '{CHALLENGER}' version of {name}: run `winback train` first")
+    a = _load(challenger)
+    # bad data is an error before anything moves; the challenger's own protocol rebuilds its
+    # test frame (its cutoff and horizon)
+    inputs = load_training_inputs(data, **protocol_args(a.metadata))  # type: ignore[arg-type]
+    refusal = _refusal_of_data(a, challenger.version, Path(data))
+    refusal = refusal or _evaluation_gap(a, inputs, seed)
+    champion = get_alias(CHAMPION, name)
+    already = champion is not None and champion.version == challenger.version
+    if refusal is not None and not already and not force:
         raise RegistryError(
-            f"no '{CHALLENGER}' version of winback-policy: run `winback train` first"
+            f"{name} v{challenger.version} not promoted: {refusal} (--force promotes anyway)"
         )
-    inputs = load_training_inputs(data)  # bad data is an error before anything moves
-    champion = get_alias(CHAMPION)
-    if champion is not None and champion.version == challenger.version:
+    if champion is not None and already:
         result = Comparison(
             challenger.version,
             champion.version,
@@ -164,12 +237,18 @@ def promote(
             float("nan"),
             (float("nan"),) * 2,
             True,
-            "no champion yet: the first model becomes champion",
+            "no champion yet: the first model becomes champion"
+            + (f" (forced: {refusal})" if refusal else " (it was evaluated on the data)"),
         )
     else:
-        a, b = _load(challenger), _load(champion)
+        b = _load(champion)
         nan = float("nan")
         try:
+            overlap = _label_overlap(a, b)
+            if overlap is not None:
+                raise RegistryError(overlap)
+            if refusal is not None:
+                raise RegistryError(refusal)
             if a.has_response and b.has_response and inputs.offer_response is not None:
                 criterion = "policy value (DR, held-out contacts)"
                 va, va_low, vb, d, d_ci = _compare_policies(a, b, inputs, seed)
@@ -213,12 +292,12 @@ def promote(
             reason,
         )
     if result.promoted:
-        set_alias(CHAMPION, challenger.version)
-    _record(result, data, settings)
+        set_alias(CHAMPION, challenger.version, name)
+    _record(result, data, settings, name)
     return result
 
 
-def _record(result: Comparison, data: Path, settings: Settings) -> None:
+def _record(result: Comparison, data: Path, settings: Settings, name: str) -> None:
     try:
         use_experiment(PROMOTIONS_EXPERIMENT, settings)
         with mlflow.start_run(run_name=f"promote v{result.challenger}"):
@@ -230,7 +309,8 @@ def _record(result: Comparison, data: Path, settings: Settings) -> None:
                     "data": str(Path(data).resolve()),
                     "promoted": result.promoted,
                     "reason": result.reason,
-                    "champion_uri": alias_uri(CHAMPION),
+                    "champion_uri": alias_uri(CHAMPION, name),
+                    "model_name": name,
                 }
             )
             metrics = {

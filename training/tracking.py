@@ -72,6 +72,12 @@ def source_files(source: Path) -> list[Path]:
     )
 
 
+def data_fingerprint(source: Path) -> str:
+    """A short digest of what a model was trained on: every table, frame and catalog file of
+    `source` (`source_files`). Promotion compares it with the data it evaluates on."""
+    return file_digest(source_files(source))[:16]
+
+
 def log_dataset(df: pd.DataFrame, source: Path, name: str, context: str) -> str:
     """Record a dataset input of the active run, with a digest of its source files."""
     digest = file_digest(source_files(source))[:16]

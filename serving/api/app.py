@@ -10,20 +10,27 @@ scorer loader, the snapshot handle and the clock instead of patching anything.
 from __future__ import annotations
 
 import asyncio
+import copy
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
+from serving.api import schemas
 from serving.api.errors import install_error_handlers
+from serving.api.limits import BodyLimitMiddleware
 from serving.api.logs import configure_logging
 from serving.api.metrics import LatencyMiddleware, Metrics
 from serving.api.routes import admin, customers, events, health, recommendations, reports
-from serving.api.runtime import Clock, SnapshotSource, build_runtime, utc_now
+from serving.api.runtime import Clock, Runtime, SnapshotSource, build_runtime, utc_now
 from serving.api.sync import read_target, watch
 from serving.scoring import ScorerLoader
 from serving.settings import ServingSettings, get_serving_settings
 from serving.store import Store, upgrade_database
+
+log = logging.getLogger("winback.api")
 
 
 def create_app(
@@ -56,8 +63,15 @@ def create_app(
             )
             # Load the snapshot now: loaded by the first request instead, a 1M-customer
             # snapshot held that request and those queued behind it for seconds (in each
-            # worker). A missing snapshot is not fatal: customers are then unknown.
-            app.state.runtime.snapshot()
+            # worker). A missing or corrupt one is not fatal: the service starts degraded
+            # (customers unknown, `/readyz` says why) and the watcher retries the load.
+            if app.state.runtime.snapshot() is None:
+                app.state.snapshot_error = app.state.runtime.snapshot_problem()
+                log.warning(
+                    "starting degraded, no serving snapshot (retried every %s s): %s",
+                    cfg.refresh_interval_seconds,
+                    app.state.snapshot_error,
+                )
             # Settings win at start; only reloads published from now on are applied.
             published = read_target(cfg.reload_state_path)
             app.state.generation = published.generation if published else 0
@@ -80,10 +94,54 @@ def create_app(
     app.state.runtime = None
     app.state.generation = 0
     install_error_handlers(app)
-    for module in (recommendations, customers, events, reports, admin, health):
-        app.include_router(module.router)
+    for module in (recommendations, customers, events, reports, admin):
+        app.include_router(module.router, responses=schemas.ERROR_RESPONSES)
+    app.include_router(health.router)
+    documented = app.openapi  # FastAPI's, cached after the first call
+
+    def openapi() -> dict[str, Any]:
+        spec = documented()
+        if not spec.get("x-winback-keys-fixed"):
+            _key_patterns_as_property_names(spec)
+            spec["x-winback-keys-fixed"] = True
+        return with_offer_ids(spec, getattr(app.state, "runtime", None))
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(LatencyMiddleware, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
     return app
+
+
+def _key_patterns_as_property_names(node: Any) -> None:
+    """Pydantic states a constrained dict key as `patternProperties`, which lets keys that do
+    not match through; as `propertyNames` the schema forbids them, as the API does."""
+    if isinstance(node, dict):
+        pattern_props = node.get("patternProperties")
+        if isinstance(pattern_props, dict) and len(pattern_props) == 1:
+            [(pattern, value)] = pattern_props.items()
+            node["propertyNames"] = {**node.get("propertyNames", {}), "pattern": pattern}
+            node["additionalProperties"] = value
+            del node["patternProperties"]
+        for v in node.values():
+            _key_patterns_as_property_names(v)
+    elif isinstance(node, list):
+        for v in node:
+            _key_patterns_as_property_names(v)
+
+
+def with_offer_ids(spec: dict[str, Any], rt: Runtime | None) -> dict[str, Any]:
+    """The OpenAPI document with `candidate_offer_ids` limited to the loaded catalog's ids
+    (the catalog is data, reloadable: a copy is patched per call, the cached one is kept)."""
+    if rt is None:
+        return spec
+    out = copy.deepcopy(spec)
+    for name in ("RecommendationRequest", "BatchRecommendationRequest"):
+        prop = out.get("components", {}).get("schemas", {}).get(name, {})
+        field = prop.get("properties", {}).get("candidate_offer_ids", {})
+        for branch in field.get("anyOf", [field]):
+            if branch.get("type") == "array":
+                branch["items"] = {"type": "string", "enum": list(rt.options.offer_ids)}
+    return out
 
 
 def app_from_env() -> FastAPI:

@@ -10,6 +10,7 @@ lookup collide on the log's primary key and the loser returns the winner's decis
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -27,8 +28,13 @@ NEXT_OFFER = "next-offer"
 
 
 def next_offer_request_id(campaign_id: str | None) -> str:
-    """The request id next-offer decisions are logged under (the dedupe key with customer)."""
-    return f"{NEXT_OFFER}:{campaign_id or '-'}"
+    """The request id next-offer decisions are logged under (the dedupe key with customer);
+    a campaign id too long to fit the 128-character column beside the prefix is hashed."""
+    rid = f"{NEXT_OFFER}:{campaign_id or '-'}"
+    if len(rid) <= 128:
+        return rid
+    digest = hashlib.blake2b((campaign_id or "").encode(), digest_size=16).hexdigest()
+    return f"{NEXT_OFFER}:#{digest}"
 
 
 def next_offer_decision_id(customer_id: str, campaign_id: str | None, bucket: int) -> str:
@@ -47,6 +53,20 @@ def _load(store: Store, stmt: object) -> DecisionRow | None:
 
 def get_decision(store: Store, decision_id: str) -> DecisionRow | None:
     return _load(store, select(DecisionRow).where(DecisionRow.decision_id == decision_id))
+
+
+def get_decisions(store: Store, decision_ids: Sequence[str]) -> dict[str, DecisionRow]:
+    """The logged decisions among `decision_ids`, by id (absent ids are left out)."""
+    out: dict[str, DecisionRow] = {}
+    try:
+        with Session(store.engine) as s:
+            for start in range(0, len(decision_ids), 500):
+                part = list(decision_ids[start : start + 500])
+                rows = s.scalars(select(DecisionRow).where(DecisionRow.decision_id.in_(part)))
+                out.update((r.decision_id, r) for r in rows)
+    except SQLAlchemyError as exc:
+        raise StoreUnavailableError(f"store: cannot read the decision log: {exc}") from None
+    return out
 
 
 def recent_next_offer(

@@ -56,7 +56,9 @@ async def require_client(
 ) -> str:
     """A client key (for `/v1/*`)."""
     if _scope_of(rt, key) != "client":
-        raise ApiError(403, "wrong_scope", "X-API-Key: an admin key cannot call /v1", "X-API-Key")
+        raise ApiError(
+            403, "wrong_scope", "X-API-Key: this endpoint needs a client key", "X-API-Key"
+        )
     return "client"
 
 
@@ -66,7 +68,7 @@ async def require_admin(
     """An admin key (for `/admin/*`)."""
     if _scope_of(rt, key) != "admin":
         raise ApiError(
-            403, "wrong_scope", "X-API-Key: a client key cannot call /admin", "X-API-Key"
+            403, "wrong_scope", "X-API-Key: this endpoint needs an admin key", "X-API-Key"
         )
     return "admin"
 

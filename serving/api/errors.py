@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -55,9 +56,20 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, A
     return {"error": {"code": code, "message": message, "field": field}}
 
 
-def _respond(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
-    headers = {"WWW-Authenticate": "X-API-Key"} if status == 401 else None
+def _respond(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "X-API-Key"
     return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
+
+
+STORE_UNAVAILABLE_MESSAGE = "the decision store is unavailable; nothing was recorded, retry shortly"
 
 
 def _loc_to_field(loc: tuple[Any, ...]) -> str | None:
@@ -76,12 +88,21 @@ def validation_payload(exc: RequestValidationError) -> tuple[str, str | None]:
     if not errors:
         return "invalid request", None
     first = errors[0]
+    if first.get("type") == "json_invalid":  # loc is ("body", <character offset>)
+        loc = tuple(first.get("loc", ()))
+        at = f" at character {loc[-1]}" if loc and isinstance(loc[-1], int) else ""
+        why = (first.get("ctx") or {}).get("error", "")
+        detail = f" ({why})" if why else ""
+        return f"body: not valid JSON{at}{detail}", "body"
     field = _loc_to_field(tuple(first.get("loc", ())))
     msg = str(first.get("msg", "invalid value"))
     m = _FIELD_PREFIX.match(msg)
     if m:  # a model-level check that names its field in the message
         inner, msg = m.group(1), m.group(2)
-        field = f"{field}.{inner}" if field else inner
+        if field and (inner == field or inner.startswith((f"{field}.", f"{field}["))):
+            field = inner  # the check already names the full path
+        else:
+            field = f"{field}.{inner}" if field else inner
     elif msg.startswith("Value error, "):
         msg = msg.removeprefix("Value error, ")
     text = f"{field}: {msg}" if field else msg
@@ -115,10 +136,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-        return _respond(exc.status_code, code, str(exc.detail))
+        # keep the exception's headers: a 405 must say what is allowed (`Allow`)
+        return _respond(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(ServingError)
-    async def _serving(_: Request, exc: ServingError) -> JSONResponse:
+    async def _serving(request: Request, exc: ServingError) -> JSONResponse:
+        if isinstance(exc, StoreError):
+            # The driver's message can carry SQL, parameters, host, port and database
+            # names: it goes to the log, the caller gets the code and a fixed message.
+            log.error("store error on %s %s: %s", request.method, request.url.path, exc)
+            return _respond(503, "store_unavailable", STORE_UNAVAILABLE_MESSAGE)
         return _respond(_status_of(exc), exc.code, str(exc))
 
     @app.exception_handler(FeaturesError)

@@ -10,7 +10,8 @@ from pydantic import BaseModel
 from serving.api import schemas
 from serving.api.runtime import Runtime
 from serving.api.service import Outcome
-from serving.engine.reasons import MODEL_UNAVAILABLE
+from serving.engine import Decision
+from serving.engine.reasons import CODE, MODEL_UNAVAILABLE, NO_ALLOWED_OPTION
 
 
 def json_response(body: BaseModel) -> Response:
@@ -39,6 +40,16 @@ def main_reason(reasons: Sequence[str]) -> str:
         if code != MODEL_UNAVAILABLE:
             return code
     return reasons[0] if reasons else ""
+
+
+def next_offer_reason(d: Decision) -> str:
+    """The one reason a template shows: the choice's reason, except that "no allowed option"
+    names the guardrail that stopped the option which got furthest through the pipeline
+    (consent before caps before margin floors: the last one hit is the one to act on)."""
+    reason = main_reason(d.reasons)
+    if reason == NO_ALLOWED_OPTION and d.excluded:
+        return max((e.reason for e in d.excluded), key=lambda r: CODE.get(r, 0))
+    return reason
 
 
 def decision_out(rt: Runtime, o: Outcome) -> schemas.Decision:
@@ -84,7 +95,7 @@ def next_offer_out(rt: Runtime, o: Outcome) -> schemas.NextOffer:
         channel=d.channel,
         stage=d.stage,
         stage_name=d.stage_name,
-        reason=main_reason(d.reasons),
+        reason=next_offer_reason(d),
         top_category=o.top_categories[0] if o.top_categories else None,
         top_categories=list(o.top_categories),
         policy_version=d.policy_version or None,

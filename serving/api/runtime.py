@@ -4,6 +4,11 @@
 policy, catalog, option set and scorer to the end, while `POST /admin/reload` builds a new
 `Runtime` completely before replacing the reference (a failed reload leaves the old one).
 The snapshot handle has its own atomic swap (`features.snapshot.SnapshotStore`).
+
+A reload is all or nothing: the policy, the catalog and the model must all load (a model URI
+with nothing behind it, or a package that fails to load, is refused with `ReloadRefusedError`
+rather than switching the service to rules only), and the snapshot refresh, when asked for,
+must succeed; otherwise nothing changes and the error says what could not be loaded.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from features.offers import OfferCatalog, load_catalog
 from features.snapshot import Snapshot, SnapshotError, SnapshotStore
 from serving.api.metrics import Metrics
 from serving.engine import OptionSet
+from serving.errors import ServingError
 from serving.policy import Policy, load_policy
 from serving.scoring import Scorer, ScorerLoader, load_scorer, no_model_loader
 from serving.settings import ServingSettings
 from serving.store import ContactCaps, Store
+from serving.store.health import StoreProbe
 
 log = logging.getLogger("winback.api")
 
@@ -32,6 +39,30 @@ Clock = Callable[[], datetime]
 def utc_now() -> datetime:
     """Timezone-naive UTC now (the store's convention), to the microsecond."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def brief(error: object, limit: int = 300) -> str:
+    """An error's text fit for an HTTP body: its first line, without a SQL statement.
+
+    A model that fails to load can fail inside MLflow's own store, whose SQLAlchemy errors
+    carry the statement (`[SQL: ...]`) and a link on further lines; those stay in the log.
+    """
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = text.split("[SQL:", 1)[0].rstrip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class ReloadRefusedError(ServingError):
+    """A reload asked for something that cannot be loaded; the running service is unchanged.
+
+    `field` names what failed (`model_uri` or `snapshot`).
+    """
+
+    code = "reload_refused"
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class SnapshotSource(Protocol):
@@ -58,15 +89,28 @@ class Runtime:
     model_error: str | None
     scorer_loader: ScorerLoader
     metrics: Metrics
+    store_probe: StoreProbe
     clock: Clock = utc_now
 
     def snapshot(self) -> Snapshot | None:
-        """The live snapshot, or None when there is none (every customer is then unknown)."""
+        """The live snapshot, or None when there is none (every customer is then unknown).
+
+        Without one, the handle does not read the disk again until its next refresh (the
+        watcher's interval), and `/readyz` says why (`snapshot_problem`).
+        """
         try:
             return self.snapshots.current()
-        except SnapshotError as exc:
-            log.warning("no serving snapshot: %s", exc)
+        except SnapshotError:
             return None
+
+    def snapshot_problem(self) -> str | None:
+        """Why the snapshot could not be loaded or refreshed, or None."""
+        try:
+            self.snapshots.current()
+        except SnapshotError as exc:
+            return brief(exc)
+        error = getattr(self.snapshots, "error", None)  # a refresh that failed, old one kept
+        return brief(error) if error is not None else None
 
     @property
     def model_version(self) -> str | None:
@@ -101,6 +145,7 @@ def build_runtime(
         model_error=error,
         scorer_loader=loader,
         metrics=metrics,
+        store_probe=StoreProbe(store.engine),
         clock=clock,
     )
 
@@ -114,8 +159,10 @@ def reloaded(
 ) -> tuple[Runtime, bool]:
     """A new runtime with the policy, catalog and model reloaded; (runtime, snapshot swapped).
 
-    The policy and catalog must load (PolicyError / OfferCatalogError otherwise, and the old
-    runtime stays); a model that fails to load leaves the service rules-only and degraded.
+    Everything must load, or nothing changes: PolicyError / OfferCatalogError for the policy
+    and catalog, `ReloadRefusedError` for a model that cannot be loaded (asked for, or the
+    one serving now) or a failed snapshot refresh (the snapshot is refreshed last, after
+    everything else has loaded). An empty model URI means rules only, by choice.
     """
     settings = rt.settings.model_copy(
         update={
@@ -131,12 +178,25 @@ def reloaded(
     policy = load_policy(settings.policy_path)
     catalog = load_catalog(Path(settings.catalog_path))
     scorer, error = load_scorer(rt.scorer_loader, settings.model_uri)
+    # Refused when it would lose a loaded model or when this model was asked for; a service
+    # already rules-only because its configured model is missing may reload the rest.
+    if scorer is None and settings.model_uri and (model_uri is not None or rt.scorer):
+        still = f"still serving {rt.model_version}" if rt.scorer else "still rules only"
+        raise ReloadRefusedError(
+            f"model_uri: cannot load {settings.model_uri!r}, nothing changed ({still}): "
+            f"{brief(error)}",
+            "model_uri",
+        )
     swapped = False
     if refresh_snapshot:
         try:
             swapped = rt.snapshots.refresh()
         except SnapshotError as exc:
-            log.warning("snapshot refresh failed, keeping the current one: %s", exc)
+            raise ReloadRefusedError(
+                f'snapshot: refresh failed, nothing changed (reload with "snapshot": false '
+                f"to apply the rest without it): {brief(exc)}",
+                "snapshot",
+            ) from None
     new = replace(
         rt,
         settings=settings,

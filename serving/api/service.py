@@ -2,13 +2,22 @@
 
 No DataFrame is built here: feature rows are numpy views out of the snapshot matrix, the
 live overlay comes from one batched store read, and the engine runs once for the whole
-request. A contact decision is recorded through `Store.try_record_contact`, whose cap check
-and write share one transaction; if a concurrent request took the cap first, the decision
-becomes `none` with the cap's reason code and is logged as such. Dry runs record nothing.
+request. A contact decision is recorded through `Store.try_record_contact`, whose cap check, live
+consent check and write share one transaction; if a concurrent request took the cap first
+(or an opt-out arrived meanwhile), the decision becomes `none` with that reason code and is
+logged as such. Dry runs record nothing.
+
+Time: a recorded decision is made at the server's clock, whatever the caller says
+(`decision_time`), so caps and consent are always judged on the times contacts are recorded
+at. A caller's `request_id` is an idempotency key (`decide_once`): the decisions recorded
+under it are returned again instead of deciding twice. A decision returned from the log (a
+repeat) is checked again against the live consent and preferences (`recheck`): a repeat
+never says "send" after an opt-out.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import uuid
@@ -17,8 +26,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 import numpy as np
+from pydantic import BaseModel
 
 from features.snapshot import Snapshot
+from serving.api.decision_log import decision_from_row, get_decision, get_decisions
+from serving.api.errors import ApiError
 from serving.api.runtime import Runtime
 from serving.decide import Decider, decide_rows, decision_fields, decision_key, gather_rows
 from serving.engine import Decision
@@ -26,6 +38,7 @@ from serving.engine.decision import NONE
 from serving.errors import DuplicateDecisionError
 from serving.precomputed import precomputed_scores
 from serving.store import DecisionRecord, Preferences
+from serving.store.models import Decision as DecisionRow
 from serving.store.records import utc_naive
 
 log = logging.getLogger("winback.api")
@@ -95,6 +108,151 @@ def _record(
         dry_run=meta.dry_run,
         **decision_fields(d, segment),
     )
+
+
+def decision_time(rt: Runtime, requested: datetime | None, dry_run: bool) -> datetime:
+    """The time a decision is made at: the server's clock for a recorded decision (a caller's
+    time only within `clock_tolerance_seconds` of it, else 409: the request conflicts with
+    the server's clock, however valid its form), any time for a dry run."""
+    now = rt.clock()
+    if requested is None:
+        return now
+    at = utc_naive(requested)
+    if dry_run:
+        return at
+    tolerance = rt.settings.clock_tolerance_seconds
+    off = (at - now).total_seconds()
+    if abs(off) > tolerance:
+        raise ApiError(
+            409,
+            "timestamp_out_of_tolerance",
+            f"context.timestamp: a recorded decision is made at the server's clock "
+            f"({now.isoformat()}Z); {at.isoformat()}Z is {off:+,.0f} s from it, more than "
+            f"the {tolerance:,} s allowed. Leave it out, or send dry_run: true to ask about "
+            "another time",
+            "context.timestamp",
+        )
+    return now
+
+
+def withdrawn(d: Decision, code: str) -> Decision:
+    """`d` turned into no contact now, for reason `code` (first among its reasons)."""
+    return replace(
+        d,
+        action=NONE,
+        offer_id=None,
+        channel=None,
+        value=None,
+        p_convert=None,
+        reasons=(code, *d.reasons),
+    )
+
+
+def recheck(rt: Runtime, outcome: Outcome, now: datetime) -> Outcome:
+    """A decision returned again (from the log), checked against today's live consent and
+    preferences: a contact the customer has since opted out of becomes `none`."""
+    d = outcome.decision
+    if not d.is_contact or d.channel is None:
+        return outcome
+    blocked = rt.store.contact_guard(d.customer_id, d.channel, now)
+    if blocked is None:
+        return outcome
+    return replace(outcome, decision=withdrawn(d, blocked[0]))
+
+
+def outcome_from_log(rt: Runtime, row: DecisionRow, now: datetime) -> Outcome:
+    """The outcome of a logged decision, as a repeat returns it (`recheck`ed)."""
+    snap = rt.snapshot()
+    cats = top_categories(snap, snap.get(row.customer_id) if snap is not None else None)
+    outcome = Outcome(
+        decision_id=row.decision_id,
+        decision=decision_from_row(row, rt.policy),
+        request_id=row.request_id,
+        campaign_id=row.campaign_id,
+        dry_run=False,
+        recorded=True,
+        top_categories=cats,
+        duplicate_of=True,
+    )
+    return recheck(rt, outcome, now)
+
+
+def keyed_decision_id(key: str, customer_id: str) -> str:
+    """The decision id of `customer_id` under idempotency key `key` (deterministic)."""
+    digest = hashlib.blake2b(f"{key}\x00{customer_id}".encode(), digest_size=12).hexdigest()
+    return f"req-{digest}"
+
+
+def request_fingerprint(endpoint: str, body: BaseModel) -> str:
+    """What makes two requests under one key "the same": endpoint and validated body."""
+    return hashlib.sha256(f"{endpoint}\n{body.model_dump_json()}".encode()).hexdigest()
+
+
+def _key_reused(key: str) -> ApiError:
+    return ApiError(
+        409,
+        "idempotency_key_reused",
+        f"request_id: {key!r} was already used with a different request (body or endpoint); "
+        "send a new request_id for a new request",
+        "request_id",
+    )
+
+
+def decide_once(
+    rt: Runtime,
+    endpoint: str,
+    body: BaseModel,
+    key: str,
+    customer_ids: Sequence[str],
+    channel: str,
+    requested: datetime | None,
+    campaign_id: str | None = None,
+    candidate_offer_ids: Sequence[str] | None = None,
+) -> list[Outcome]:
+    """Recorded decisions under idempotency key `key`: decided and recorded once; a repeat
+    of the same request returns them from the log (re-checked), a different request under
+    the same key is a 409.
+
+    A request that failed half-way (some customers recorded) is completed by its repeat:
+    only the customers without a logged decision are decided.
+    """
+    fingerprint = request_fingerprint(endpoint, body)
+    ids = [keyed_decision_id(key, cid) for cid in customer_ids]
+    stored = rt.store.idempotency_fingerprint(key)
+    if stored is not None and stored[0] != fingerprint:
+        raise _key_reused(key)
+    logged = get_decisions(rt.store, ids) if stored is not None else {}
+    todo = [i for i, did in enumerate(ids) if did not in logged]
+    fresh: dict[int, Outcome] = {}
+    if todo:
+        at = decision_time(rt, requested, dry_run=False)
+        if stored is None:
+            raced = rt.store.claim_idempotency_key(key, fingerprint, endpoint, at)
+            if raced is not None and raced[0] != fingerprint:
+                raise _key_reused(key)
+        outcomes = decide_and_record(
+            rt,
+            [customer_ids[i] for i in todo],
+            channel,
+            now=at,
+            campaign_id=campaign_id,
+            candidate_offer_ids=candidate_offer_ids,
+            request_id=key,
+            decision_ids=[ids[i] for i in todo],
+        )
+        fresh = dict(zip(todo, outcomes, strict=True))
+    now = rt.clock()
+    out: list[Outcome] = []
+    for i, did in enumerate(ids):
+        o = fresh.get(i)
+        if o is not None and not o.duplicate_of:
+            out.append(o)
+            continue
+        row = logged.get(did) or get_decision(rt.store, did)  # a concurrent twin recorded it
+        if row is None:
+            raise ApiError(503, "store_unavailable", "decision log: concurrent write not visible")
+        out.append(outcome_from_log(rt, row, now))
+    return out
 
 
 def decide_and_record(
@@ -198,16 +356,9 @@ def _commit(
             )
             if res.recorded:
                 return replace(base, recorded=True)
-            # A concurrent request took the cap first: no contact now, for the cap's reason.
-            d = replace(
-                d,
-                action=NONE,
-                offer_id=None,
-                channel=None,
-                value=None,
-                p_convert=None,
-                reasons=(res.reason or "cap", *d.reasons),
-            )
+            # A concurrent request took the cap first, or an opt-out arrived since the state
+            # was read: no contact now, for that reason.
+            d = withdrawn(d, res.reason or "cap")
             base = replace(base, decision=d)
         rt.store.record_decision(_record(d, decision_id, at, meta, segment))
         return replace(base, recorded=True)

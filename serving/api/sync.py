@@ -4,8 +4,10 @@
 the wanted sources with a new generation number to a small JSON file
 (`settings.reload_state_path`, replaced atomically); every worker polls it (and the snapshot's
 CURRENT pointer) every `refresh_interval_seconds` and applies what is new. A reload that fails
-in a worker (a file it cannot read) is logged and retried at the next generation, and the
-worker keeps serving with what it has.
+in a worker (a file it cannot read, a model it cannot load) is logged and retried at the next
+generation, and the worker keeps serving with what it has. The snapshot is retried on every
+poll (and only then: requests never read the disk for it); a failure is logged once per
+distinct error, and `/readyz` reports it.
 """
 
 from __future__ import annotations
@@ -92,9 +94,15 @@ def apply_pending(app: FastAPI) -> bool:
         except (ServingError, FeaturesError) as exc:
             log.error("published reload %s failed here: %s", target.generation, exc)
     try:
-        changed |= rt.snapshots.refresh()
+        swapped = rt.snapshots.refresh()
+        changed |= swapped
+        if swapped:
+            log.info("snapshot loaded", extra={"snapshot_version": rt.snapshots.current().version})
+        app.state.snapshot_error = None
     except FeaturesError as exc:
-        log.warning("snapshot refresh failed, keeping the current one: %s", exc)
+        if str(exc) != getattr(app.state, "snapshot_error", None):
+            log.warning("snapshot refresh failed, keeping the current one: %s", exc)
+        app.state.snapshot_error = str(exc)
     return changed
 
 

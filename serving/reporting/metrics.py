@@ -8,7 +8,7 @@ Units and definitions (stated again in every report's `definitions`):
   contact it replaced (offer, channel, stage, expected value), so the control of a contact is
   a *held-out would-be contact*; a holdout row belongs to the slice of its would-be decision
   (its offer and channel too). Holdouts that record no replaced contact (written before
-  store revision 0003, when the holdout was drawn among every known customer) are not a fair
+  store revision 0004, when the holdout was drawn among every known customer) are not a fair
   control; they are used only when there is nothing else, and the report says so.
 - Outcomes are attributed to a contact or holdout decision by time, identically in both arms:
   an order, unsubscribe or complaint of the customer from the decision's time until

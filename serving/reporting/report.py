@@ -39,7 +39,7 @@ FAIR_COMPARISON: Final = (
 )
 LEGACY_COMPARISON: Final = (
     "contacted customers against every holdout: these holdouts record no replaced contact "
-    "(written before store revision 0003, drawn among all known customers), so the control "
+    "(written before store revision 0004, drawn among all known customers), so the control "
     "may include customers who would never have been contacted and the difference is not a "
     "fair estimate of what the contacts earned"
 )
@@ -207,7 +207,7 @@ def _control(holdouts: pd.DataFrame) -> tuple[pd.DataFrame, str, list[str]]:
         if len(fair) < len(holdouts):
             notes.append(
                 f"control: {len(holdouts) - len(fair)} holdouts recording no replaced contact "
-                "(written before store revision 0003) are left out of every comparison"
+                "(written before store revision 0004) are left out of every comparison"
             )
         return fair, FAIR_COMPARISON, notes
     if len(holdouts):

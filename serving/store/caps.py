@@ -24,6 +24,9 @@ CAP_ACROSS_CHANNELS: Final = "cap_across_channels"
 CAP_CHANNEL: Final = "cap_channel"
 CAP_MIN_GAP: Final = "cap_min_gap"
 CAP_REPEAT_OFFER: Final = "cap_repeat_offer"
+# Live consent checked in the same transaction (same strings as the engine's exclusions).
+CONSENT_OPTED_OUT: Final = "consent_opted_out"
+CHANNEL_OFF_BY_PREFERENCE: Final = "channel_off_by_preference"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,13 @@ writer sleep and retry with growing pauses (up to 100 ms), which under two API p
 turned a lock held for a fraction of a millisecond into multi-second tail latencies; a
 process blocked in `flock` is woken by the kernel the moment the lock is released.
 
+A pooled SQLite connection can go stale without being closed: one opened while the file was
+read-only (SQLite then silently opens it read-only) keeps failing with "attempt to write a
+readonly database" after the file is writable again, and so does one that met an I/O error.
+Such errors count as disconnects (`_stale_sqlite_error`): SQLAlchemy then discards that
+connection and every other one the pool held, and the next request opens fresh ones, so
+the store recovers by itself once the file is writable again.
+
 PostgreSQL is reached through psycopg 3 (`postgresql+psycopg://user@host/db`; a bare
 `postgresql://` URL is given that driver). It runs at READ COMMITTED, where each statement
 sees what committed before it started, which the per-customer advisory lock in
@@ -35,7 +42,7 @@ except ImportError:  # not POSIX: the in-process lock only (SQLite's busy handle
     fcntl = None  # type: ignore[assignment]
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
@@ -124,6 +131,15 @@ def _switch_to_wal(cur: Any, busy_timeout_ms: int) -> None:
             pause = min(pause * 2, 0.05)
 
 
+_STALE_SQLITE_ERRORS: Final = ("SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN")
+
+
+def _stale_sqlite_error(exc: BaseException | None) -> bool:
+    """Whether a DBAPI error means the SQLite connection itself must be replaced."""
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    return isinstance(name, str) and name.startswith(_STALE_SQLITE_ERRORS)
+
+
 def _sqlite_engine(u: URL, busy_timeout_ms: int, echo: bool) -> Engine:
     in_memory = u.database in (None, "", ":memory:")
     kwargs: dict[str, Any] = {"echo": echo}
@@ -147,6 +163,11 @@ def _sqlite_engine(u: URL, busy_timeout_ms: int, echo: bool) -> Engine:
             cur.execute("PRAGMA foreign_keys = ON")
         finally:
             cur.close()
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(ctx: ExceptionContext) -> None:
+        if not ctx.is_disconnect and _stale_sqlite_error(ctx.original_exception):
+            ctx.is_disconnect = True  # invalidate this connection and the pool's others
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:

@@ -13,6 +13,9 @@ is created and changed only by the Alembic migrations in `serving/store/migratio
 - `consent_history`  every consent change per customer and channel; the latest row wins.
 - `preferences_history` every preference change per customer; the latest row wins.
 - `budget_usage`     redemptions and cost per offer and day.
+- `idempotency_keys` one row per `request_id` a caller sent with a recorded decision request:
+                     the fingerprint of its body, so a repeat gets the same answer and a
+                     different body under the same key is refused (added in 0003).
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ class Decision(Base):
     p_convert: Mapped[float | None] = mapped_column(Float)
     # A holdout row keeps the contact it replaced in offer_id, channel, expected_value and
     # p_convert; `propensity` stays the holdout share (the probability of the logged action)
-    # and this is the replaced option's own propensity (added in 0003; NULL otherwise).
+    # and this is the replaced option's own propensity (added in 0004; NULL otherwise).
     replaced_propensity: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (Index("ix_decisions_customer_ts", "customer_id", "ts"),)
@@ -172,3 +175,14 @@ class BudgetUsage(Base):
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     redemptions: Mapped[int] = mapped_column(Integer, default=0)
     cost: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class IdempotencyKey(Base):
+    """A caller's `request_id` with the fingerprint of the request it first came with."""
+
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(ID, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[datetime] = mapped_column(DateTime())

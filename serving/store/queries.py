@@ -17,10 +17,17 @@ from sqlalchemy import Connection, DateTime, Integer, String, Text, bindparam, f
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import TextualSelect
 
+from features.constants import OPTED_OUT
 from serving.store.models import SENT, ConsentChange, Contact, Event, PreferencesChange
 from serving.store.records import ConsentEntry, ContactRow, CustomerState, Preferences
 
 ORDER_EVENT = "order"
+
+# Consent "as of" a time: the latest change dated at or before it, except that an opt-out is
+# in force whatever its date. An opt-out takes effect when it is received (the event path
+# dates it so); one dated later than a decision's time (a caller's clock, a dry run asking
+# about the past) must still block it, since it is already known.
+_IN_FORCE = "(ts <= :now OR status = :opted_out)"
 
 
 def counted_contacts(
@@ -71,8 +78,8 @@ def current_consent(
     inner = select(c.customer_id, c.channel, c.status, rn).where(
         c.customer_id.in_(list(customer_ids))
     )
-    if as_of is not None:
-        inner = inner.where(c.ts <= as_of)
+    if as_of is not None:  # see _IN_FORCE
+        inner = inner.where((c.ts <= as_of) | (c.status == OPTED_OUT))
     sub = inner.subquery()
     rows = s.execute(
         select(sub.c.customer_id, sub.c.channel, sub.c.status).where(sub.c.rn == 1)
@@ -135,7 +142,7 @@ SELECT 'k', customer_id, ts, channel, status, CAST(NULL AS VARCHAR), CAST(NULL A
 FROM (
     SELECT customer_id, channel, status, ts, row_number() OVER (
         PARTITION BY customer_id, channel ORDER BY ts DESC, id DESC) AS rn
-    FROM consent_history WHERE customer_id IN :ids AND ts <= :now
+    FROM consent_history WHERE customer_id IN :ids AND (ts <= :now OR status = :opted_out)
 ) AS k WHERE rn = 1
 UNION ALL
 SELECT 'p', customer_id, ts, source, CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR),
@@ -168,6 +175,7 @@ def _state_statement(single: bool = False) -> TextualSelect:
             bindparam("since", type_=DateTime()),
             bindparam("now", type_=DateTime()),
             bindparam("order", type_=String()),
+            bindparam("opted_out", type_=String()),
         )
         .columns(
             kind=String(),
@@ -198,6 +206,7 @@ def customer_states(
             "since": now - timedelta(days=lookback_days),
             "now": now,
             "order": ORDER_EVENT,
+            "opted_out": OPTED_OUT,
         },
     ).all()
     contacts: dict[str, list[ContactRow]] = defaultdict(list)
@@ -225,3 +234,59 @@ def customer_states(
         )
         for cid in customer_ids
     }
+
+
+# The live state one contact is checked against inside its recording transaction (after the
+# customer's lock): the channel's consent in force and the latest preferences, one statement.
+_CONTACT_GUARD_SQL = f"""
+SELECT 'k' AS kind, status AS s1, CAST(NULL AS TEXT) AS j, CAST(NULL AS INTEGER) AS n1,
+       CAST(NULL AS INTEGER) AS n2, ts, id
+FROM consent_history
+WHERE customer_id = :cid AND channel = :channel AND {_IN_FORCE}
+UNION ALL
+SELECT 'p', source, CAST(channels AS TEXT), max_contacts, per_days, ts, id
+FROM preferences_history WHERE customer_id = :cid
+ORDER BY kind, ts DESC, id DESC
+"""
+
+
+@cache
+def _contact_guard_statement() -> TextualSelect:
+    return (
+        text(_CONTACT_GUARD_SQL)
+        .bindparams(
+            bindparam("cid", type_=String()),
+            bindparam("channel", type_=String()),
+            bindparam("now", type_=DateTime()),
+            bindparam("opted_out", type_=String()),
+        )
+        .columns(
+            kind=String(),
+            s1=String(),
+            j=Text(),
+            n1=Integer(),
+            n2=Integer(),
+            ts=DateTime(),
+            id=Integer(),
+        )
+    )
+
+
+def contact_guard(
+    s: Connection, customer_id: str, channel: str, now: datetime
+) -> tuple[str | None, Preferences | None]:
+    """(consent status of `channel` in force at `now` or None, latest preferences or None)."""
+    status: str | None = None
+    prefs: Preferences | None = None
+    rows = s.execute(
+        _contact_guard_statement(),
+        {"cid": customer_id, "channel": channel, "now": now, "opted_out": OPTED_OUT},
+    ).all()
+    for kind, s1, j, n1, n2, ts, _ in rows:  # newest first within each kind
+        if kind == "k" and status is None:
+            status = s1
+        elif kind == "p" and prefs is None:
+            channels = json.loads(j) if j is not None else None
+            chans = tuple(channels) if channels is not None else None
+            prefs = Preferences(customer_id, ts, chans, n1, n2, s1)
+    return status, prefs

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, func, insert, select, text, update
@@ -31,7 +31,12 @@ from sqlalchemy.orm import Session
 from features.constants import CHANNELS, CONSENT_STATUSES, OPTED_OUT
 from serving.errors import DuplicateDecisionError, StoreError, StoreUnavailableError
 from serving.store import queries
-from serving.store.caps import ContactCaps, check_caps
+from serving.store.caps import (
+    CHANNEL_OFF_BY_PREFERENCE,
+    CONSENT_OPTED_OUT,
+    ContactCaps,
+    check_caps,
+)
 from serving.store.engine import WRITE_OPTION, create_store_engine, gated
 from serving.store.models import (
     CONTACT_STATUSES,
@@ -42,6 +47,7 @@ from serving.store.models import (
     Contact,
     Decision,
     Event,
+    IdempotencyKey,
     PreferencesChange,
 )
 from serving.store.records import (
@@ -65,6 +71,25 @@ _DECISIONS: Final = Decision.metadata.tables["decisions"]
 _CONTACTS: Final = Contact.metadata.tables["contacts"]
 _INSERT_DECISION: Final = insert(_DECISIONS)  # built once: the request path reuses them
 _INSERT_CONTACT: Final = insert(_CONTACTS)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def consent_blocks(
+    status: str | None, prefs: Preferences | None, channel: str
+) -> tuple[str, str] | None:
+    """(reason code, detail) when the live consent or preferences forbid `channel`, else None.
+
+    Only what the store knows live is checked here: the engine has already required recorded
+    consent (snapshot or live) before proposing the contact.
+    """
+    if status == OPTED_OUT:
+        return CONSENT_OPTED_OUT, f"the customer opted out of {channel}"
+    if prefs is not None and prefs.channels is not None and channel not in prefs.channels:
+        return CHANNEL_OFF_BY_PREFERENCE, f"channel {channel} is switched off by the customer"
+    return None
 
 
 class _ConstraintError(StoreError):
@@ -222,10 +247,17 @@ class Store:
         try:
             with self._connection(write=True) as s:
                 self._lock_customer(s, decision.customer_id)
-                past = queries.counted_contacts(s, [decision.customer_id], at - caps.horizon).get(
-                    decision.customer_id, []
-                )
-                blocked = check_caps(past, caps, at, decision.channel, offer)
+                # Consent and preferences are read again under the lock: an opt-out or a
+                # preference change acknowledged after the engine read its state (but before
+                # this lock) must still stop this contact. Writers of both take the same lock.
+                status, prefs = queries.contact_guard(s, decision.customer_id, decision.channel, at)
+                blocked = consent_blocks(status, prefs, decision.channel)
+                if blocked is None:
+                    caps = caps.for_preferences(prefs)
+                    past = queries.counted_contacts(
+                        s, [decision.customer_id], at - caps.horizon
+                    ).get(decision.customer_id, [])
+                    blocked = check_caps(past, caps, at, decision.channel, offer)
                 if blocked is not None:
                     code, detail = blocked  # nothing written: the commit only frees the lock
                     return RecordResult(False, decision.decision_id, reason=code, detail=detail)
@@ -254,6 +286,47 @@ class Store:
             return DuplicateDecisionError(f"decision_id: {decision_id!r} was already recorded")
         return exc
 
+    def contact_guard(
+        self, customer_id: str, channel: str, now: datetime
+    ) -> tuple[str, str] | None:
+        """(reason code, detail) if the live consent or preferences now forbid a contact on
+        `channel`, else None: the check `try_record_contact` makes, for a decision replayed
+        from the log (a repeat must never answer "send" after an opt-out)."""
+        with self._connection(write=False) as s:
+            status, prefs = queries.contact_guard(s, customer_id, channel, utc_naive(now))
+        return consent_blocks(status, prefs, channel)
+
+    # --- idempotency keys -------------------------------------------------------------------
+    def idempotency_fingerprint(self, key: str) -> tuple[str, str] | None:
+        """(fingerprint, endpoint) stored for `key`, or None when the key is new."""
+        with self._connection(write=False) as s:
+            row = s.execute(
+                select(IdempotencyKey.fingerprint, IdempotencyKey.endpoint).where(
+                    IdempotencyKey.key == key
+                )
+            ).first()
+        return (row[0], row[1]) if row is not None else None
+
+    def claim_idempotency_key(
+        self, key: str, fingerprint: str, endpoint: str, ts: datetime
+    ) -> tuple[str, str] | None:
+        """Store `key` with its request's fingerprint unless it exists.
+
+        Returns:
+            None when this call stored it, else the (fingerprint, endpoint) stored before
+            (by an earlier or a concurrent request).
+        """
+        with self._session(write=True) as s:
+            stmt = (
+                self._insert(IdempotencyKey)
+                .values(key=key, fingerprint=fingerprint, endpoint=endpoint, ts=utc_naive(ts))
+                .on_conflict_do_nothing(index_elements=["key"])
+                .returning(IdempotencyKey.key)
+            )
+            if s.execute(stmt).scalar_one_or_none() is not None:
+                return None
+        return self.idempotency_fingerprint(key)
+
     def decision_exists(self, decision_id: str) -> bool:
         with self._session(write=False) as s:
             return s.get(Decision, decision_id) is not None
@@ -271,16 +344,23 @@ class Store:
             return bool(res.rowcount)  # type: ignore[attr-defined]
 
     # --- events -----------------------------------------------------------------------------
-    def append_event(self, event: EventRecord) -> EventResult:
+    def append_event(self, event: EventRecord, received: datetime | None = None) -> EventResult:
         """Store an event once; a repeated `event_id` writes nothing and reports a duplicate.
 
         On first receipt, in the same transaction: `not_sent` releases the contact it names
         (by contact_id, else decision_id), so it no longer counts against the caps;
         `unsubscribe` and `complaint` record an opt-out for the event's channel, else the
         named contact's channel, else every channel (consent is never assumed).
+
+        An opt-out takes effect when it is received, whatever the sender's `ts` says (kept as
+        reported on the event): its consent change is dated `received` (default: now, UTC),
+        and it is written under the customer's lock, so a contact whose transaction runs
+        after this commit sees it (`try_record_contact`).
         """
-        now = datetime.now().replace(microsecond=0)
+        now = utc_naive(received) if received is not None else _utc_now()
         with self._session(write=True) as s:
+            if event.type in OPT_OUT_EVENTS:
+                self._lock_customer(s.connection(), event.customer_id)
             stmt = (
                 self._insert(Event)
                 .values(
@@ -318,7 +398,7 @@ class Store:
                             customer_id=event.customer_id,
                             channel=ch,
                             status=OPTED_OUT,
-                            ts=utc_naive(event.ts),
+                            ts=now,
                             source=f"event:{event.type}",
                         )
                     )
@@ -369,8 +449,10 @@ class Store:
             return queries.current_consent(s, customer_ids, as_of and utc_naive(as_of))
 
     def set_preferences(self, prefs: Preferences) -> None:
-        """Append the customer's full preference state; the latest one applies."""
+        """Append the customer's full preference state; the latest one applies (written
+        under the customer's lock, like an opt-out: see `append_event`)."""
         with self._session(write=True) as s:
+            self._lock_customer(s.connection(), prefs.customer_id)
             s.add(
                 PreferencesChange(
                     customer_id=prefs.customer_id,

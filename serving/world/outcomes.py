@@ -138,6 +138,7 @@ def draw_and_record(
                     "incentive_cost": round(float(other_cost[i]), 2),
                 },
             ),
+            received=ts,  # the world's clock: an opt-out takes effect in the played time
         )
         posted["order"] += 1
         order_rows.append(
@@ -205,6 +206,7 @@ def _engagement(
                     contact_id=str(decision_id[i]),
                     decision_id=str(decision_id[i]),
                 ),
+                received=ts,
             )
             posted[kind] = posted.get(kind, 0) + 1
             rows.append((eid, ids[i], np.datetime64(ts, "ns"), kind, str(decision_id[i])))

@@ -107,6 +107,9 @@ class _Sink:
 def _append(frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return frame
+    rows = rows.copy()
+    for col in frame.columns.difference(rows.columns):  # e.g. a flag: false for drawn rows
+        rows[col] = False if frame[col].dtype == bool else None
     rows = rows[list(frame.columns)].astype(frame.dtypes.to_dict())
     return pd.concat([frame, rows], ignore_index=True)
 

@@ -134,13 +134,18 @@ def loader_of(models: Mapping[str, Scorer]) -> Callable[[str], Scorer]:
     return load
 
 
-@pytest.fixture
-def files(tmp_path: Path) -> dict[str, Path]:
+def write_files(tmp_path: Path) -> dict[str, Path]:
+    """The test policy and catalog in `tmp_path`, and where the SQLite store goes."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY_YAML, encoding="utf-8")
     catalog = tmp_path / "offers.yaml"
     catalog.write_text(CATALOG_YAML, encoding="utf-8")
     return {"policy": policy, "catalog": catalog, "db": tmp_path / "store.db"}
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    return write_files(tmp_path)
 
 
 @pytest.fixture
@@ -184,3 +189,12 @@ def runtime_of(client: TestClient) -> Runtime:
     """The runtime the app under test loaded."""
     app = cast(FastAPI, client.app)
     return cast(Runtime, app.state.runtime)
+
+
+@pytest.fixture
+def store_client(settings: ServingSettings, clock: Clock, url: str) -> Iterator[TestClient]:
+    """`client` on each store: SQLite, and PostgreSQL when WINBACK_TEST_DATABASE_URL is set."""
+    cfg = settings.model_copy(update={"database_url": url})
+    app = create_app(cfg, snapshots=FakeSnapshots(make_snapshot(CUSTOMERS)), clock=clock)
+    with TestClient(app) as c:
+        yield c

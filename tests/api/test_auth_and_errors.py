@@ -49,7 +49,7 @@ def test_health_and_metrics_need_no_key(client: TestClient) -> None:
     [
         ({}, "customer_id", "Field required"),
         ({"customer_id": "c1", "channel": "fax"}, "channel", "Input should be"),
-        ({"customer_id": "c1", "context": {"timestamp": "soon"}}, "context.timestamp", "datetime"),
+        ({"customer_id": "c1", "context": {"timestamp": "soon"}}, "context.timestamp", "ISO 8601"),
         ({"customer_id": "c1", "colour": "red"}, "colour", "Extra inputs"),
     ],
 )

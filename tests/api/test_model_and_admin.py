@@ -114,11 +114,14 @@ def test_reload_switches_the_model_alias_without_restart(model_client: TestClien
     assert r.json()["model_version"] == "fake-model/2"
     d = _recommend(model_client)
     assert d["offer_id"] == "freeship" and d["model_version"] == "fake-model/2"
-    # An alias with nothing behind it: still serving, rules only and flagged.
+    # An alias with nothing behind it: refused, the challenger keeps serving.
     r = model_client.post("/admin/reload", json={"model_uri": "models:/x@none"}, headers=ADMIN)
-    assert r.status_code == 200
-    assert r.json()["degraded"] is True and r.json()["model_version"] is None
-    assert _recommend(model_client)["model_version"] == "rules-only"
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["code"] == "reload_refused" and err["field"] == "model_uri"
+    assert "models:/x@none" in err["message"] and "still serving fake-model/2" in err["message"]
+    assert model_client.get("/readyz").json()["model_version"] == "fake-model/2"
+    assert _recommend(model_client)["model_version"] == "fake-model/2"
 
 
 def test_reload_picks_up_a_new_policy_and_rejects_a_broken_one(

@@ -49,8 +49,8 @@ def test_renders_a_real_liquid_template(client: TestClient) -> None:
     assert html == "Hello! Our buying guide - picked for books."
     none = _next(client, cid="nobody")
     assert liquid.parse(TEMPLATE).render(**none) == "(no offer: unknown_customer)"
-    capped = _next(client, cid="c-noconsent")
-    assert liquid.parse(TEMPLATE).render(**capped) == "(no offer: no_allowed_option)"
+    no_consent = _next(client, cid="c-noconsent")  # the guardrail, not "no allowed option"
+    assert liquid.parse(TEMPLATE).render(**no_consent) == "(no offer: consent_unknown)"
 
 
 def test_repeated_calls_in_the_window_return_the_same_decision_once(
@@ -64,6 +64,7 @@ def test_repeated_calls_in_the_window_return_the_same_decision_once(
     other = _next(client, campaign="summer")  # another campaign is another decision
     assert other["decision_id"] != first["decision_id"]
     assert other["send"] is False  # and the cap of one contact is already taken
+    assert other["reason"] == "cap_across_channels"
     clock.advance(minutes=11)  # past the 600 s window: a new decision
     assert _next(client)["decision_id"] != first["decision_id"]
     assert _contacts(client, "c1") == 1
@@ -105,3 +106,10 @@ def test_a_held_out_customer_is_never_handed_the_replaced_offer(
     )
     assert row is not None and (row.offer_id, row.channel) == ("guide", "email")
     assert contacts == 0
+
+
+def test_a_campaign_id_of_the_longest_allowed_length_is_served(store_client: TestClient) -> None:
+    campaign = "w" * 128  # the request id it is logged under must still fit its column
+    first = _next(store_client, campaign=campaign)
+    again = _next(store_client, campaign=campaign)
+    assert first["send"] is True and again["decision_id"] == first["decision_id"]

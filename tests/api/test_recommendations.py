@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 
 from serving.api.logs import JsonFormatter
-from tests.api.conftest import CLIENT, T0
+from tests.api.conftest import CLIENT, T0, Clock
 
 
 def _recommend(client: TestClient, cid: str, **extra: object) -> dict:
@@ -64,12 +65,33 @@ def test_unknown_candidate_offer_is_a_422_naming_the_field(client: TestClient) -
     assert "candidate_offer_ids" in err["message"] and "nope" in err["message"]
 
 
-def test_context_timestamp_is_the_decision_time(client: TestClient) -> None:
-    later = T0.replace(day=20).isoformat()
+def test_recorded_decisions_happen_at_the_server_clock(client: TestClient, clock: Clock) -> None:
     _recommend(client, "c1", context={"timestamp": T0.isoformat(), "campaign_id": "w1"})
-    # 10 days later the 7-day cap has passed.
-    d = _recommend(client, "c1", context={"timestamp": later, "campaign_id": "w1"})
+    # A caller's clock 10 days ahead cannot pass the 7-day cap: it is refused, naming the field.
+    later = (T0 + timedelta(days=10)).isoformat()
+    r = client.post(
+        "/v1/recommendations",
+        json={"customer_id": "c1", "context": {"timestamp": later}},
+        headers=CLIENT,
+    )
+    assert r.status_code == 409
+    err = r.json()["error"]
+    assert (err["code"], err["field"]) == ("timestamp_out_of_tolerance", "context.timestamp")
+    # Within the tolerance the server's clock decides: still capped.
+    near = (T0 + timedelta(seconds=100)).isoformat()
+    d = _recommend(client, "c1", context={"timestamp": near})
+    assert d["action"] == "none"
+    # 10 days later by the server's clock the cap has passed.
+    clock.advance(days=10)
+    d = _recommend(client, "c1", context={"campaign_id": "w1"})
     assert d["action"] == "message" and d["campaign_id"] == "w1"
+
+
+def test_a_dry_run_may_ask_about_any_time(client: TestClient) -> None:
+    _recommend(client, "c1")
+    later = (T0 + timedelta(days=10)).isoformat()
+    d = _recommend(client, "c1", dry_run=True, context={"timestamp": later})
+    assert d["action"] == "message" and d["recorded"] is False
 
 
 def test_batch_decides_each_customer(client: TestClient) -> None:

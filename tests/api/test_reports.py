@@ -70,7 +70,7 @@ def test_summary_needs_an_admin_key(client: TestClient) -> None:
     assert r.status_code == 403
     err = r.json()["error"]
     assert (err["code"], err["field"]) == ("wrong_scope", "X-API-Key")
-    assert "client key" in err["message"]
+    assert "needs an admin key" in err["message"]
 
 
 def test_summary_is_the_report_as_json(client: TestClient) -> None:

@@ -107,8 +107,8 @@ CASES: list[tuple[str, Mutation, str]] = [
     ),
     (
         "not_null",
-        _set("orders", "category", 2, None),
-        "orders.category: not_null: value required; 1 bad row(s)",
+        _set("orders", "revenue", 2, None),
+        "orders.revenue: not_null: value required; 1 bad row(s)",
     ),
     (
         "allowed_values_event",

@@ -190,3 +190,27 @@ def test_a_crashed_writers_leftover_is_removed_but_not_a_fresh_one(tmp_path: Pat
     os.utime(old, (day_ago, day_ago))
     write(tmp_path, "2023-11-01")
     assert not old.exists() and fresh.exists()
+
+
+def test_a_failed_load_is_remembered_until_the_next_refresh(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    with pytest.raises(SnapshotError, match="no snapshot"):
+        store.current()
+    assert store.error is not None
+    version = write(tmp_path, "2023-10-01")
+    for _ in range(3):  # the disk is not read again per call
+        with pytest.raises(SnapshotError, match="no snapshot"):
+            store.current()
+    assert store.refresh() is True
+    assert store.current().version == version and store.error is None
+
+
+def test_a_failed_refresh_keeps_the_loaded_snapshot_and_says_why(tmp_path: Path) -> None:
+    version = write(tmp_path, "2023-10-01")
+    store = SnapshotStore(tmp_path)
+    assert store.current().version == version
+    (tmp_path / "CURRENT").write_text("no-such-version\n")
+    with pytest.raises(SnapshotError, match="cannot read snapshot"):
+        store.refresh()
+    assert store.current().version == version
+    assert "no-such-version" in str(store.error)

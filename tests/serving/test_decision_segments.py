@@ -123,7 +123,7 @@ def test_upgrade_from_0001_keeps_every_row_and_adds_null_columns(url: str) -> No
     upgrade_database(url)
     engine = create_store_engine(url)
     try:
-        assert current_revision(engine) == "0003"
+        assert current_revision(engine) == "0004"  # head
         insp = inspect(engine)
         cols = {c["name"]: c for c in insp.get_columns("decisions")}
         assert {"value_tier", "lapse_state", "p_convert"} <= set(cols)

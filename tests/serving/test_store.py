@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta, timezone
@@ -71,7 +72,7 @@ def test_migrations_build_the_models_schema_and_are_idempotent(url: str) -> None
     upgrade_database(url)  # second run at head does nothing
     engine = create_store_engine(url)
     try:
-        assert current_revision(engine) == "0003"
+        assert current_revision(engine) == "0004"
         names = set(inspect(engine).get_table_names())
         assert set(Base.metadata.tables) <= names
         with engine.connect() as conn:
@@ -383,3 +384,78 @@ def test_caps_from_policy() -> None:
     assert caps.windows == (CapWindow(1, 3), CapWindow(1, 14, "sms"))
     assert caps.horizon == timedelta(days=30)
     assert caps.min_gap == timedelta(hours=24)
+
+
+# --- consent re-checked inside the contact's transaction ------------------------------------
+def test_no_contact_is_recorded_once_an_opt_out_is_acknowledged(store: Store) -> None:
+    """Contact attempts (no caps) race one unsubscribe: every attempt that starts after the
+    unsubscribe was acknowledged is refused with `consent_opted_out`."""
+    store.record_consent("c1", "email", "opted_in", T0 - timedelta(days=1))
+    ack: list[float] = []
+    attempts: list[tuple[float, bool, str | None]] = []
+    stop = threading.Event()
+
+    def contacts(worker: int) -> None:
+        i = 0
+        while not stop.is_set() and i < 400:
+            started = time.monotonic()
+            res = store.try_record_contact(offer(f"w{worker}-{i}", ts=T0), ContactCaps(), now=T0)
+            attempts.append((started, res.recorded, res.reason))
+            i += 1
+
+    def unsubscribe() -> None:
+        time.sleep(0.05)
+        store.append_event(
+            EventRecord("u1", "c1", T0 + timedelta(days=30), "unsubscribe", channel="email"),
+            received=T0,
+        )
+        ack.append(time.monotonic())
+        time.sleep(0.1)
+        stop.set()
+
+    threads = [threading.Thread(target=contacts, args=(w,)) for w in range(4)]
+    threads.append(threading.Thread(target=unsubscribe))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert ack, "the unsubscribe was never acknowledged"
+    after = [(rec, why) for started, rec, why in attempts if started > ack[0]]
+    assert after, "no attempt started after the acknowledgement: the race was not exercised"
+    assert all(not rec and why == "consent_opted_out" for rec, why in after)
+    assert any(rec for _, rec, _ in attempts)  # before the opt-out, contacts did record
+
+
+def test_consent_in_force_counts_an_opt_out_whatever_its_date(store: Store) -> None:
+    store.record_consent("c1", "email", "opted_in", T0 - timedelta(days=10))
+    store.record_consent("c1", "email", "opted_out", T0 + timedelta(days=10))  # dated ahead
+    store.record_consent("c1", "sms", "opted_in", T0 + timedelta(days=10))  # not in force yet
+    assert store.current_consent(["c1"], as_of=T0) == {"c1": {"email": "opted_out"}}
+    state = store.customer_states(["c1"], T0, 7)["c1"]
+    assert dict(state.consent) == {"email": "opted_out"}
+    assert store.contact_guard("c1", "email", T0) == (
+        "consent_opted_out",
+        "the customer opted out of email",
+    )
+    assert store.contact_guard("c1", "sms", T0) is None
+
+
+def test_preferences_are_re_read_under_the_lock(store: Store) -> None:
+    store.set_preferences(Preferences("c1", T0, ("sms",), None, None, "api"))
+    res = store.try_record_contact(offer("p1"), ContactCaps(), now=T0)
+    assert not res.recorded and res.reason == "channel_off_by_preference"
+    store.set_preferences(Preferences("c1", T0 + timedelta(seconds=1), None, 1, 30, "api"))
+    assert store.try_record_contact(offer("p2"), ContactCaps(), now=T0).recorded
+    # the customer's own 1-per-30-days, read in the transaction, blocks the second
+    res = store.try_record_contact(offer("p3", offer_id="pct20"), ContactCaps(), now=T0)
+    assert not res.recorded and res.reason == "cap_across_channels"
+
+
+def test_an_idempotency_key_is_claimed_once(store: Store) -> None:
+    assert store.claim_idempotency_key("k", "fp1", "recommendations", T0) is None
+    assert store.claim_idempotency_key("k", "fp2", "recommendations", T0) == (
+        "fp1",
+        "recommendations",
+    )
+    assert store.idempotency_fingerprint("k") == ("fp1", "recommendations")
+    assert store.idempotency_fingerprint("other") is None

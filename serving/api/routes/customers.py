@@ -8,7 +8,6 @@ from fastapi import APIRouter, Path, Query, Response
 
 from serving.api import schemas
 from serving.api.decision_log import (
-    decision_from_row,
     get_decision,
     next_offer_decision_id,
     next_offer_request_id,
@@ -17,29 +16,12 @@ from serving.api.decision_log import (
 from serving.api.deps import ClientKey, ClientRuntime, RuntimeDep
 from serving.api.errors import ApiError
 from serving.api.present import json_response, next_offer_out
-from serving.api.runtime import Runtime
-from serving.api.service import Outcome, decide_and_record, new_decision_id, top_categories
+from serving.api.service import decide_and_record, new_decision_id, outcome_from_log
 from serving.engine.timeutil import to_days
 from serving.store import Preferences
-from serving.store.models import Decision as DecisionRow
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
-CustomerId = Annotated[str, Path(min_length=1, max_length=128)]
-
-
-def _from_log(rt: Runtime, row: DecisionRow, campaign_id: str | None) -> Outcome:
-    snap = rt.snapshot()
-    cats = top_categories(snap, snap.get(row.customer_id) if snap is not None else None)
-    return Outcome(
-        decision_id=row.decision_id,
-        decision=decision_from_row(row, rt.policy),
-        request_id=row.request_id,
-        campaign_id=campaign_id,
-        dry_run=False,
-        recorded=True,
-        top_categories=cats,
-        duplicate_of=True,
-    )
+CustomerId = Annotated[str, Path(min_length=1, max_length=128, pattern=schemas.PRINTABLE)]
 
 
 @router.get("/{customer_id}/next-offer", response_model=schemas.NextOffer)
@@ -47,7 +29,9 @@ async def next_offer(
     customer_id: CustomerId,
     rt: ClientRuntime,
     channel: Annotated[schemas.ChannelOrAuto, Query()] = "auto",
-    campaign: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    campaign: Annotated[
+        str | None, Query(min_length=1, max_length=128, pattern=schemas.PRINTABLE)
+    ] = None,
 ) -> Response:
     """The decision as flat JSON for template engines; repeated calls within the window for
     the same customer and campaign return the same decision and count once."""
@@ -57,7 +41,8 @@ async def next_offer(
     if window > 0:
         row = recent_next_offer(rt.store, customer_id, campaign, now, window)
         if row is not None:
-            return json_response(next_offer_out(rt, _from_log(rt, row, campaign)))
+            # the same decision, but re-checked: never "send" after an opt-out
+            return json_response(next_offer_out(rt, outcome_from_log(rt, row, now)))
         bucket = int(to_days(now) * 86400 // window)
         did = next_offer_decision_id(customer_id, campaign, bucket)
     else:
@@ -75,7 +60,7 @@ async def next_offer(
         row = get_decision(rt.store, did)
         if row is None:
             raise ApiError(503, "store_unavailable", "decision log: concurrent write not visible")
-        outcome = _from_log(rt, row, campaign)
+        outcome = outcome_from_log(rt, row, now)
     return json_response(next_offer_out(rt, outcome))
 
 

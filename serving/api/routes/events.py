@@ -18,11 +18,13 @@ def post_event(body: schemas.EventIn, rt: RuntimeDep, _: ClientKey) -> schemas.E
     """Store an event once per `event_id`.
 
     `unsubscribe` and `complaint` opt the customer out (of the event's channel, else the
-    contact's, else every channel) before the next decision; `not_sent` releases the cap the
+    contact's, else every channel) from the moment they are received, whatever their `ts`:
+    no contact is recorded after this call has answered; `not_sent` releases the cap the
     named decision took; an `order` naming an offer adds one redemption and its expected cost
     to the offer's budget usage. A repeated `event_id` changes nothing (`duplicate: true`).
     """
-    ts = utc_naive(body.ts) if body.ts is not None else rt.clock()
+    received = rt.clock()
+    ts = utc_naive(body.ts) if body.ts is not None else received
     res = record_event(
         rt.store,
         rt.options,
@@ -39,6 +41,7 @@ def post_event(body: schemas.EventIn, rt: RuntimeDep, _: ClientKey) -> schemas.E
             margin=body.margin,
             payload=body.payload,
         ),
+        received=received,
     )
     rt.metrics.events.labels(body.type, str(res.duplicate).lower()).inc()
     return schemas.EventResult(

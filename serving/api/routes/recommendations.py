@@ -8,40 +8,56 @@ from serving.api import schemas
 from serving.api.deps import ClientKey, ClientRuntime, RuntimeDep
 from serving.api.errors import ApiError
 from serving.api.present import decision_out, json_response
-from serving.api.service import decide_and_record
+from serving.api.runtime import Runtime
+from serving.api.service import Outcome, decide_and_record, decide_once, decision_time
 
 router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
-_ERRORS = {
-    401: {"model": schemas.ErrorResponse},
-    403: {"model": schemas.ErrorResponse},
-    422: {"model": schemas.ErrorResponse},
-    503: {"model": schemas.ErrorResponse},
-}
 
 
-@router.post("", response_model=schemas.Decision, responses=_ERRORS)  # type: ignore[arg-type]
+@router.post("", response_model=schemas.Decision)
 async def recommend(body: schemas.RecommendationRequest, rt: ClientRuntime) -> Response:
     """Decide offer, channel and stage (or no contact) for one customer, and log it."""
     # Runs on the event loop, not in the thread pool: one decision is about a millisecond of
     # CPU-bound work (the GIL allows no overlap anyway) and the hand-off to a thread cost as
     # much. The response is serialised once here instead of validated again by FastAPI.
-    [outcome] = decide_and_record(
+    [outcome] = _decide(rt, "recommendations", body, [body.customer_id])
+    return json_response(decision_out(rt, outcome))
+
+
+def _decide(
+    rt: Runtime,
+    endpoint: str,
+    body: schemas.RecommendationRequest | schemas.BatchRecommendationRequest,
+    customer_ids: list[str],
+) -> list[Outcome]:
+    """Recorded once per `request_id` (idempotency key), else decided now; dry runs as asked."""
+    if body.request_id is not None and not body.dry_run:
+        return decide_once(
+            rt,
+            endpoint,
+            body,
+            body.request_id,
+            customer_ids,
+            body.channel,
+            body.context.timestamp,
+            campaign_id=body.context.campaign_id,
+            candidate_offer_ids=body.candidate_offer_ids,
+        )
+    return decide_and_record(
         rt,
-        [body.customer_id],
+        customer_ids,
         body.channel,
-        now=body.context.timestamp,
+        now=decision_time(rt, body.context.timestamp, body.dry_run),
         campaign_id=body.context.campaign_id,
         candidate_offer_ids=body.candidate_offer_ids,
         dry_run=body.dry_run,
         request_id=body.request_id,
     )
-    return json_response(decision_out(rt, outcome))
 
 
 @router.post(
     "/batch",
     response_model=schemas.BatchResponse,
-    responses=_ERRORS | {413: {"model": schemas.ErrorResponse}},  # type: ignore[arg-type]
 )
 def recommend_batch(
     body: schemas.BatchRecommendationRequest, rt: RuntimeDep, _: ClientKey
@@ -63,14 +79,5 @@ def recommend_batch(
                 422, "duplicate_customer", f"customer_ids: '{cid}' appears twice", "customer_ids"
             )
         seen.add(cid)
-    outcomes = decide_and_record(
-        rt,
-        body.customer_ids,
-        body.channel,
-        now=body.context.timestamp,
-        campaign_id=body.context.campaign_id,
-        candidate_offer_ids=body.candidate_offer_ids,
-        dry_run=body.dry_run,
-        request_id=body.request_id,
-    )
+    outcomes = _decide(rt, "recommendations/batch", body, body.customer_ids)
     return schemas.BatchResponse(decisions=[decision_out(rt, o) for o in outcomes])

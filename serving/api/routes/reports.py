@@ -8,8 +8,7 @@ conversion curve, repeat purchase, guardrail blocks, calibration and budget usag
 from __future__ import annotations
 
 import re
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
@@ -20,9 +19,6 @@ from serving.api.errors import ApiError
 from serving.reporting import ReportError, report_summary
 
 router = APIRouter(prefix="/v1/reports", tags=["reports"])
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": schemas.ErrorResponse} for status in (401, 403, 422, 503)
-}
 _FIELD = re.compile(r"^([A-Za-z_]\w*): ")
 _QUERY_NAMES = {"campaign_id": "campaign"}  # report field name -> query parameter
 
@@ -34,18 +30,22 @@ def _report_error(exc: ReportError) -> ApiError:
     return ApiError(422, exc.code, str(exc), field)
 
 
-@router.get("/summary", responses=_ERRORS)
+@router.get("/summary")
 def summary(
     rt: RuntimeDep,
     _: AdminKey,
     since: Annotated[
-        datetime | None, Query(description="decisions at or after this time (UTC if naive)")
+        schemas.Timestamp | None,
+        Query(description="decisions at or after this time (UTC if naive)"),
     ] = None,
     until: Annotated[
-        datetime | None, Query(description="decisions before this time (UTC if naive)")
+        schemas.Timestamp | None, Query(description="decisions before this time (UTC if naive)")
     ] = None,
     campaign: Annotated[
-        str | None, Query(max_length=128, description="only this campaign (wave) id")
+        str | None,
+        Query(
+            max_length=128, pattern=schemas.PRINTABLE, description="only this campaign (wave) id"
+        ),
     ] = None,
 ) -> JSONResponse:
     """The report over the decisions in `[since, until)`, optionally of one campaign."""
