@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from cli import data, features, generate, imports, learning, report, score, serve, simulate, train
+from cli import (
+    data,
+    features,
+    generate,
+    imports,
+    learning,
+    report,
+    score,
+    serve,
+    simulate,
+    train,
+    world,
+)
 
 app = typer.Typer(
     name="winback",
@@ -20,7 +32,19 @@ def _root() -> None:
     """Win-back offer recommendations: data, features, training, serving."""
 
 
-for _module in (data, features, imports, generate, train, score, serve, report, learning, simulate):
+for _module in (
+    data,
+    features,
+    imports,
+    generate,
+    train,
+    score,
+    serve,
+    report,
+    learning,
+    simulate,
+    world,
+):
     app.registered_commands += _module.app.registered_commands
     app.registered_groups += _module.app.registered_groups
 

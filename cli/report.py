@@ -17,7 +17,15 @@ _SUFFIX_FORMATS = {".json": "json", ".csv": "csv"}
 
 @app.command()
 def report(
-    out: Annotated[Path, typer.Option("--out", help="file to write (report.html)")],
+    out: Annotated[Path | None, typer.Option("--out", help="file to write (report.html)")] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--json",
+            help="also write the summary as JSON here (headline keys "
+            "incremental_margin_per_contact and incremental_conversion)",
+        ),
+    ] = None,
     since: Annotated[
         datetime | None, typer.Option(help="first decision time included (UTC)")
     ] = None,
@@ -46,7 +54,10 @@ def report(
     from serving.settings import get_serving_settings
     from serving.store import Store
 
-    chosen = fmt or _SUFFIX_FORMATS.get(out.suffix.lower(), "html")
+    if out is None and json_out is None:
+        fail("--out or --json: give at least one file to write")
+        return
+    chosen = fmt or (_SUFFIX_FORMATS.get(out.suffix.lower(), "html") if out else "json")
     if chosen not in FORMATS:
         fail(f"format: must be one of {', '.join(FORMATS)}, got {chosen!r}")
     url = database_url or get_serving_settings().database_url
@@ -62,18 +73,23 @@ def report(
             summary = report_summary(store, since, until, campaign, opts)
         finally:
             store.dispose()
-        text = render(summary, chosen)
+        files = [(out, chosen, render(summary, chosen))] if out is not None else []
+        if json_out is not None:
+            files.append((json_out, "json", render(summary, "json")))
     except ServingError as exc:
         fail(str(exc))
         return
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        fail(f"out: cannot write {out}: {exc.strerror}")
     t = summary["totals"]
-    console.print(
-        f"[green]wrote[/] {out} ({chosen}): {t['contacts']:,} contacts, {t['holdouts']:,} holdouts",
-        highlight=False,
-    )
+    for path, kind, text in files:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            fail(f"out: cannot write {path}: {exc.strerror}")
+        console.print(
+            f"[green]wrote[/] {path} ({kind}): {t['contacts']:,} contacts, "
+            f"{t['holdouts']:,} holdouts in the control",
+            highlight=False,
+        )
+    console.print(f"compared: {summary['comparison']}", highlight=False, soft_wrap=True)
     console.print(summary["overall"]["statement"], highlight=False, soft_wrap=True)

@@ -48,12 +48,15 @@ from models.policy_model import PolicyModel, costs_from_catalog
 from serving.decide import score_rows
 from serving.engine import CustomerBatch, OptionSet, decide
 from serving.model_scorer import PolicyScorer
-from serving.policy import Exploration, Policy
+from serving.policy import Exploration, FrequencyCaps, MarginFloor, Policy
 from training.errors import TrainingError
 from training.fit import TRAIN_UNTIL_KEY, logged_reward
 from training.policy_value import LoggedData, evaluate_policies, policy_difference
 
 METRICS = ("conversions", "margin", "incentive_cost", "unsubscribes")
+MIN_SUPPORT = 30
+"""Fewest logged rows that took the option a rule makes the candidate choose, for the logged
+data to say anything about that rule's effect."""
 CONTACT_ACTIONS = ("offer", "message")
 TABLE_COLUMNS = (
     "current",
@@ -113,6 +116,62 @@ def candidate_choices(
         sent = np.isin(d.action, CONTACT_ACTIONS)
         out[idx] = np.where(sent, d.offer_id, c.HOLDOUT)
     return out
+
+
+def _closest_contacts_days(df: pd.DataFrame) -> float | None:
+    """Fewest days between two logged contacts of one customer (None: nobody has two)."""
+    sent = df[df[c.OFFER_ID] != c.HOLDOUT][[c.CUSTOMER_ID, c.TS]].sort_values([c.CUSTOMER_ID, c.TS])
+    gaps = sent.groupby(c.CUSTOMER_ID)[c.TS].diff().dropna()
+    return float(gaps.min().total_seconds() / 86_400) if len(gaps) else None
+
+
+def judgeability_warnings(
+    df: pd.DataFrame,
+    fs: FeatureSet,
+    catalog: OfferCatalog,
+    policy: Policy,
+    model: PolicyModel | None,
+    choice: np.ndarray,
+) -> tuple[str, ...]:
+    """What the logged data cannot judge of the candidate: its frequency caps and margin
+    floor, each relaxed in turn. A rule whose removal changes no choice on the logged rows has
+    no measurable effect here (its estimate is that of the policy without it); a rule that
+    changes choices, but towards options the log rarely took, rests on a handful of rows."""
+    out = []
+    relaxed = {"frequency caps": ("frequency", FrequencyCaps()),
+               "margin floor": ("margin_floor", MarginFloor())}  # fmt: skip
+    logged = df[c.OFFER_ID].astype(str).to_numpy()
+    for name, (field_name, off) in relaxed.items():
+        if getattr(policy, field_name) == off:
+            continue  # the candidate has no such rule
+        without = policy.model_copy(update={field_name: off})
+        other = candidate_choices(df, fs, catalog, without, model)
+        changed = other != choice
+        if not changed.any():
+            why = ""
+            if name == "frequency caps":
+                gap = _closest_contacts_days(df)
+                why = (
+                    " (no customer has two logged contacts)"
+                    if gap is None
+                    else f" (one customer's logged contacts are at least {gap:.0f} days apart)"
+                )
+            else:
+                why = " (it blocks no option the candidate would otherwise choose)"
+            out.append(
+                f"{name}: the candidate decides every one of the {len(df):,} logged rows "
+                f"exactly as it would without them{why}, so their effect cannot be judged on "
+                "this data: the estimates are those of the policy without them"
+            )
+            continue
+        support = int((logged[changed] == choice[changed]).sum())
+        if support < MIN_SUPPORT:
+            out.append(
+                f"{name}: change the candidate's choice on {int(changed.sum()):,} logged rows, "
+                f"but only {support} of those rows logged the option it then chooses, so "
+                "their effect is barely judged on this data"
+            )
+    return tuple(out)
 
 
 def _rewards(df: pd.DataFrame, catalog: OfferCatalog) -> dict[str, np.ndarray]:
@@ -203,6 +262,7 @@ def simulate(
         )
     fs = fs or FeatureSet.from_json(frame.spec.notes["feature_set_json"])
     choice = candidate_choices(df, fs, ds.catalog, policy, model)
+    warnings = (*warnings, *judgeability_warnings(df, fs, ds.catalog, policy, model, choice))
     options = (*ds.catalog.offer_ids, c.NO_INCENTIVE, c.HOLDOUT)
     action = df[c.OFFER_ID].astype(str).to_numpy()
     prop = df[c.PROPENSITY].to_numpy(dtype=float)

@@ -233,15 +233,22 @@ def decide_rows(
 
 def decision_fields(d: Decision, segment: tuple[str | None, str | None]) -> dict[str, Any]:
     """The decision-log columns that come from an engine decision (the API and batch both
-    record through this, so a decision is logged the same way wherever it was made)."""
+    record through this, so a decision is logged the same way wherever it was made).
+
+    A holdout row records the contact it replaced (offer, channel, expected value,
+    P(convert), and that option's propensity as `replaced_propensity`), so the report can
+    put it in the slice of its would-be decision; nothing treats a holdout as a contact.
+    """
+    rep = d.replaced
     return {
         "customer_id": d.customer_id,
         "action": d.action,
-        "offer_id": d.offer_id,
-        "channel": d.channel,
+        "offer_id": rep.offer_id if rep is not None else d.offer_id,
+        "channel": rep.channel if rep is not None else d.channel,
         "stage": d.stage,
         "propensity": d.propensity,
-        "expected_value": d.value,
+        "replaced_propensity": rep.propensity if rep is not None else None,
+        "expected_value": rep.value if rep is not None else d.value,
         "reasons": list(d.reasons),
         "scores": {k: (v if math.isfinite(v) else None) for k, v in d.scores.items()} or None,
         "excluded": [{"offer_id": e.offer_id, "reason": e.reason} for e in d.excluded],
@@ -249,5 +256,5 @@ def decision_fields(d: Decision, segment: tuple[str | None, str | None]) -> dict
         "policy_version": d.policy_version,
         "value_tier": segment[0],
         "lapse_state": segment[1],
-        "p_convert": d.p_convert if d.is_contact else None,
+        "p_convert": rep.p_convert if rep is not None else (d.p_convert if d.is_contact else None),
     }

@@ -229,7 +229,7 @@ def _wave_state(
     return cand, state, consented[cand], base_hit, agg["pos"][cand]
 
 
-def _engagement(
+def engagement(
     rng: np.random.Generator,
     t: int,
     channel: np.ndarray,
@@ -368,7 +368,7 @@ def simulate_campaigns(
         converted_at[conv] = t + delay
         ch = channel[sent]
         p_unsub = model.unsubscribe_probability(st.take(sent), ch)
-        for kind, (mask, when) in _engagement(rng, t, ch, converted_at[sent], p_unsub).items():
+        for kind, (mask, when) in engagement(rng, t, ch, converted_at[sent], p_unsub).items():
             events.add(
                 cust=cust[sent[mask]],
                 ts=when[mask],

@@ -8,6 +8,7 @@ beside them as `ground_truth.parquet`, which nothing in training may read.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,8 +222,12 @@ def generate_world(
     return SyntheticWorld(conf, tables, truth, catalog, model, pop)
 
 
+WORLD_FILE = "world.json"
+"""What regenerates a world (customers and seed): `load_world` rebuilds its latent traits."""
+
+
 def write_world(world: SyntheticWorld, out: Path, fmt: str = "parquet") -> Path:
-    """Write the data directory and `ground_truth.parquet` into `out`; return `out`."""
+    """Write the data directory, `ground_truth.parquet` and `world.json` into `out`."""
     if fmt not in ("parquet", "csv"):
         raise FeaturesError(f"format: must be 'parquet' or 'csv', got '{fmt}'")
     out = Path(out)
@@ -236,7 +241,29 @@ def write_world(world: SyntheticWorld, out: Path, fmt: str = "parquet") -> Path:
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(pa.Table.from_pandas(world.ground_truth, preserve_index=False), tmp)
     tmp.replace(path)
+    manifest = {"customers": world.config.n_customers, "seed": world.config.seed}
+    (out / WORLD_FILE).write_text(json.dumps(manifest) + "\n", encoding="utf-8")
     return out
+
+
+def load_world(data_dir: Path) -> SyntheticWorld:
+    """The world a data directory was generated from, with its latent traits, regenerated
+    from `world.json` (same customers and seed, same world).
+
+    Raises:
+        FeaturesError: no readable `world.json` (not a generated world, or one written before
+            it existed: generate it again).
+    """
+    path = Path(data_dir) / WORLD_FILE
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        n, seed = int(manifest["customers"]), int(manifest["seed"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FeaturesError(
+            f"{path}: cannot read the world's manifest ({exc}); only a directory written by "
+            "`winback generate` has one (generate the world again)"
+        ) from None
+    return generate_world(n, seed)
 
 
 def world_summary(world: SyntheticWorld) -> dict[str, float]:

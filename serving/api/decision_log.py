@@ -17,7 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from serving.engine import Decision, Excluded
+from serving.engine import Decision, Excluded, Replaced
+from serving.engine.decision import HOLDOUT
 from serving.errors import StoreUnavailableError
 from serving.policy import Policy
 from serving.store import Store
@@ -92,19 +93,31 @@ def decision_from_row(row: DecisionRow, policy: Policy) -> Decision:
     """The engine's `Decision` as it was logged (stage name from the current policy)."""
     stages = policy.journey.stages
     stage_name = stages[row.stage - 1].name if row.stage and row.stage <= len(stages) else None
+    # a holdout row logs the contact it replaced; the decision itself sends nothing
+    replaced = None
+    if row.action == HOLDOUT and row.offer_id is not None and row.channel is not None:
+        replaced = Replaced(
+            row.offer_id,
+            row.channel,
+            row.expected_value,
+            row.replaced_propensity or 0.0,
+            row.p_convert,
+        )
+    held = replaced is not None
     return Decision(
         customer_id=row.customer_id,
         action=row.action,
-        offer_id=row.offer_id,
-        channel=row.channel,
+        offer_id=None if held else row.offer_id,
+        channel=None if held else row.channel,
         stage=row.stage,
         stage_name=stage_name,
-        value=row.expected_value,
+        value=None if held else row.expected_value,
         propensity=row.propensity if row.propensity is not None else 1.0,
         scores=dict(row.scores or {}),
         excluded=tuple(Excluded(e["offer_id"], e["reason"]) for e in row.excluded or ()),
         reasons=tuple(row.reasons or ()),
         model_version=row.model_version or "",
         policy_version=row.policy_version or "",
-        p_convert=row.p_convert,
+        p_convert=None if held else row.p_convert,
+        replaced=replaced,
     )

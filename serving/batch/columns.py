@@ -1,6 +1,7 @@
 """A `DecisionBatch` as output columns, read straight from its arrays (no per-row objects).
 
-One row per customer: the decision (action, offer, channel, stage), its expected incremental
+One row per customer: the decision (action, offer, channel, stage; a holdout row shows what
+is sent, i.e. nothing: the contact it replaced is in the decision log), its expected incremental
 margin, the predicted conversion probability of a contact and the propensity, the reason codes
 (`;`-separated), the model and policy versions, the offer's display fields, the customer's
 value tier and lapse state, and the decision id (derived from the wave id and customer id).
@@ -85,7 +86,7 @@ def reason_strings(result: DecisionBatch) -> npt.NDArray[np.object_]:
 def _display(result: DecisionBatch, field: str) -> npt.NDArray[np.object_]:
     offers = result.options.offers
     values = [getattr(offers[o], field) if o in offers else None for o in result.options.offer_ids]
-    return np.array([*values, None], dtype=object)[result.chosen]
+    return np.array([*values, None], dtype=object)[np.where(result.sent, result.chosen, -1)]
 
 
 def decision_table(
@@ -98,16 +99,17 @@ def decision_table(
     records them (`serving.decide.Decided`), empty when not given."""
     n = len(result)
     none = np.full(n, None, dtype=object)
-    p_convert = result.p_convert
+    sent = result.sent  # a holdout's replaced contact is not shown: nothing is sent
+    p_convert = np.where(sent, result.p_convert, np.nan)
     stage = result.stage
     stage_names = np.array([None, *result.stage_names], dtype=object)
-    value = result.value
+    value = np.where(sent, result.value, np.nan)
     arrays = [
         pa.array(result.customer_ids.astype(str), pa.string()),
         pa.array(decision_ids, pa.string()),
         pa.array(result.action, pa.string()),
         pa.array(result.offer_id, pa.string()),
-        pa.array(result.channel, pa.string()),
+        pa.array(np.where(sent, result.channel, np.array(None, dtype=object)), pa.string()),
         pa.array(stage, pa.int64(), mask=stage == 0),
         pa.array(stage_names[stage], pa.string()),
         pa.array(value, pa.float64(), mask=np.isnan(value)),

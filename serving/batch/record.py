@@ -5,9 +5,11 @@ rerun of the same wave finds the decisions it already wrote and counts them once
 decision is skipped and the output row shows what the store holds. A contact decision is
 checked against the caps inside its transaction, as the API does (`Store.try_record_contact`):
 if a contact recorded since the chunk was decided fills a cap, the decision becomes `none`
-with the cap's reason code. Each decision row carries the customer's value tier and lapse
-state (holdouts too: the report compares every segment with its own holdouts) and the
-model's P(convert) of the chosen option.
+with the cap's reason code. A holdout (which replaces a contact) goes through the same check,
+so the control group stays among customers a contact could really be sent to: if a cap now
+blocks its replaced contact, it becomes `none` too. Each decision row carries the customer's
+value tier and lapse state (holdouts too: the report compares every segment with its own
+holdouts) and the model's P(convert) of the chosen option.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from serving.engine.decision import NONE
 from serving.errors import StoreError, StoreUnavailableError
 from serving.store import ContactCaps, CustomerState, Preferences, Store, check_caps, queries
 from serving.store.engine import WRITE_OPTION
-from serving.store.models import CONTACT_ACTIONS, SENT, Contact, Decision
+from serving.store.models import ACTION_HOLDOUT, CONTACT_ACTIONS, SENT, Contact, Decision
+
+_CHECKED: tuple[str, ...] = (*CONTACT_ACTIONS, ACTION_HOLDOUT)
+"""Actions checked against the caps when recorded (a holdout stands for a contact)."""
 
 Columns = dict[str, list[Any]]
 RECORD_BATCH = 2_000
@@ -68,12 +73,14 @@ def _decision_row(
 
 
 def _show_stored(cols: Columns, j: int, row: Decision) -> None:
-    """Make output row j say what the store holds for its decision id."""
+    """Make output row j say what the store holds for its decision id (a holdout: nothing
+    sent; the contact it replaced stays in the log)."""
+    held = row.action == ACTION_HOLDOUT
     cols["action"][j] = row.action
-    cols["offer_id"][j] = row.offer_id
-    cols["channel"][j] = row.channel
+    cols["offer_id"][j] = None if held else row.offer_id
+    cols["channel"][j] = None if held else row.channel
     cols["stage"][j] = row.stage
-    cols["expected_incremental_margin"][j] = row.expected_value
+    cols["expected_incremental_margin"][j] = None if held else row.expected_value
     cols["propensity"][j] = row.propensity
     cols["reasons"][j] = REASON_SEP.join(map(str, row.reasons))
     cols["model_version"][j] = row.model_version
@@ -84,6 +91,7 @@ def _block(cols: Columns, j: int, row: Decision, code: str) -> None:
     row.reasons = [code, *row.reasons]
     row.action, row.offer_id, row.channel, row.expected_value = NONE, None, None, None
     row.p_convert = None  # nothing is sent, so there is no predicted conversion to check
+    row.replaced_propensity = None
     _show_stored(cols, j, row)
     for col in ("offer_title", "offer_description"):
         cols[col][j] = None
@@ -119,7 +127,7 @@ def record_rows(
                 {
                     str(customer[j])
                     for j, did in ids.items()
-                    if action[j] in CONTACT_ACTIONS and did not in existing
+                    if action[j] in _CHECKED and did not in existing
                 }
             )
             if store.dialect == "postgresql" and contact_customers:
@@ -138,7 +146,7 @@ def record_rows(
                     counts.already_recorded += 1
                     continue
                 row = _decision_row(decided, j, did, at, wave_id)
-                if row.action in CONTACT_ACTIONS and row.channel:
+                if row.action in _CHECKED and row.channel:
                     cid = row.customer_id
                     blocked = check_caps(  # exempts the plain message `none` from "no repeat"
                         past.get(cid, []),
@@ -150,7 +158,7 @@ def record_rows(
                     if blocked is not None:
                         _block(cols, j, row, blocked[0])
                         counts.blocked_by_cap += 1
-                    else:
+                    elif row.action in CONTACT_ACTIONS:
                         s.add(row)
                         contacts.append(
                             Contact(

@@ -10,7 +10,7 @@ Typical use::
     decision = result.decision(0)
 """
 
-from serving.engine.decision import Decision, DecisionBatch, Excluded
+from serving.engine.decision import Decision, DecisionBatch, Excluded, Replaced
 from serving.engine.engine import AUTO, Scores, decide
 from serving.engine.errors import EngineInputError
 from serving.engine.options import OptionSet
@@ -27,6 +27,7 @@ __all__ = [
     "LivePreferences",
     "LiveState",
     "OptionSet",
+    "Replaced",
     "Scores",
     "decide",
 ]

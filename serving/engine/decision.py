@@ -1,9 +1,10 @@
 """The engine's output: a columnar `DecisionBatch`, and a per-customer `Decision` view.
 
 Actions: `offer` (an incentive), `message` (a contact without incentive: the plain message
-`none` or a content offer), `holdout` (the control group: no contact, recorded as such) and
-`none` (no contact now). `Decision` is a plain dataclass; the HTTP schemas in
-`serving/schemas.py` are built from it at the API boundary.
+`none` or a content offer), `holdout` (the control group: a customer who would have been
+contacted, after every guardrail, but is not; the decision it replaced is kept in
+`Decision.replaced`) and `none` (no contact now). `Decision` is a plain dataclass; the HTTP
+schemas in `serving/schemas.py` are built from it at the API boundary.
 """
 
 from __future__ import annotations
@@ -30,6 +31,21 @@ class Excluded:
 
 
 @dataclass(frozen=True)
+class Replaced:
+    """The contact a holdout decision replaced: what would have been sent, and how surely.
+
+    `propensity` is the probability the policy gave that option (given not held out);
+    `value` and `p_convert` are the model's (None in rules-only mode).
+    """
+
+    offer_id: str
+    channel: str
+    value: float | None
+    propensity: float
+    p_convert: float | None
+
+
+@dataclass(frozen=True)
 class Decision:
     """One customer's decision, with everything needed to audit it."""
 
@@ -47,6 +63,7 @@ class Decision:
     model_version: str
     policy_version: str
     p_convert: float | None = None  # the model's P(convert) of the chosen option, if scored
+    replaced: Replaced | None = None  # for a holdout: the contact it replaced
 
     @property
     def is_contact(self) -> bool:
@@ -59,13 +76,17 @@ class DecisionBatch:
 
     Attributes:
         action: (n,) one of ACTIONS.
-        chosen: (n,) option index, -1 when nothing is sent.
-        channel: (n,) channel of the contact, None when nothing is sent.
+        chosen: (n,) option index, -1 when no contact would be made; for a holdout, the
+            option it replaced (see `offer_id` for what is sent).
+        channel: (n,) channel of the contact (a holdout: the replaced one), None otherwise.
         stage: (n,) 1-based journey stage of the next step, 0 when unknown or sunset.
-        value: (n,) model value of the chosen option (NaN when nothing is sent, or rules-only).
-        propensity: (n,) probability the policy gave the chosen action.
-        p_convert: (n,) the scorer's P(convert) of the chosen option (NaN when nothing is
-            sent, or rules-only).
+        value: (n,) model value of the chosen option (NaN when no contact would be made, or
+            rules-only).
+        propensity: (n,) probability the policy gave the action taken (a holdout: the share).
+        option_propensity: (n,) probability of the chosen option given not held out (a
+            holdout: of the option it replaced).
+        p_convert: (n,) the scorer's P(convert) of the chosen option (NaN when no contact
+            would be made, or rules-only).
         values: (n, K) option values (model values, or rules-only preference scores, which
             `Decision` does not report: they are an order, not money).
         exclusion: (n, K) reason code per option (0 = allowed), see reasons.EXCLUSION_ORDER.
@@ -81,6 +102,7 @@ class DecisionBatch:
     stage: npt.NDArray[np.int64]
     value: npt.NDArray[np.float64]
     propensity: npt.NDArray[np.float64]
+    option_propensity: npt.NDArray[np.float64]
     p_convert: npt.NDArray[np.float64]
     values: npt.NDArray[np.float64]
     exclusion: npt.NDArray[np.int64]
@@ -93,8 +115,24 @@ class DecisionBatch:
         return len(self.customer_ids)
 
     @property
+    def sent(self) -> npt.NDArray[np.bool_]:
+        """(n,) whether a contact is sent (`offer` or `message`)."""
+        return np.isin(self.action, (OFFER, MESSAGE))
+
+    @property
+    def held_out(self) -> npt.NDArray[np.bool_]:
+        """(n,) whether the customer is held out (a contact was replaced by nothing)."""
+        return np.asarray(self.action == HOLDOUT, dtype=bool)
+
+    @property
     def offer_id(self) -> npt.NDArray[np.object_]:
-        """(n,) chosen offer id, None when nothing is sent."""
+        """(n,) offer id sent, None when nothing is sent (holdouts included)."""
+        ids = np.array([*self.options.offer_ids, None], dtype=object)
+        return ids[np.where(self.sent, self.chosen, -1)]
+
+    @property
+    def would_offer_id(self) -> npt.NDArray[np.object_]:
+        """(n,) offer id sent or, for a holdout, replaced; None when no contact would be made."""
         ids = np.array([*self.options.offer_ids, None], dtype=object)
         return ids[self.chosen]
 
@@ -112,25 +150,32 @@ class DecisionBatch:
         stage = int(self.stage[i])
         excl = self.exclusion[i]
         blocked = np.flatnonzero(excl)
-        no_scores = self.rules_only or int(self.choice[i]) in (
-            r.CHOICE_CODE[r.UNKNOWN_CUSTOMER],
-            r.CHOICE_CODE[r.HOLDOUT_GROUP],
-        )
+        no_scores = self.rules_only or int(self.choice[i]) == r.CHOICE_CODE[r.UNKNOWN_CUSTOMER]
+        action = str(self.action[i])
+        value = None if np.isnan(self.value[i]) else float(self.value[i])
+        p_convert = None if np.isnan(self.p_convert[i]) else float(self.p_convert[i])
+        replaced = None
+        if action == HOLDOUT and k >= 0:
+            replaced = Replaced(
+                ids[k], str(self.channel[i]), value, float(self.option_propensity[i]), p_convert
+            )
+        shown = action in (OFFER, MESSAGE)
         return Decision(
             customer_id=str(self.customer_ids[i]),
-            action=str(self.action[i]),
-            offer_id=ids[k] if k >= 0 else None,
-            channel=self.channel[i],
+            action=action,
+            offer_id=ids[k] if shown else None,
+            channel=self.channel[i] if shown else None,
             stage=stage or None,
             stage_name=self.stage_names[stage - 1] if stage else None,
-            value=None if np.isnan(self.value[i]) else float(self.value[i]),
+            value=value if shown else None,
             propensity=float(self.propensity[i]),
             scores={} if no_scores else dict(zip(ids, self.values[i].tolist(), strict=True)),
             excluded=tuple(Excluded(ids[j], r.EXCLUSION_ORDER[excl[j]]) for j in blocked),
             reasons=self.reasons(i),
             model_version=self.model_version,
             policy_version=self.policy_version,
-            p_convert=None if np.isnan(self.p_convert[i]) else float(self.p_convert[i]),
+            p_convert=p_convert if shown else None,
+            replaced=replaced,
         )
 
     def decisions(self) -> list[Decision]:

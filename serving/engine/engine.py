@@ -8,9 +8,13 @@ builds no DataFrame.
 Defined behaviours:
 
 - unknown customer (not in the snapshot): action `none`, reason `unknown_customer`;
-- holdout customer (`policy.holdout`): action `holdout`, reason `holdout_group`, no contact,
-  propensity = the holdout share (the probability of that assignment). Other propensities are
-  conditional on not being in the holdout;
+- holdout (`policy.holdout`): drawn only among customers whose decision is a contact after
+  every guardrail and the choice (a stable hash of salt and customer id, so a customer is
+  held out in every decision where they would be contacted): action `holdout`, reason
+  `holdout_group`, no contact; the batch keeps the replaced option, channel, value and its
+  propensity (`Decision.replaced`), so the control group is compared like with like. The
+  holdout's propensity is the share (the probability of being held out, given a contact
+  was due); a contact's is conditional on not being held out;
 - consent unknown or opted out on every usable channel: every option is excluded with
   `consent_unknown` / `consent_opted_out`, action `none`, reason `no_allowed_option`;
 - no scores (model missing or broken; the caller passes `scores=None`): rules-only choice,
@@ -117,11 +121,6 @@ def decide(
     channels = resolve_channels(channel, policy)
     channel_idx = np.array([CHANNELS.index(c) for c in channels], dtype=np.int64)
     ids = batch.customer_ids
-    holdout = (
-        policy.holdout_mask(ids) & batch.known
-        if policy.holdout.share > 0
-        else np.zeros(n, dtype=bool)
-    )
     candidates = (
         np.ones(k, dtype=bool)
         if candidate_offer_ids is None
@@ -135,7 +134,6 @@ def decide(
         day,
         channels,
         channel_idx,
-        holdout,
         candidates,
         budget,
         stage_table=_stage_table(options, policy),
@@ -165,6 +163,12 @@ def decide(
     )
     chosen = picked.chosen
     sent = chosen >= 0
+    # the control group: only among the customers a contact is due to, after every guardrail
+    holdout = (
+        policy.holdout_mask(ids) & batch.known & sent
+        if policy.holdout.share > 0
+        else np.zeros(n, dtype=bool)
+    )
     rows = np.arange(n)
     safe = np.where(sent, chosen, 0)
     incentive = options.is_incentive[safe]
@@ -184,9 +188,8 @@ def decide(
     choice = np.where(~batch.known, r.CHOICE_CODE[r.UNKNOWN_CUSTOMER], choice)
     propensity = np.where(holdout, policy.holdout.share, picked.propensity)
     stage = np.where(batch.known & ~journey.sunset, journey.stage_index + 1, 0)
-    contacted = sent & ~holdout
     p_convert = (
-        np.where(contacted, np.asarray(scores.p_convert, dtype=np.float64)[rows, safe], np.nan)
+        np.where(sent, np.asarray(scores.p_convert, dtype=np.float64)[rows, safe], np.nan)
         if scores is not None
         else np.full(n, np.nan)
     )
@@ -200,6 +203,7 @@ def decide(
         stage=stage,
         value=np.where(sent & (scores is not None), values[rows, safe], np.nan),
         propensity=propensity,
+        option_propensity=picked.propensity,
         p_convert=p_convert,
         values=values,
         exclusion=exclusion,

@@ -22,7 +22,9 @@ from typing import Final
 UNKNOWN_CUSTOMER: Final = "unknown_customer"
 """The customer is not in the feature snapshot: nothing is known, nothing is sent."""
 HOLDOUT_GROUP: Final = "holdout_group"
-"""The customer is in the policy's holdout group (deterministic hash): no contact."""
+"""The customer is in the policy's holdout group (deterministic hash): no contact. A choice
+code only (the holdout is drawn among customers a contact is due to, after every guardrail);
+it keeps its place in `EXCLUSION_ORDER` so the other codes' numbers do not move."""
 CHANNEL_NOT_ELIGIBLE: Final = "channel_not_eligible"
 """The channel is not in `policy.eligibility.channels`."""
 CONSENT_UNKNOWN: Final = "consent_unknown"

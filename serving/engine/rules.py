@@ -299,7 +299,6 @@ def evaluate(
     now: float,
     channels: Sequence[str],
     channel_idx: IntArray,
-    holdout: Mask,
     candidates: Mask,
     budget_blocked: Mask,
     stage_table: Mask | None = None,
@@ -319,7 +318,6 @@ def evaluate(
     )
     rules: list[tuple[str, Mask | None]] = [
         (r.UNKNOWN_CUSTOMER, None if batch.known.all() else ~batch.known[:, None, None]),
-        (r.HOLDOUT_GROUP, holdout[:, None, None] if holdout.any() else None),
         (r.NOT_IN_CANDIDATES, None if candidates.all() else ~candidates[None, :, None]),
         (r.CHANNEL_NOT_ELIGIBLE, channel_not_eligible(policy.eligibility, channels)),
         (r.CONSENT_UNKNOWN, unknown_consent),

@@ -181,11 +181,19 @@ _COLUMNS: Final = (
 )
 
 
+NOT_REPORTED: Final = "not reported"
+_ENGAGEMENT: Final = frozenset({"delivered", "open_rate", "click_rate"})
+"""Columns that are None when no event of their type was reported (shown as not reported)."""
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     head = "".join(f"<th>{escape(title)}</th>" for _, title, _ in _COLUMNS)
     body = []
     for r in rows:
-        cells = "".join(f"<td>{_f(r[k], kind)}</td>" for k, _, kind in _COLUMNS)
+        cells = "".join(
+            f"<td>{NOT_REPORTED if r[k] is None and k in _ENGAGEMENT else _f(r[k], kind)}</td>"
+            for k, _, kind in _COLUMNS
+        )
         cls = escape(r["incremental_conversion_conclusion"])
         body.append(f'<tr class="{cls}">{cells}</tr><tr class="note"><td colspan="16">')
         body.append(f"{escape(r['statement'])} <i>(control: {escape(r['control'])})</i></td></tr>")
@@ -241,6 +249,7 @@ def render_html(summary: dict[str, Any]) -> str:
         f"<p class='sub'>{escape(scope)}, decisions from {escape(period)}; outcomes seen up to "
         f"{escape(str(summary['as_of'] or '–'))}; generated {escape(summary['generated_at'])}</p>",
         f"<p class='headline'>{escape(o['statement'])}</p>",
+        f"<p class='sub'>Compared: {escape(summary['comparison'])}.</p>",
         "<div class='cards'>",
         *(f"<div class='card'>{escape(k)}<b>{v}</b></div>" for k, v in cards),
         "</div><h2>What the contacts added, by group</h2>",

@@ -3,7 +3,13 @@
 Units and definitions (stated again in every report's `definitions`):
 
 - A *contact* is an `offer` or `message` decision; a *holdout* is a `holdout` decision (the
-  randomized control, which receives nothing). `none` decisions are neither.
+  randomized control, which receives nothing). `none` decisions are neither. The holdout is
+  drawn only among customers a contact was due to, after every guardrail, and records the
+  contact it replaced (offer, channel, stage, expected value), so the control of a contact is
+  a *held-out would-be contact*; a holdout row belongs to the slice of its would-be decision
+  (its offer and channel too). Holdouts that record no replaced contact (written before
+  store revision 0004, when the holdout was drawn among every known customer) are not a fair
+  control; they are used only when there is nothing else, and the report says so.
 - Outcomes are attributed to a contact or holdout decision by time, identically in both arms:
   an order, unsubscribe or complaint of the customer from the decision's time until
   `window_days` later or until the customer's next contact/holdout decision, whichever comes
@@ -12,10 +18,12 @@ Units and definitions (stated again in every report's `definitions`):
 - Conversion: at least one attributed order. Days to purchase: to the first one.
 - Net margin = order margin - incentive cost (the cost the order event reports under
   `payload.incentive_cost`; 0 when absent; `revenue` is already after discounts).
-- Incremental conversion / margin: mean over contacts minus mean over holdouts. Segments the
-  holdout also carries (campaign, wave, stage, value tier, lapse state) are compared with the
-  holdouts of the same segment; offers and channels, which holdouts never get, with all
-  holdouts in the report (an indicative comparison, since the policy chose who got what).
+- Incremental conversion / margin: mean over contacts minus mean over holdouts, per contact;
+  each segment (campaign, wave, offer, channel, stage, value tier, lapse state) is compared
+  with the holdouts of the same segment when the holdouts record it, else with all holdouts.
+  Intervals are clustered by customer (one customer may appear in several waves).
+- Deliveries, opens and clicks: rates are `None` ("not reported") when no event of that type
+  was reported at all, never 0%.
 """
 
 from __future__ import annotations
@@ -117,6 +125,33 @@ def _diff_fields(prefix: str, d: Difference) -> dict[str, Any]:
     }
 
 
+def reported_types(events: pd.DataFrame) -> frozenset[str]:
+    """The engagement event types (delivered, opened, clicked) reported at least once."""
+    seen = set(events["type"].unique()) if len(events) else set()
+    return frozenset(col for col, etype in _FLAG_EVENTS.items() if etype in seen)
+
+
+def group_differences(
+    treated: pd.DataFrame,
+    holdout: pd.DataFrame,
+    *,
+    method: Method = "normal",
+    min_group: int = MIN_GROUP,
+    seed: int = 0,
+) -> tuple[Difference, Difference]:
+    """(incremental conversion, incremental net margin) per contact, clustered by customer."""
+    kw: dict[str, Any] = {
+        "method": method,
+        "min_group": min_group,
+        "seed": seed,
+        "treated_clusters": treated["customer_id"].to_numpy(dtype=object),
+        "holdout_clusters": holdout["customer_id"].to_numpy(dtype=object),
+    }
+    conv = difference(treated["converted"], holdout["converted"], **kw)
+    margin = difference(treated["net_margin"], holdout["net_margin"], **kw)
+    return conv, margin
+
+
 def group_row(
     treated: pd.DataFrame,
     holdout: pd.DataFrame,
@@ -124,25 +159,31 @@ def group_row(
     method: Method = "normal",
     min_group: int = MIN_GROUP,
     seed: int = 0,
+    reported: frozenset[str] = frozenset(_FLAG_EVENTS),
 ) -> dict[str, Any]:
-    """Every metric of one group of contacts against its holdout (JSON-able values)."""
+    """Every metric of one group of contacts against its holdout (JSON-able values).
+
+    `reported`: the engagement columns (`delivered`, `opened`, `clicked`) whose events were
+    reported at all; the others are None (not reported), never 0.
+    """
     n = len(treated)
     sent = int(treated["sent"].sum())
     delivered = int(treated["delivered"].sum())
     engaged_base = delivered or sent  # open/click rates over deliveries when reported
-    conv = difference(
-        treated["converted"], holdout["converted"], method=method, min_group=min_group, seed=seed
-    )
-    margin = difference(
-        treated["net_margin"], holdout["net_margin"], method=method, min_group=min_group, seed=seed
+    conv, margin = group_differences(
+        treated, holdout, method=method, min_group=min_group, seed=seed
     )
     days = treated["days_to_purchase"].dropna()
     row: dict[str, Any] = {
         "contacts": n,
         "sent": sent,
-        "delivered": delivered,
-        "open_rate": _rate(int(treated["opened"].sum()), engaged_base),
-        "click_rate": _rate(int(treated["clicked"].sum()), engaged_base),
+        "delivered": delivered if "delivered" in reported else None,
+        "open_rate": _rate(int(treated["opened"].sum()), engaged_base)
+        if "opened" in reported
+        else None,
+        "click_rate": _rate(int(treated["clicked"].sum()), engaged_base)
+        if "clicked" in reported
+        else None,
         "conversions": int(treated["converted"].sum()),
         "conversion_rate": _rate(int(treated["converted"].sum()), n),
         "median_days_to_purchase": float(days.median()) if len(days) else None,
@@ -174,6 +215,7 @@ def group_table(
     method: Method = "normal",
     min_group: int = MIN_GROUP,
     seed: int = 0,
+    reported: frozenset[str] = frozenset(_FLAG_EVENTS),
 ) -> list[dict[str, Any]]:
     """One `group_row` per value of `dimension` among the contacts (largest group first)."""
     treated = outcomes[outcomes["arm"] == TREATED]
@@ -187,7 +229,9 @@ def group_table(
             control = holdout[holdout[dimension].astype(object).fillna("(unknown)") == value]
         else:
             control = holdout
-        row = group_row(treated[key], control, method=method, min_group=min_group, seed=seed)
+        row = group_row(
+            treated[key], control, method=method, min_group=min_group, seed=seed, reported=reported
+        )
         group = value.item() if isinstance(value, np.generic) else value
         rows.append(
             {
@@ -198,6 +242,46 @@ def group_table(
             }
         )
     return rows
+
+
+def intention_to_treat(
+    outcomes: pd.DataFrame,
+    *,
+    method: Method = "normal",
+    min_group: int = MIN_GROUP,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Per customer: the programme's effect on everyone it meant to contact.
+
+    The unit is the customer: every customer with a contact or a held-out would-be contact,
+    in the arm their assignment put them (the holdout is a stable hash, so a customer stays in
+    one arm in every wave), with the outcomes of all their decisions summed (net margin) or
+    combined (converted at least once). Contacts reported `not_sent` stay in the treated arm
+    (assignment, not receipt, defines it). It applies only when no customer is in both arms
+    (e.g. after the holdout's salt changed); otherwise it is not computed.
+    """
+    per = outcomes.groupby("customer_id").agg(
+        arms=("arm", "nunique"),
+        arm=("arm", "first"),
+        converted=("converted", "max"),
+        net_margin=("net_margin", "sum"),
+    )
+    mixed = int((per["arms"] > 1).sum())
+    if mixed or per.empty:
+        why = f"{mixed} customers are in both arms" if mixed else "no customer to compare"
+        return {"applies": False, "why_not": why}
+    t, h = per[per["arm"] == TREATED], per[per["arm"] == HOLDOUT]
+    kw: dict[str, Any] = {"method": method, "min_group": min_group, "seed": seed}
+    conv = difference(t["converted"].astype(float), h["converted"].astype(float), **kw)
+    margin = difference(t["net_margin"], h["net_margin"], **kw)
+    return {
+        "applies": True,
+        "unit": "customer",
+        "customers_treated": len(t),
+        "customers_held_out": len(h),
+        **_diff_fields("incremental_conversion_per_customer", conv),
+        **_diff_fields("incremental_margin_per_customer", margin),
+    }
 
 
 def conversion_curve(outcomes: pd.DataFrame, window_days: int = WINDOW_DAYS) -> pd.DataFrame:

@@ -2,6 +2,10 @@
 
 `report_summary(store, since, until, campaign)` is what both `winback report` and the API's
 `GET /v1/reports/summary` call; `serving.reporting.html` renders the same summary as a page.
+
+The headline figures sit under stable top-level keys, `incremental_margin_per_contact` and
+`incremental_conversion`, each with `estimate`, `ci_low`, `ci_high` (95%, clustered by
+customer), `n_contacted` and `n_control`; `comparison` says in words what was compared.
 """
 
 from __future__ import annotations
@@ -21,11 +25,24 @@ from sqlalchemy import Engine
 from serving.reporting import metrics as m
 from serving.reporting.errors import ReportError
 from serving.reporting.load import ReportFilter, ReportFrames, load_frames
-from serving.reporting.stats import MIN_GROUP, Method
+from serving.reporting.stats import MIN_GROUP, Difference, Method
 from serving.store import Store
 
 FORMATS: Final = ("html", "json", "csv")
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+HEADLINE_KEYS: Final = ("incremental_margin_per_contact", "incremental_conversion")
+FAIR_COMPARISON: Final = (
+    "contacted customers against held-out would-be contacts: the holdout is drawn (stable "
+    "hash of the customer id) only among customers whose decision was a contact after every "
+    "guardrail, and each holdout counts in the slice (offer, channel, stage, segment, "
+    "campaign) of the contact it replaced"
+)
+LEGACY_COMPARISON: Final = (
+    "contacted customers against every holdout: these holdouts record no replaced contact "
+    "(written before store revision 0004, drawn among all known customers), so the control "
+    "may include customers who would never have been contacted and the difference is not a "
+    "fair estimate of what the contacts earned"
+)
 
 
 @dataclass(frozen=True)
@@ -67,9 +84,17 @@ def _definitions(o: ReportOptions) -> dict[str, Any]:
     ci = "95% normal approximation (Welch)" if o.method == "normal" else "95% seeded bootstrap"
     return {
         **asdict(o),
-        "confidence_interval": ci,
+        "confidence_interval": ci
+        + (", clustered by customer" if o.method == "normal" else ", resampling decisions"),
         "contact": "an offer or message decision (dry runs excluded)",
-        "holdout": "a holdout decision: the randomized control, which receives nothing",
+        "holdout": (
+            "a holdout decision: the randomized control, which receives nothing; drawn only "
+            "among customers a contact was due to, it records the contact it replaced"
+        ),
+        "intention_to_treat": (
+            "per customer: every customer the programme meant to contact, in the arm of their "
+            "assignment (contacts reported not_sent stay treated), all their outcomes summed"
+        ),
         "attribution": (
             f"orders, unsubscribes and complaints from the decision until {o.window_days} "
             "days later or the customer's next contact/holdout decision, whichever is first"
@@ -96,17 +121,21 @@ def build_report(
     """The whole report from already loaded frames, as a JSON-able dict."""
     o = options or ReportOptions()
     d, ev = frames.decisions, frames.events
-    out = m.attribute_outcomes(d, ev, o.window_days)
-    treated = out[out["arm"] == m.TREATED]
-    holdout = out[out["arm"] == m.HOLDOUT]
+    attributed = m.attribute_outcomes(d, ev, o.window_days)
+    treated = attributed[attributed["arm"] == m.TREATED]
+    holdout, comparison, notes = _control(attributed[attributed["arm"] == m.HOLDOUT])
+    out = pd.concat([treated, holdout], ignore_index=True)
     kw: dict[str, Any] = {"method": o.method, "min_group": o.min_group, "seed": o.seed}
-    notes: list[str] = []
+    reported = m.reported_types(ev)
+    for col, etype in (("delivered", "delivery"), ("opened", "open"), ("clicked", "click")):
+        if col not in reported:
+            notes.append(f"{etype} events: none reported, so {etype} figures are not reported")
     groups: dict[str, list[dict[str, Any]]] = {}
     for dim in m.DIMENSIONS:
         if len(treated) and treated[dim].isna().all():
             notes.append(f"{dim}: not recorded for any contact in the decision log")
             continue
-        groups[dim] = m.group_table(out, dim, **kw)
+        groups[dim] = m.group_table(out, dim, reported=reported, **kw)
     as_of = ev["ts"].max() if len(ev) else None
     calib = m.calibration(out)
     if not calib:
@@ -119,11 +148,15 @@ def build_report(
         if len(frames.budget)
         else pd.DataFrame(columns=["offer_id", "redemptions", "cost"])
     )
+    conv, margin = m.group_differences(treated, holdout, **kw)
     summary: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "generated_at": (generated_at or datetime.now()).replace(microsecond=0),
         "filters": report_filter.as_dict(),
         "as_of": as_of,
+        "comparison": comparison,
+        "incremental_margin_per_contact": _headline(margin),
+        "incremental_conversion": _headline(conv),
         "definitions": _definitions(o),
         "totals": {
             "decisions": len(d),
@@ -135,9 +168,12 @@ def build_report(
         "overall": {
             "dimension": "overall",
             "group": "all",
-            "control": "all holdouts",
-            **m.group_row(treated, holdout, **kw),
+            "control": "held-out would-be contacts"
+            if comparison == FAIR_COMPARISON
+            else "all holdouts",
+            **m.group_row(treated, holdout, reported=reported, **kw),
         },
+        "intention_to_treat": m.intention_to_treat(out, **kw),
         "groups": groups,
         "conversion_curve": m.conversion_curve(out, o.window_days).to_dict("records"),
         "repeat_purchase": m.repeat_purchase(out, ev, as_of, o.repeat_horizon_days),
@@ -149,6 +185,34 @@ def build_report(
     }
     out_: dict[str, Any] = jsonable(summary)
     return out_
+
+
+def _headline(diff: Difference) -> dict[str, Any]:
+    return {
+        "estimate": diff.estimate,
+        "ci_low": diff.ci_low,
+        "ci_high": diff.ci_high,
+        "n_contacted": diff.n_treated,
+        "n_control": diff.n_holdout,
+        "conclusion": diff.conclusion,
+    }
+
+
+def _control(holdouts: pd.DataFrame) -> tuple[pd.DataFrame, str, list[str]]:
+    """(the control rows, what the comparison is, notes): held-out would-be contacts (rows
+    that record the contact they replaced), else, when there are none, every holdout."""
+    fair = holdouts[holdouts["offer_id"].notna()]
+    notes: list[str] = []
+    if len(fair):
+        if len(fair) < len(holdouts):
+            notes.append(
+                f"control: {len(holdouts) - len(fair)} holdouts recording no replaced contact "
+                "(written before store revision 0004) are left out of every comparison"
+            )
+        return fair, FAIR_COMPARISON, notes
+    if len(holdouts):
+        notes.append(f"control: {LEGACY_COMPARISON}")
+    return holdouts, LEGACY_COMPARISON, notes
 
 
 def report_summary(

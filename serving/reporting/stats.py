@@ -5,6 +5,12 @@ a group needs at least `min_group` contacts AND `min_group` holdouts (default 10
 Below that no estimate is called positive or negative, however wide or narrow its interval;
 above it, an effect is called positive (negative) only when the whole 95% interval lies above
 (below) zero, and "no detectable effect" otherwise.
+
+The unit of randomization is the customer (the holdout is a stable hash of the customer id),
+so when one customer appears in several waves their outcomes are not independent: given each
+row's customer (`clusters`), the normal interval uses a cluster-robust (CR1, Liang-Zeger)
+standard error of the difference in means, summing each customer's residuals before squaring.
+With one row per customer it reduces to the Welch standard error (times G/(G-1)).
 """
 
 from __future__ import annotations
@@ -65,6 +71,30 @@ def _boot(x: FloatArray, rng: np.random.Generator, n_boot: int) -> FloatArray:
     return np.concatenate(means)
 
 
+def clustered_se(
+    t: FloatArray,
+    h: FloatArray,
+    t_clusters: npt.NDArray[np.object_],
+    h_clusters: npt.NDArray[np.object_],
+) -> float:
+    """Cluster-robust (CR1) standard error of mean(t) - mean(h).
+
+    The difference is a weighted sum of rows (1/n_t for treated, -1/n_h for holdout); its
+    variance is the sum over clusters of the squared weighted residual sums, times G/(G-1).
+    A cluster may hold rows of both arms.
+    """
+    w = np.concatenate([(t - t.mean()) / len(t), -(h - h.mean()) / len(h)])
+    ids = np.concatenate(
+        [np.asarray(t_clusters, dtype=object), np.asarray(h_clusters, dtype=object)]
+    )
+    _, code = np.unique(ids.astype(str), return_inverse=True)
+    u = np.bincount(code, weights=w)
+    g = len(u)
+    if g < 2:
+        return math.nan
+    return math.sqrt(float(np.sum(u**2)) * g / (g - 1))
+
+
 def difference(
     treated: npt.ArrayLike,
     holdout: npt.ArrayLike,
@@ -73,6 +103,8 @@ def difference(
     min_group: int = MIN_GROUP,
     seed: int = 0,
     n_boot: int = N_BOOTSTRAP,
+    treated_clusters: npt.ArrayLike | None = None,
+    holdout_clusters: npt.ArrayLike | None = None,
 ) -> Difference:
     """Difference in means of two independent samples with a 95% confidence interval.
 
@@ -84,16 +116,25 @@ def difference(
         min_group: fewest units per group before anything is concluded.
         seed: seed of the bootstrap resampling.
         n_boot: number of bootstrap resamples.
+        treated_clusters, holdout_clusters: the customer of each row; with them the normal
+            interval is cluster-robust (`clustered_se`). The bootstrap resamples rows.
     """
     t = np.asarray(treated, dtype=float)
     h = np.asarray(holdout, dtype=float)
+    clustered = treated_clusters is not None and holdout_clusters is not None
+    if clustered:
+        tc = np.asarray(treated_clusters, dtype=object)[~np.isnan(t)]
+        hc = np.asarray(holdout_clusters, dtype=object)[~np.isnan(h)]
     t, h = t[~np.isnan(t)], h[~np.isnan(h)]
     n_t, n_h = len(t), len(h)
     if n_t < 2 or n_h < 2:
         return _nan_difference(n_t, n_h)
     est = float(t.mean() - h.mean())
     if method == "normal":
-        se = math.sqrt(t.var(ddof=1) / n_t + h.var(ddof=1) / n_h)
+        if clustered:
+            se = clustered_se(t, h, tc, hc)
+        else:
+            se = math.sqrt(t.var(ddof=1) / n_t + h.var(ddof=1) / n_h)
         lo, hi = est - Z_95 * se, est + Z_95 * se
     elif method == "bootstrap":
         rng = np.random.default_rng(seed)

@@ -87,6 +87,10 @@ class Decision(Base):
     value_tier: Mapped[str | None] = mapped_column(String(16))
     lapse_state: Mapped[str | None] = mapped_column(String(16))
     p_convert: Mapped[float | None] = mapped_column(Float)
+    # A holdout row keeps the contact it replaced in offer_id, channel, expected_value and
+    # p_convert; `propensity` stays the holdout share (the probability of the logged action)
+    # and this is the replaced option's own propensity (added in 0004; NULL otherwise).
+    replaced_propensity: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (Index("ix_decisions_customer_ts", "customer_id", "ts"),)
 

@@ -26,7 +26,9 @@ class DecisionRecord:
 
     `value_tier` and `lapse_state` are the customer's segment when decided (None when not in
     the snapshot); `p_convert` is the model's P(convert) of the chosen option (None in
-    rules-only mode and for decisions that contact nobody).
+    rules-only mode and for decisions that contact nobody). A `holdout` decision records the
+    contact it replaced in `offer_id`, `channel`, `expected_value` and `p_convert`, the
+    holdout share as `propensity` and the replaced option's as `replaced_propensity`.
     """
 
     decision_id: str
@@ -49,6 +51,7 @@ class DecisionRecord:
     value_tier: str | None = None
     lapse_state: str | None = None
     p_convert: float | None = None
+    replaced_propensity: float | None = None
 
     @property
     def implies_contact(self) -> bool:

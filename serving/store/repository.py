@@ -119,6 +119,7 @@ def _decision_row(d: DecisionRecord) -> dict[str, Any]:
         value_tier=d.value_tier,
         lapse_state=d.lapse_state,
         p_convert=d.p_convert,
+        replaced_propensity=d.replaced_propensity,
     )
 
 

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import liquid
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 
-from tests.api.conftest import CLIENT, Clock, runtime_of
+from serving.api import create_app
+from serving.settings import ServingSettings
+from serving.store.models import Decision as DecisionRow
+from tests.api.conftest import (
+    CLIENT,
+    CUSTOMERS,
+    POLICY_YAML,
+    Clock,
+    FakeSnapshots,
+    make_snapshot,
+    runtime_of,
+)
 
 TEMPLATE = """\
 {% if send %}Hello! {{ offer_title }}{% if offer_type == "percent_discount" %} \
@@ -63,6 +76,36 @@ def test_concurrent_calls_count_once(client: TestClient) -> None:
     assert len({b["decision_id"] for b in bodies}) == 1
     assert all(b["send"] for b in bodies)
     assert _contacts(client, "c3") == 1
+
+
+def test_a_held_out_customer_is_never_handed_the_replaced_offer(
+    files: dict[str, Path], settings: ServingSettings, clock: Clock
+) -> None:
+    """The holdout row logs the contact it replaced; neither the first answer nor the repeat
+    served from the log within the window may show it (a template would send it)."""
+    files["policy"].write_text(
+        POLICY_YAML.replace(
+            "holdout: {share: 0.0, salt: tests}", "holdout: {share: 0.999, salt: tests}"
+        ),
+        encoding="utf-8",
+    )
+    app = create_app(settings, snapshots=FakeSnapshots(make_snapshot(CUSTOMERS)), clock=clock)
+    with TestClient(app) as client:
+        first = _next(client)
+        clock.advance(seconds=30)
+        again = _next(client)
+        rt = runtime_of(client)
+        with Session(rt.store.engine) as s:
+            row = s.get(DecisionRow, first["decision_id"])
+        contacts = _contacts(client, "c1")
+    assert again == first
+    assert first["action"] == "holdout" and first["send"] is False
+    assert first["offer_id"] is None and first["channel"] is None
+    assert first["offer_title"] is None and liquid.parse(TEMPLATE).render(**first).startswith(
+        "(no offer: holdout_group)"
+    )
+    assert row is not None and (row.offer_id, row.channel) == ("guide", "email")
+    assert contacts == 0
 
 
 def test_a_campaign_id_of_the_longest_allowed_length_is_served(store_client: TestClient) -> None:

@@ -213,3 +213,24 @@ def test_margin_reward_charges_outside_costs_once_and_discounts_not_again() -> N
     # pct20's 20% is already in its order's margin; free shipping (6.5) is paid outside it
     np.testing.assert_allclose(r["margin"], [20.0, 33.5, 0.0, 40.0])
     np.testing.assert_allclose(r["incentive_cost"], [16.0, 6.5, 0.0, 0.0])
+
+
+def test_rules_the_log_cannot_judge_are_named(world: tuple[SyntheticWorld, Path]) -> None:
+    """Logged waves are 91 days apart, so a 30-day cap never binds; rules only prefers content
+    and the plain message, so a margin floor on incentives never changes a choice. Both
+    would give the same estimates as the candidate without them: the simulation says so."""
+    _, data = world
+    plain = simulate(data, parse_policy(CANDIDATE), n_boot=20, seed=1)
+    assert not any("cannot be judged" in w for w in plain.warnings)  # no such rules
+    strict = CANDIDATE + (
+        "frequency:\n  across_channels: [{max_contacts: 1, days: 30}]\n"
+        "margin_floor: {absolute: 8.0, share_of_revenue: 0.2}\n"
+    )
+    sim = simulate(data, parse_policy(strict), n_boot=20, seed=1)
+    caps = [w for w in sim.warnings if w.startswith("frequency caps")]
+    floor = [w for w in sim.warnings if w.startswith("margin floor")]
+    assert len(caps) == 1 and "cannot be judged" in caps[0] and "days apart" in caps[0]
+    assert len(floor) == 1 and "cannot be judged" in floor[0]
+    assert sim.table.loc["margin", "candidate"] == pytest.approx(
+        plain.table.loc["margin", "candidate"]
+    )  # the very case the warnings are about: identical results

@@ -123,7 +123,7 @@ def test_upgrade_from_0001_keeps_every_row_and_adds_null_columns(url: str) -> No
     upgrade_database(url)
     engine = create_store_engine(url)
     try:
-        assert current_revision(engine) == "0003"  # head
+        assert current_revision(engine) == "0004"  # head
         insp = inspect(engine)
         cols = {c["name"]: c for c in insp.get_columns("decisions")}
         assert {"value_tier", "lapse_state", "p_convert"} <= set(cols)
@@ -193,14 +193,17 @@ def test_decision_batch_carries_p_convert_of_the_chosen_option() -> None:
         batch, options, policy, Scores(p, value, "m/1"), AT, channel="auto", decision_key="w"
     )
 
-    sent = result.chosen >= 0
-    assert sent.sum() > 20 and (result.action == "holdout").sum() > 0
+    would = result.chosen >= 0  # a contact, or the contact a holdout replaced
+    sent = result.sent
+    assert sent.sum() > 20 and result.held_out.sum() > 0
     assert len(set(result.chosen[sent].tolist())) > 1  # exploration picked other options
-    np.testing.assert_array_equal(result.p_convert[sent], p[0][result.chosen[sent]])
-    assert np.isnan(result.p_convert[~sent]).all()
+    np.testing.assert_array_equal(result.p_convert[would], p[0][result.chosen[would]])
+    assert np.isnan(result.p_convert[~would]).all()
     i = int(np.flatnonzero(sent)[0])
     assert result.decision(i).p_convert == pytest.approx(p[0][result.chosen[i]])
-    assert result.decision(int(np.flatnonzero(~sent)[0])).p_convert is None
+    h = result.decision(int(np.flatnonzero(result.held_out)[0]))
+    assert h.p_convert is None and h.replaced is not None  # nothing sent; replaced is kept
+    assert h.replaced.p_convert == pytest.approx(p[0][options.index[h.replaced.offer_id]])
     rules_only = decide(batch, options, policy, None, AT, channel="auto", decision_key="w")
     assert np.isnan(rules_only.p_convert).all()
 
@@ -268,7 +271,10 @@ def test_batch_record_logs_segment_and_p_convert(tmp_path: Path, settings: Servi
     contacts = by_action["offer"] + by_action.get("message", [])
     assert all(r.p_convert == pytest.approx(0.2) for r in contacts)  # LinearScorer's P(convert)
     holdouts = by_action["holdout"]
-    assert all(r.p_convert is None and r.value_tier is not None for r in holdouts)
+    # a holdout records the contact it replaced, with its P(convert) and its propensity
+    assert all(r.p_convert == pytest.approx(0.2) and r.value_tier is not None for r in holdouts)
+    assert all(r.offer_id is not None and r.channel is not None for r in holdouts)
+    assert all(0 < (r.replaced_propensity or 0) <= 1 for r in holdouts)
     assert all(r.p_convert is None for r in by_action["none"])
 
 

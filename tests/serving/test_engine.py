@@ -281,7 +281,50 @@ def test_holdout_is_deterministic_and_near_its_share() -> None:
     d = res.decision(int(np.flatnonzero(held)[0]))
     assert d.offer_id is None and d.channel is None and d.reasons == (r.HOLDOUT_GROUP,)
     assert d.propensity == pytest.approx(0.1)
+    assert d.replaced is not None and d.replaced.offer_id == "guide"  # rules-only: content
     assert np.isin(res.action[~held], ["message", "offer"]).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.data(),
+    n=st.integers(1, 40),
+    share=st.sampled_from([0.2, 0.5, 0.9]),
+    epsilon=st.sampled_from([0.0, 0.3]),
+    scored=st.booleans(),
+)
+def test_the_holdout_is_drawn_only_among_would_be_contacts_and_keeps_the_replaced_decision(
+    data: st.DataObject, n: int, share: float, epsilon: float, scored: bool
+) -> None:
+    """Deciding with a holdout equals deciding without one, except that some customers who
+    would have been contacted are held out, each recording the contact it replaced."""
+    consent = data.draw(st.lists(st.sampled_from([0.0, 1.0, 2.0]), min_size=n, max_size=n))
+    since = data.draw(st.lists(st.sampled_from([np.nan, 1.0, 10.0]), min_size=n, max_size=n))
+    known = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    values = np.array(
+        data.draw(
+            st.lists(
+                st.lists(st.floats(-20, 20), min_size=len(OPTIONS), max_size=len(OPTIONS)),
+                min_size=n,
+                max_size=n,
+            )
+        )
+    )
+    b = batch(n, known=known, consent_email=consent, days_since_last_contact=since)
+    sc = scores(values) if scored else None
+    without = decide(b, OPTIONS, policy(0.0, epsilon), sc, NOW, channel="auto", decision_key="w")
+    res = decide(b, OPTIONS, policy(share, epsilon), sc, NOW, channel="auto", decision_key="w")
+    held = res.action == "holdout"
+    would_contact = np.isin(without.action, ["offer", "message"])
+    assert not (held & ~would_contact).any()  # never among customers who get no contact
+    assert (res.action[~held] == without.action[~held]).all()
+    for i in np.flatnonzero(held):
+        d, w = res.decision(i), without.decision(i)
+        assert d.replaced is not None and w.offer_id is not None and w.channel is not None
+        assert (d.replaced.offer_id, d.replaced.channel) == (w.offer_id, w.channel)
+        assert d.replaced.propensity == pytest.approx(w.propensity)
+        assert d.replaced.value == w.value and d.stage == w.stage
+        assert d.propensity == pytest.approx(share) and d.offer_id is None
 
 
 def test_same_inputs_same_decision() -> None:

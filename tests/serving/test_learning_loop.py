@@ -35,6 +35,7 @@ from features.featureset import FeatureSet
 from features.snapshot import Snapshot, write_snapshot
 from features.synthetic import CustomerState, SyntheticWorld, generate_world, write_world
 from features.synthetic import config as wcfg
+from features.synthetic.state import true_state
 from models.policy_model import PolicyModel
 from serving.batch.local import Wave, score_local
 from serving.decide import Decider, decide_rows, gather
@@ -95,44 +96,6 @@ class _Sink:
 
     def frame(self) -> pd.DataFrame:
         return pa.concat_tables(self.tables).to_pandas()
-
-
-def true_state(world: SyntheticWorld, data: DataSet, at: datetime) -> CustomerState:
-    """Every customer's true response drivers at `at`, from the tables plus latent traits."""
-    ids = pd.Index(world.tables[c.CUSTOMERS][c.CUSTOMER_ID].astype(str))
-    n = len(ids)
-    t = pd.Timestamp(at)
-    o = data.orders[data.orders[c.ORDER_TS] < t]
-    code = ids.get_indexer(pd.Index(o[c.CUSTOMER_ID].astype(str)))
-    count = np.bincount(code, minlength=n).astype(float)
-    revenue = np.bincount(code, o[c.REVENUE].to_numpy(float), minlength=n)
-    disc = np.bincount(code, (o[c.DISCOUNT_AMOUNT].to_numpy(float) > 0), minlength=n)
-    last = pd.Series(o[c.ORDER_TS].to_numpy(), index=code).groupby(level=0).max()
-    last_ts = np.full(n, np.datetime64("NaT"), "datetime64[ns]")
-    last_ts[last.index.to_numpy()] = last.to_numpy()
-    age = (t.to_datetime64() - last_ts).astype("timedelta64[s]").astype(np.int64) / 86_400
-    recency = np.where(np.isnat(last_ts), np.nan, age)
-    ev = data.events[(data.events[c.EVENT_TYPE] == "delivery_issue") & (data.events[c.TS] < t)]
-    deliv = np.bincount(ids.get_indexer(pd.Index(ev[c.CUSTOMER_ID].astype(str))), minlength=n)
-    k = data.contacts[(data.contacts[c.OFFER_ID] != c.HOLDOUT) & (data.contacts[c.TS] < t)]
-    kc = ids.get_indexer(pd.Index(k[c.CUSTOMER_ID].astype(str)))
-    since_order = k[c.TS].to_numpy("datetime64[ns]") > last_ts[kc]
-    prior = np.bincount(kc[since_order], minlength=n).astype(float)
-    pop = world.population
-    p_window = 1.0 - np.exp(-pop.rate * world.config.attribution_days / wcfg.YEAR_DAYS)
-    alive = pop.death_s > int(t.timestamp())
-    rev_if, mar_if = pop.expected_order_value()
-    return CustomerState(
-        recency_days=np.nan_to_num(recency, nan=1e4),
-        frequency=count,
-        lifetime_revenue=revenue,
-        discount_share=disc / np.maximum(count, 1),
-        delivery_issues=deliv.astype(float),
-        prior_contacts=prior,
-        p_base=np.where(alive, p_window, 0.0),
-        revenue_if_convert=rev_if,
-        margin_if_convert=mar_if,
-    )
 
 
 def snapshot_for(data: DataSet, at: datetime, fs: FeatureSet, folder: Path) -> Snapshot:

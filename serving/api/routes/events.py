@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from serving.api import schemas
 from serving.api.deps import ClientKey, RuntimeDep
+from serving.events import record_event
 from serving.store import EventRecord
 from serving.store.records import utc_naive
 
@@ -24,7 +25,9 @@ def post_event(body: schemas.EventIn, rt: RuntimeDep, _: ClientKey) -> schemas.E
     """
     received = rt.clock()
     ts = utc_naive(body.ts) if body.ts is not None else received
-    res = rt.store.append_event(
+    res = record_event(
+        rt.store,
+        rt.options,
         EventRecord(
             event_id=body.event_id,
             customer_id=body.customer_id,
@@ -40,10 +43,6 @@ def post_event(body: schemas.EventIn, rt: RuntimeDep, _: ClientKey) -> schemas.E
         ),
         received=received,
     )
-    offer = rt.options.offers.get(body.offer_id) if body.offer_id else None
-    if not res.duplicate and body.type == "order" and offer is not None and offer.is_incentive:
-        cost = offer.cost.expected_cost(body.revenue or 0.0)
-        rt.store.add_budget_usage(offer.offer_id, ts.date(), 1, cost)
     rt.metrics.events.labels(body.type, str(res.duplicate).lower()).inc()
     return schemas.EventResult(
         event_id=res.event_id,

@@ -1,0 +1,179 @@
+"""Loop bar: does play -> export-log -> train -> promote raise the TRUE margin round over round?
+
+Starting from the rules-only policy, round 0 plays one wave on a generated world
+(`serving.world.play.play_wave`: decisions recorded through the batch/API path, outcomes drawn
+from the world's true model and posted through the events path). Each later round exports the
+store's log merged with the world's data (`serving.learning.export_log`, as `winback
+export-log --base` does), trains on it (`training.pipeline.fit_policy`, as `winback train`
+does) and plays the next wave with the new model (promoted in process: the MLflow registry and
+`winback promote`'s significance check are skipped, the new model always serves).
+
+Per round it prints the TRUE incremental margin per contact of the played policy
+(`truth.json`'s figure), its true margin per eligible customer (customers with at least one
+allowed option, holdouts excluded; no contact is worth 0) and the oracle's on the same
+customers (the best allowed option by true incremental margin, or no contact when none is
+positive), and the share. Bar: the played policy's figure rises round over round, and the last
+round reaches at least 80% of the oracle.
+
+Run: .venv/bin/python bench/bench_loop_learns.py [--customers 20000] [--world-seed 11]
+     [--rounds 3] [--days-between 35] [--bags 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features import constants as c
+from features.build import build_customer_view
+from features.datadir import load_data_dir
+from features.snapshot import Snapshot, write_snapshot
+from features.synthetic.generate import generate_world, write_world
+from features.synthetic.state import true_state
+from serving.batch.local import Wave, snapshot_ids
+from serving.decide import Decider, decide_rows
+from serving.engine import OptionSet
+from serving.learning import export_log
+from serving.model_scorer import PolicyScorer
+from serving.policy import Exploration, parse_policy
+from serving.store import ContactCaps, Store, upgrade_database
+from serving.world.play import model_feature_set, play_wave
+from training.inputs import load_training_inputs
+from training.pipeline import fit_policy
+
+TYPES = "[percent_discount, amount_discount, free_shipping, bundle, extended_warranty, " + (
+    "expert_consult, content, none]"
+)
+STAGE = "{{name: s{i}, offer_types: " + TYPES + ", min_days_since_previous: 0}}"
+POLICY = f"""
+journey:
+  stages:
+{chr(10).join("    - " + STAGE.format(i=i) for i in range(4))}
+  sunset_days: 0
+frequency:
+  across_channels: [{{max_contacts: 1, days: 7}}]
+holdout: {{share: 0.1, salt: loop}}
+exploration: {{epsilon: 0.2}}
+eligibility:
+  lapse_states: [at_risk, lapsed]
+  channels: [email, sms, push]
+channel_preference: [email, sms, push]
+"""
+
+
+def oracle_and_eligible(world, data, decider, store, at, folder):  # type: ignore[no-untyped-def]
+    """The oracle's true value per eligible customer, decided before the wave is recorded."""
+    fs = model_feature_set(decider)
+    write_snapshot(build_customer_view(data, pd.Timestamp(at), feature_set=fs), folder, keep=1)
+    snap = Snapshot.load(folder)
+    ids = snapshot_ids(snap)
+    greedy = Decider(
+        decider.options,
+        decider.policy.model_copy(update={"exploration": Exploration(epsilon=0.0)}),
+        None,
+        decider.base_caps,
+    )
+    known = np.ones(len(ids), dtype=bool)
+    d = decide_rows(
+        greedy,
+        snap.matrix,
+        known,
+        ids,
+        snap.feature_set,
+        snap.as_of.to_pydatetime(),
+        at,
+        "auto",
+        "oracle",
+        store=store,
+    ).batch
+    state = true_state(world, data, at)
+    im = world.model.incremental_margin(state)
+    world_ids = pd.Index(world.tables[c.CUSTOMERS][c.CUSTOMER_ID].astype(str))
+    rows = world_ids.get_indexer(pd.Index(ids.astype(str)))
+    col = pd.Index(world.model.option_ids).get_indexer(pd.Index(list(d.options.offer_ids)))
+    allowed = d.exclusion == 0
+    held = decider.policy.holdout_mask(ids)
+    eligible = allowed.any(axis=1) & ~held
+    values = np.where(allowed, im[rows][:, col], -np.inf)
+    best = np.where(eligible, np.maximum(values.max(axis=1), 0.0), 0.0)
+    return best[eligible]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--customers", type=int, default=20_000)
+    ap.add_argument("--world-seed", type=int, default=11)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--days-between", type=int, default=35)
+    ap.add_argument("--bags", type=int, default=2)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="winback-loop-") as tmp:
+        folder = Path(tmp)
+        world = generate_world(args.customers, args.world_seed)
+        base = write_world(world, folder / "world")
+        url = f"sqlite:///{folder / 'store.db'}"
+        upgrade_database(url)
+        store = Store.from_url(url)
+        policy = parse_policy(POLICY)
+        options = OptionSet.from_catalog(world.catalog, policy.offer_budget_defaults)
+        decider = Decider(options, policy, None, ContactCaps.from_policy(policy.frequency))
+        data = load_data_dir(base)
+        rng = np.random.default_rng(args.world_seed)
+        first = pd.Timestamp(world.config.end).to_pydatetime() + timedelta(days=1, hours=9)
+        print(
+            f"{args.customers:,} customers, world seed {args.world_seed}, "
+            f"{args.rounds} rounds, waves {args.days_between} days apart, {args.bags} bags"
+        )
+        print(
+            f"{'round':>5} {'model':>11} {'contacts':>9} {'true/contact':>13} "
+            f"{'true/eligible':>14} {'oracle/elig.':>13} {'share':>7} {'s':>5}"
+        )
+        shares, per_contact = [], []
+        for r in range(args.rounds + 1):
+            t0 = time.perf_counter()
+            at = first + timedelta(days=r * args.days_between)
+            if r > 0:
+                out = folder / f"export-{r}"
+                export_log(store, out, base=base)
+                model, _ = fit_policy(load_training_inputs(out), seed=r, n_bags=args.bags)
+                decider = Decider(
+                    options, policy, PolicyScorer(model, f"loop/{r}"), decider.base_caps
+                )
+            oracle = oracle_and_eligible(
+                world, data, decider, store, at, folder / "oracle-snapshot"
+            )
+            wave = Wave(f"loop-w{r}", at, "auto")
+            until = at + timedelta(days=args.days_between)
+            truth, data = play_wave(
+                world, data, decider, store, wave, until, folder / "snapshot", rng
+            )
+            played = float(truth.margins.sum()) / max(len(oracle), 1)
+            best = float(oracle.mean()) if len(oracle) else float("nan")
+            share = played / best if best > 0 else float("nan")
+            shares.append(share)
+            per_contact.append(truth.incremental_margin_per_contact or 0.0)
+            label = "rules-only" if r == 0 else f"round {r}"
+            print(
+                f"{r:>5} {label:>11} {truth.contacts:>9,} "
+                f"{truth.incremental_margin_per_contact or float('nan'):>+13.3f} "
+                f"{played:>+14.3f} {best:>+13.3f} {share:>7.1%} "
+                f"{time.perf_counter() - t0:>5.0f}",
+                flush=True,
+            )
+        store.dispose()
+    rising = all(b > a for a, b in itertools.pairwise(per_contact))
+    print(
+        f"true margin per contact rises every round: {'yes' if rising else 'NO'}; "
+        f"last round {shares[-1]:.1%} of the oracle (bar: 80%)"
+    )
+
+
+if __name__ == "__main__":
+    main()
