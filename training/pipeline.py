@@ -15,7 +15,13 @@ from mlflow.exceptions import MlflowException
 
 from features.settings import Settings, get_settings
 from models.policy_model import PolicyModel
-from models.pyfunc import ARTIFACT_FILE, ARTIFACT_KEY, WinbackPolicyPyfunc, policy_signature
+from models.pyfunc import (
+    ARTIFACT_FILE,
+    ARTIFACT_KEY,
+    WinbackPolicyPyfunc,
+    code_paths,
+    policy_signature,
+)
 from training import plots
 from training.errors import TrackingError
 from training.evaluate import Evaluation, evaluate_reactivation, evaluate_response
@@ -94,13 +100,31 @@ def _log_figures(ev: Evaluation, folder: Path) -> None:
 
 
 def _input_example(model: PolicyModel, inputs: TrainingInputs) -> pd.DataFrame:
-    """Five raw rows of the feature set's columns, as the data has them (text stays text)."""
+    """Five rows of the feature set's columns, categoricals as text (`lapse_state: "lapsed"`).
+
+    Frames built from a data directory hold categoricals as codes into the feature set's
+    vocabulary, imported ones as text; the pyfunc takes both, and the example (stored as JSON,
+    read back as such) shows the text a caller would send. A code outside the vocabulary is
+    missing.
+    """
     frame = inputs.offer_response or inputs.reactivation
     assert frame is not None
     rows = frame.data.head(5)[list(model.feature_columns)]  # the model was built from this frame
-    # pandas categoricals as plain text: the example is stored as JSON and read back as such
-    text = [c for c in rows.columns if isinstance(rows[c].dtype, pd.CategoricalDtype)]
-    return rows.astype(dict.fromkeys(text, object)).reset_index(drop=True)
+    rows = rows.reset_index(drop=True)
+    for col, vocab in model.vocabularies.items():
+        s = rows[col]
+        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            codes = s.to_numpy(dtype=float, na_value=np.nan)
+            ok = np.isfinite(codes) & (codes >= 0) & (codes < len(vocab))
+            text = [
+                vocab[int(code)] if good else None for code, good in zip(codes, ok, strict=True)
+            ]
+            rows[col] = pd.Series(text, dtype=object)
+    # pandas categoricals as plain text (MLflow's schema inference rejects the dtype)
+    for col in rows.columns:
+        if isinstance(rows[col].dtype, pd.CategoricalDtype):
+            rows[col] = rows[col].astype(object).where(rows[col].notna(), None)
+    return rows
 
 
 def log_policy_model(model: PolicyModel, example: pd.DataFrame, folder: Path) -> tuple[str, str]:
@@ -113,6 +137,7 @@ def log_policy_model(model: PolicyModel, example: pd.DataFrame, folder: Path) ->
         artifacts={ARTIFACT_KEY: str(path)},
         signature=policy_signature(model, example),
         input_example=example,
+        code_paths=code_paths(),
         registered_model_name=MODEL_NAME,
     )
     return info.model_uri, str(info.registered_model_version)
@@ -142,7 +167,6 @@ def train(
             mlflow.log_params(
                 {
                     "seed": seed,
-                    "z": z,
                     "feature_set": model.feature_set_key,
                     "catalog_version": model.catalog_version,
                     "options": ",".join(model.options),
@@ -150,6 +174,11 @@ def train(
                     **{f"meta.{k}": v for k, v in model.metadata.items()},
                 }
             )
+            if "decision_rule_z" in model.metadata:
+                # the decision rule's z in use: chosen on validation contacts unless given
+                mlflow.log_params(
+                    {"z": model.metadata["decision_rule_z"], "z_given": z is not None}
+                )
             tags = {f"skipped.{k}": v for k, v in inputs.skipped.items()}
             mlflow.set_tags(tags | {"trained": ",".join(trained)})
             for name in trained:
