@@ -74,6 +74,20 @@ def test_train_registers_challenger_that_scores(world: Path, store: Path) -> Non
     assert set(out["best_offer"]) <= set(model.options)
     assert (out[f"value_{model.control}"] == 0).all()  # no contact is the zero of value
 
+    # the run logs the z the decision rule uses; the package ships its code; the input example
+    # shows categoricals as the text a caller sends, not as the frame's codes
+    params = mlflow.get_run(result.run_id).data.params
+    assert params["z"] == meta["decision_rule_z"] and params["z_given"] == "False"
+    assert float(params["z"]) == model.z
+    local = Path(mlflow.artifacts.download_artifacts(result.model_uri))
+    assert (local / "code" / "models" / "pyfunc.py").is_file()
+    example = json.loads((local / "input_example.json").read_text())
+    rows = pd.DataFrame(example["data"], columns=example["columns"])
+    assert set(rows["lapse_state"].dropna()) <= set(c.LAPSE_STATES)
+    assert set(rows["value_tier"].dropna()) <= set(c.VALUE_TIERS)
+    assert rows["lapse_state"].notna().any()
+    pd.testing.assert_frame_equal(pyfunc.predict(rows), model.predict_frame(rows))
+
 
 def test_same_seed_same_model_and_metrics(world: Path, store: Path) -> None:
     a = train(world, seed=5, n_bags=2)
