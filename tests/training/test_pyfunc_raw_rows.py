@@ -234,3 +234,52 @@ def test_a_fresh_virtualenv_loads_and_predicts_from_the_model_alone(
     for name, frame in inputs.items():
         pd.testing.assert_frame_equal(outputs[name], in_process.predict(frame))
         pd.testing.assert_frame_equal(outputs[name], policy.predict_frame(frame))
+
+
+@pytest.mark.slow
+def test_spark_udf_as_docs_batch_md_shows_matches_predict_in_every_cell(
+    policy: PolicyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/batch.md's `spark_udf` example, run as written on text and on coded categoricals."""
+    pytest.importorskip("pyspark")
+    from mlflow.models import get_model_info
+    from pyspark.sql.functions import struct
+
+    from serving.batch.spark import spark_session
+
+    monkeypatch.setenv("WINBACK_MLRUNS_DIR", str(tmp_path / "mlruns"))
+    get_settings.cache_clear()
+    configure_tracking()
+    use_experiment("pyfunc-spark-udf")
+    with mlflow.start_run():
+        uri, _ = log_policy_model(policy, raw_frame(5, 9).astype({"zip_code": object}), tmp_path)
+    rows = raw_frame(3000, 10)
+    frames = {"text": rows, "codes": encoded(rows).astype({"recency": "int64"})}
+    expected = mlflow.pyfunc.load_model(uri).predict
+    spark = spark_session("local[2]", "winback-test-udf")
+    try:
+        for name, frame in frames.items():
+            path = tmp_path / f"{name}.parquet"
+            frame.assign(customer_id=[f"c{i:05d}" for i in range(len(frame))]).to_parquet(path)
+
+            # --- as in docs/batch.md
+            signature = get_model_info(uri).signature
+            udf = mlflow.pyfunc.spark_udf(spark, uri, env_manager="local")
+            features = spark.read.parquet(str(path))
+            scored = features.select(
+                "customer_id", udf(struct(*signature.inputs.input_names())).alias("scores")
+            ).select("customer_id", "scores.*")
+            # ---
+
+            fields = [(f.name, f.dataType) for f in udf.returnType.fields]  # type: ignore[attr-defined]
+            outputs = signature.outputs.as_spark_schema().fields
+            assert fields == [(f.name, f.dataType) for f in outputs]
+            got = scored.toPandas().sort_values("customer_id").reset_index(drop=True)
+            want = expected(frame)
+            assert list(got.columns) == ["customer_id", *want.columns]
+            assert want["best_offer"].nunique() > 1  # not one column repeated
+            got = got.drop(columns="customer_id").astype(want.dtypes.to_dict())
+            pd.testing.assert_frame_equal(got, want, check_exact=True)
+            assert got.size == 9 * 3000
+    finally:
+        spark.stop()
