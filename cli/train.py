@@ -9,7 +9,6 @@ from typing import Annotated
 
 import pandas as pd
 import typer
-from rich.table import Table
 
 from cli.output import console, fail
 from features.errors import FeaturesError
@@ -38,13 +37,9 @@ def _fmt(v: object) -> str:
 
 
 def _table(title: str, df: pd.DataFrame) -> None:
-    table = Table(title=title)
-    frame = df.reset_index()
-    for col in frame.columns:
-        table.add_column(str(col), justify="right")
-    for row in frame.itertuples(index=False):
-        table.add_row(*[_fmt(v) for v in row])
-    console.print(table)
+    from cli.tables import print_frame  # fits the console; counts as integers
+
+    print_frame(console, title, df)
 
 
 def _print_evaluation(ev: object) -> None:

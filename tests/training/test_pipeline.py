@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from cli.output import console as cli_console
 from features import constants as c
 from features.settings import get_settings
 from features.synthetic.generate import generate_world, write_world
@@ -194,7 +195,10 @@ def test_nothing_to_train_is_a_clear_error(tmp_path: Path, world: Path) -> None:
         load_training_inputs(raw)
 
 
-def test_cli_train_reports_skips_and_registers(world: Path, store: Path, tmp_path: Path) -> None:
+def test_cli_train_reports_skips_and_registers(
+    world: Path, store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_console, "_width", 80)  # an 80-column terminal
     runner = CliRunner()
     result = runner.invoke(app, ["train", str(world), "--seed", "4", "--bags", "2"])
     assert result.exit_code == 0, result.output
@@ -213,6 +217,11 @@ def test_cli_train_reports_skips_and_registers(world: Path, store: Path, tmp_pat
     )
     assert result.exit_code == 0, result.output
     assert out.exists() and "reactivation_auc" in out.read_text()
+    # the tables fit 80 columns: nothing cut, counts as integers
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    assert "…" not in result.output
+    n_test = json.loads(out.read_text())["metrics"]["reactivation_test_cutoff_rows"]
+    assert f" {int(n_test):,} " in result.output and f"{n_test:,.4f}" not in result.output
     # evaluate's default bootstrap seed is the model's: it reproduces training's figures
     assert json.loads(out.read_text())["metrics"]["policy_learned_dr"] == pytest.approx(
         trained_metrics["policy_learned_dr"]
