@@ -74,10 +74,11 @@ def train(
     ] = 8,
 ) -> None:
     """Train what the data supports, log the run to MLflow and register a challenger."""
+    from cli.progress import stage_lines
     from training.pipeline import train as run_training
 
     try:
-        with console.status("training"):
+        with console.status("training") as status, stage_lines(console, "winback.training", status):
             result = run_training(
                 data, experiment=experiment, seed=seed, horizon_days=horizon_days, n_bags=bags
             )

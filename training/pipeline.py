@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,9 @@ from training.inputs import TrainingInputs, load_training_inputs
 from training.registry import CHALLENGER, MODEL_NAME, set_alias, set_version_tags
 from training.tracking import DEFAULT_EXPERIMENT, configure_tracking, log_dataset, use_experiment
 
+# Stage lines ("fitting ...") at INFO; `winback train` shows them, a library caller may too.
+log = logging.getLogger("winback.training")
+
 
 @dataclass
 class TrainResult:
@@ -52,9 +56,17 @@ def fit_policy(
     `z` (the width of the decision rule's confidence bound) is chosen on validation contacts
     unless given (see `training.fit.fit_response`).
     """
-    react = fit_reactivation(inputs.reactivation, seed) if inputs.reactivation else None
+    react = None
+    if inputs.reactivation is not None:
+        log.info("fitting the reactivation model (%s rows)", f"{len(inputs.reactivation.data):,}")
+        react = fit_reactivation(inputs.reactivation, seed)
     resp = None
     if inputs.offer_response is not None:
+        log.info(
+            "fitting offer response (%s contacts, %d bags) and its decision rule",
+            f"{len(inputs.offer_response.data):,}",
+            n_bags,
+        )
         resp = fit_response(inputs.offer_response, seed, inputs.catalog, n_bags=n_bags, z=z)
     meta = {"seed": str(seed), "n_bags": str(n_bags)}
     if resp is not None:
@@ -71,6 +83,8 @@ def fit_policy(
         z=resp.z if resp is not None else 1.96,
     )
     ev = Evaluation()
+    if react is not None or resp is not None:
+        log.info("evaluating on the held-out rows")
     if react is not None and inputs.reactivation is not None:
         evaluate_reactivation(model, inputs.reactivation, ev, seed)
         ev.tables["feature_importance"] = react.model.feature_importances_.to_frame("gain")
@@ -154,6 +168,7 @@ def train(
 ) -> TrainResult:
     """Train on a data directory or frame(s), log everything to MLflow, register a challenger."""
     settings = settings or get_settings()
+    log.info("loading %s and building the training frames", source)
     inputs = load_training_inputs(Path(source), horizon_days=horizon_days)
     # a bad tracking URI or experiment fails here, not after minutes of fitting
     configure_tracking(settings)
@@ -161,6 +176,7 @@ def train(
     np.random.seed(seed)  # libraries that draw from the global generator stay reproducible
     model, ev = fit_policy(inputs, seed, z=z, n_bags=n_bags)
     trained = [k for k in ("reactivation", "offer_response") if getattr(inputs, k) is not None]
+    log.info("logging the run to MLflow and registering the model")
     try:
         with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)

@@ -207,6 +207,8 @@ def test_cli_train_reports_skips_and_registers(
     assert "registered winback-policy v1 as 'challenger'" in result.output
     assert "decision rule choice" in result.output  # the rules training chose among
     assert "decision_rule_z" in result.output
+    for stage in ("loading", "fitting the reactivation model", "fitting offer response"):
+        assert stage in result.output  # progress instead of a minute of silence
     result = runner.invoke(app, ["train", str(tmp_path / "missing")])
     assert result.exit_code == 1
     assert "no such file or directory" in result.output
