@@ -15,13 +15,17 @@ DEMO_ADMIN_KEY ?= demo-admin-key
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "winback needs Python 3.11 or newer; set PYTHON=python3.x")'
+	@echo "==> setting up $(VENV): winback and its dependencies (MLflow, LightGBM, Spark, ...)."
+	@echo "    First run only, typically 4-6 minutes; pip lists each package as it goes."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,postgres,spark,compiled]'
+	$(BIN)/python -m pip install --disable-pip-version-check -e '.[dev,postgres,spark,compiled]'
 	touch $(STAMP)
+	@echo "==> $(VENV) is ready"
 
 # The main job on the embedded defaults (SQLite store, ./mlruns): a synthetic world, a trained
 # and promoted model, a serving snapshot, then the API in the foreground (Ctrl-C stops it).
 demo: demo-model
+	@echo "==> starting the API (2 workers; ready in a few seconds, Ctrl-C stops it)"
 	@echo "API on http://127.0.0.1:8000 -- try:"
 	@echo "  curl -s -H 'X-API-Key: $(DEMO_API_KEY)' -H 'content-type: application/json' \\"
 	@echo "       -d '{\"customer_id\": \"c000042\", \"channel\": \"auto\", \"dry_run\": true}' \\"
@@ -30,10 +34,16 @@ demo: demo-model
 	WINBACK_CATALOG_PATH=$(DEMO_DIR)/offers.yaml $(BIN)/winback serve --workers 2
 
 demo-model: $(STAMP)
+	@echo "==> 1/5 generating a synthetic retailer: $(DEMO_CUSTOMERS) customers, seed 7 (typically 10 s)"
 	$(BIN)/winback generate --customers $(DEMO_CUSTOMERS) --seed 7 --out $(DEMO_DIR)
+	@echo "==> 2/5 checking it against the data contract (typically 10 s)"
 	$(BIN)/winback validate $(DEMO_DIR)
+	@echo "==> 3/5 training the reactivation and offer-response models, logged to MLflow"
+	@echo "    (typically 1 minute, 2 on a busy machine; each stage is printed as it starts)"
 	$(BIN)/winback train $(DEMO_DIR) --seed 7
+	@echo "==> 4/5 promoting the new model to champion if it beats the current one (typically 15 s)"
 	$(BIN)/winback promote $(DEMO_DIR)
+	@echo "==> 5/5 the serving snapshot as of $(DEMO_AS_OF) with the champion's scores (typically 10 s)"
 	$(BIN)/winback features materialize $(DEMO_DIR) --as-of $(DEMO_AS_OF) \
 		--model models:/winback-policy@champion
 

@@ -49,7 +49,8 @@ from features.importers.cdnow import import_cdnow, read_cdnow
 from models.reactivation import ReactivationClassifier
 from training.metrics import paired_auc_bootstrap, roc_auc
 
-SRC = Path("/work/shared/data/cdnow/CDNOW_master.txt")
+# the shared datasets sit beside the repository: ../shared/data relative to its root
+SRC = Path(__file__).resolve().parents[2] / "shared" / "data" / "cdnow" / "CDNOW_master.txt"
 CUTOFF = pd.Timestamp("1997-10-01")  # first day after the calibration period
 HOLDOUT_DAYS = 39 * 7  # 1997-10-01 .. 1998-06-30
 TRAIN_ORIGINS = ("1997-04-01", "1997-05-01", "1997-06-01", "1997-07-01", "1997-08-01")

@@ -1,11 +1,11 @@
 """Hillstrom e-mail test: our confidence-bound policy vs the naive two-model policy vs the best
 single arm ("men's e-mail to everyone"), on 70/30 splits with seeds 0, 1, 2.
 
-Reads /work/shared/data/hillstrom/hillstrom.csv directly. Per split, our decision rule
-(learner and z) is chosen as training chooses it, on a validation quarter of the 70% part,
-and the chosen learner is refitted on the whole 70% part; the policies are evaluated on the
-30% part by IPS with the known 1/3 assignment probabilities, as paired differences vs the
-best single arm with 95% bootstrap CIs.
+Reads ../shared/data/hillstrom/hillstrom.csv (relative to the repository root) directly. Per
+split, our decision rule (learner and z) is chosen as training chooses it, on a validation
+quarter of the 70% part, and the chosen learner is refitted on the whole 70% part; the
+policies are evaluated on the 30% part by IPS with the known 1/3 assignment probabilities, as
+paired differences vs the best single arm with 95% bootstrap CIs.
 
 Run: .venv/bin/python bench/bench_hillstrom.py [--csv PATH] [--seeds 0 1 2] [--bags 8]
 """
@@ -33,7 +33,7 @@ from training.policy_value import (
     policy_difference,
 )
 
-CSV = Path("/work/shared/data/hillstrom/hillstrom.csv")
+CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "hillstrom" / "hillstrom.csv"
 ARMS = {"No E-Mail": "holdout", "Mens E-Mail": "mens_email", "Womens E-Mail": "womens_email"}
 CONTROL = "holdout"
 BEST_ARM = "mens_email"

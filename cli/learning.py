@@ -23,7 +23,11 @@ def export_log_command(
         typer.Option(help="data directory whose customers, orders and history are kept"),
     ] = None,
     catalog: Annotated[
-        Path | None, typer.Option(help="offers.yaml; default: the one in --base")
+        Path | None,
+        typer.Option(
+            help="offers.yaml; default: the one in --base, else the configured catalog "
+            "(WINBACK_CATALOG_PATH)"
+        ),
     ] = None,
     database_url: Annotated[
         str | None, typer.Option(help="store URL; default WINBACK_DATABASE_URL")
@@ -44,7 +48,16 @@ def export_log_command(
 
     if fmt not in ("parquet", "csv"):
         fail(f"format: must be 'parquet' or 'csv', got {fmt!r}")
-    url = database_url or get_serving_settings().database_url
+    settings = get_serving_settings()
+    url = database_url or settings.database_url
+    if base is None and catalog is None:
+        # the catalog the API and `winback score` use
+        catalog = settings.catalog_path
+        console.print(
+            f"catalog: {catalog} (WINBACK_CATALOG_PATH; --base or --catalog to choose another)",
+            highlight=False,
+            soft_wrap=True,
+        )
     try:
         store = Store.from_url(url)
         try:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from cli.output import console, fail
 from features.errors import FeaturesError
@@ -41,13 +40,9 @@ def _fmt(v: object) -> str:
 
 
 def _table(title: str, df: pd.DataFrame) -> None:
-    table = Table(title=title)
-    frame = df.reset_index()
-    for col in frame.columns:
-        table.add_column(str(col), justify="right")
-    for row in frame.itertuples(index=False):
-        table.add_row(*[_fmt(v) for v in row])
-    console.print(table)
+    from cli.tables import print_frame  # fits the console; counts as integers
+
+    print_frame(console, title, df)
 
 
 def _print_evaluation(ev: object) -> None:
@@ -83,6 +78,8 @@ ModelName = Annotated[
 
 def _print_frames(result: object) -> None:
     """Who is in each frame and why: the protocol, then rows and positive rate per frame."""
+    from rich.table import Table
+
     protocol = getattr(result, "protocol", None)
     meta: dict[str, str] = getattr(result, "metadata", {})
     if protocol is not None:
@@ -146,10 +143,11 @@ def train(
     ] = 8,
 ) -> None:
     """Train what the data supports, log the run to MLflow and register a challenger."""
+    from cli.progress import stage_lines
     from training.pipeline import train as run_training
 
     try:
-        with console.status("training"):
+        with console.status("training") as status, stage_lines(console, "winback.training", status):
             result = run_training(
                 data,
                 experiment=experiment,

@@ -6,6 +6,13 @@
 columns, as the data has them: a Hillstrom model takes `zip_code` as "Urban", not as a code. Our
 own API skips the pyfunc wrapper and its input checks: `load_policy_model` returns the
 `PolicyModel`, whose `score` calls the LightGBM boosters on a numpy matrix.
+
+The package ships its code: the `models` package (`code_paths()`, all the winback code the
+pickles refer to; it imports nothing from `features`, `training` or `serving`) is copied into
+the model's `code/` folder, and MLflow puts it on `sys.path` before unpickling. So an
+environment built from the model's own `requirements.txt` alone (`mlflow models serve
+--env-manager virtualenv`, a Spark cluster, a fresh venv) loads and predicts without winback
+installed.
 """
 
 from __future__ import annotations
@@ -42,6 +49,11 @@ class WinbackPolicyPyfunc(PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         return self.policy.predict_frame(model_input)
+
+
+def code_paths() -> list[str]:
+    """The code `log_model` ships with the package: this `models` package, as a folder."""
+    return [str(Path(__file__).resolve().parent)]
 
 
 def policy_signature(policy: PolicyModel, example: pd.DataFrame) -> ModelSignature:

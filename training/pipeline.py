@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,13 @@ from mlflow.exceptions import MlflowException
 
 from features.settings import Settings, get_settings
 from models.policy_model import PolicyModel
-from models.pyfunc import ARTIFACT_FILE, ARTIFACT_KEY, WinbackPolicyPyfunc, policy_signature
+from models.pyfunc import (
+    ARTIFACT_FILE,
+    ARTIFACT_KEY,
+    WinbackPolicyPyfunc,
+    code_paths,
+    policy_signature,
+)
 from training import plots
 from training.errors import TrackingError
 from training.evaluate import Evaluation, evaluate_reactivation, evaluate_response
@@ -30,6 +37,9 @@ from training.tracking import (
     log_dataset,
     use_experiment,
 )
+
+# Stage lines ("fitting ...") at INFO; `winback train` shows them, a library caller may too.
+log = logging.getLogger("winback.training")
 
 
 @dataclass
@@ -55,9 +65,17 @@ def fit_policy(
     `z` (the width of the decision rule's confidence bound) is chosen on validation contacts
     unless given (see `training.fit.fit_response`).
     """
-    react = fit_reactivation(inputs.reactivation, seed) if inputs.reactivation else None
+    react = None
+    if inputs.reactivation is not None:
+        log.info("fitting the reactivation model (%s rows)", f"{len(inputs.reactivation.data):,}")
+        react = fit_reactivation(inputs.reactivation, seed)
     resp = None
     if inputs.offer_response is not None:
+        log.info(
+            "fitting offer response (%s contacts, %d bags) and its decision rule",
+            f"{len(inputs.offer_response.data):,}",
+            n_bags,
+        )
         resp = fit_response(inputs.offer_response, seed, inputs.catalog, n_bags=n_bags, z=z)
     meta = {"seed": str(seed), "n_bags": str(n_bags), **inputs.data_notes}
     if resp is not None:
@@ -79,6 +97,8 @@ def fit_policy(
     ev = Evaluation(notes=dict(inputs.data_notes))
     if inputs.protocol is not None:
         ev.notes["protocol"] = inputs.protocol.describe()
+    if react is not None or resp is not None:
+        log.info("evaluating on the held-out rows")
     if react is not None and inputs.reactivation is not None:
         evaluate_reactivation(model, inputs.reactivation, ev, seed)
         ev.tables["feature_importance"] = react.model.feature_importances_.to_frame("gain")
@@ -108,13 +128,31 @@ def _log_figures(ev: Evaluation, folder: Path) -> None:
 
 
 def _input_example(model: PolicyModel, inputs: TrainingInputs) -> pd.DataFrame:
-    """Five raw rows of the feature set's columns, as the data has them (text stays text)."""
+    """Five rows of the feature set's columns, categoricals as text (`lapse_state: "lapsed"`).
+
+    Frames built from a data directory hold categoricals as codes into the feature set's
+    vocabulary, imported ones as text; the pyfunc takes both, and the example (stored as JSON,
+    read back as such) shows the text a caller would send. A code outside the vocabulary is
+    missing.
+    """
     frame = inputs.offer_response or inputs.reactivation
     assert frame is not None
     rows = frame.data.head(5)[list(model.feature_columns)]  # the model was built from this frame
-    # pandas categoricals as plain text: the example is stored as JSON and read back as such
-    text = [c for c in rows.columns if isinstance(rows[c].dtype, pd.CategoricalDtype)]
-    return rows.astype(dict.fromkeys(text, object)).reset_index(drop=True)
+    rows = rows.reset_index(drop=True)
+    for col, vocab in model.vocabularies.items():
+        s = rows[col]
+        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            codes = s.to_numpy(dtype=float, na_value=np.nan)
+            ok = np.isfinite(codes) & (codes >= 0) & (codes < len(vocab))
+            text = [
+                vocab[int(code)] if good else None for code, good in zip(codes, ok, strict=True)
+            ]
+            rows[col] = pd.Series(text, dtype=object)
+    # pandas categoricals as plain text (MLflow's schema inference rejects the dtype)
+    for col in rows.columns:
+        if isinstance(rows[col].dtype, pd.CategoricalDtype):
+            rows[col] = rows[col].astype(object).where(rows[col].notna(), None)
+    return rows
 
 
 def log_policy_model(
@@ -129,6 +167,7 @@ def log_policy_model(
         artifacts={ARTIFACT_KEY: str(path)},
         signature=policy_signature(model, example),
         input_example=example,
+        code_paths=code_paths(),
         registered_model_name=name,
     )
     return info.model_uri, str(info.registered_model_version)
@@ -154,6 +193,7 @@ def train(
     """
     settings = settings or get_settings()
     registered = model_name or settings.model_name
+    log.info("loading %s and building the training frames", source)
     inputs = load_training_inputs(
         Path(source), horizon_days=horizon_days, cutoff=cutoff, population=population
     )
@@ -166,13 +206,13 @@ def train(
     model.metadata["data_fingerprint"] = fingerprint
     model.metadata["data_source"] = str(Path(source).resolve())
     trained = [k for k in ("reactivation", "offer_response") if getattr(inputs, k) is not None]
+    log.info("logging the run to MLflow and registering the model")
     try:
         with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             mlflow.log_params(
                 {
                     "seed": seed,
-                    "z": z,
                     "feature_set": model.feature_set_key,
                     "catalog_version": model.catalog_version,
                     "options": ",".join(model.options),
@@ -180,6 +220,11 @@ def train(
                     **{f"meta.{k}": v for k, v in model.metadata.items()},
                 }
             )
+            if "decision_rule_z" in model.metadata:
+                # the decision rule's z in use: chosen on validation contacts unless given
+                mlflow.log_params(
+                    {"z": model.metadata["decision_rule_z"], "z_given": z is not None}
+                )
             tags = {f"skipped.{k}": v for k, v in inputs.skipped.items()}
             tags |= {f"note.{k}": v for k, v in ev.notes.items()}
             mlflow.set_tags(tags | {"trained": ",".join(trained), "data_fingerprint": fingerprint})

@@ -16,6 +16,7 @@ from features.engine import FeatureEngine
 from features.errors import FeaturesError
 from features.frames import offer_response_frame
 from serving.learning import export_log, read_log
+from serving.settings import get_serving_settings
 from serving.store import DecisionRecord, EventRecord, Store, upgrade_database
 from serving.store.models import NOT_SENT
 from tests.factories import small_world
@@ -147,6 +148,26 @@ def test_cli_export_log(store: Store, tmp_path: Path) -> None:
     )
     assert ok.exit_code == 0, ok.output
     assert "2 contacts, 1 holdouts, 2 orders" in ok.output
+
+
+def test_cli_export_log_defaults_to_the_configured_catalog(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """Without --base or --catalog the export uses WINBACK_CATALOG_PATH and says so."""
+    request.addfinalizer(get_serving_settings.cache_clear)
+    world = small_world().write(tmp_path / "base")
+    url = str(store.engine.url)
+    runner = CliRunner()
+    monkeypatch.setenv("WINBACK_CATALOG_PATH", str(world / "offers.yaml"))
+    get_serving_settings.cache_clear()
+    ok = runner.invoke(app, ["export-log", "--out", str(tmp_path / "o"), "--database-url", url])
+    assert ok.exit_code == 0, ok.output
+    assert f"catalog: {world / 'offers.yaml'} (WINBACK_CATALOG_PATH" in ok.output
+    assert "2 contacts, 1 holdouts, 2 orders" in ok.output
+    assert load_data_dir(tmp_path / "o").catalog == load_data_dir(world).catalog
+
+    monkeypatch.setenv("WINBACK_CATALOG_PATH", str(tmp_path / "missing.yaml"))
+    get_serving_settings.cache_clear()
     bad = runner.invoke(app, ["export-log", "--out", str(tmp_path / "o2"), "--database-url", url])
     assert bad.exit_code == 1
-    assert "catalog: give --base" in bad.output
+    assert "missing.yaml: cannot read offer catalog" in bad.output

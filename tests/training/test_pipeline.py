@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from cli.output import console as cli_console
 from features import constants as c
 from features.settings import get_settings
 from features.synthetic.generate import generate_world, write_world
@@ -73,6 +74,20 @@ def test_train_registers_challenger_that_scores(world: Path, store: Path) -> Non
         assert f"p_{option}" in out and f"value_{option}" in out
     assert set(out["best_offer"]) <= set(model.options)
     assert (out[f"value_{model.control}"] == 0).all()  # no contact is the zero of value
+
+    # the run logs the z the decision rule uses; the package ships its code; the input example
+    # shows categoricals as the text a caller sends, not as the frame's codes
+    params = mlflow.get_run(result.run_id).data.params
+    assert params["z"] == meta["decision_rule_z"] and params["z_given"] == "False"
+    assert float(params["z"]) == model.z
+    local = Path(mlflow.artifacts.download_artifacts(result.model_uri))
+    assert (local / "code" / "models" / "pyfunc.py").is_file()
+    example = json.loads((local / "input_example.json").read_text())
+    rows = pd.DataFrame(example["data"], columns=example["columns"])
+    assert set(rows["lapse_state"].dropna()) <= set(c.LAPSE_STATES)
+    assert set(rows["value_tier"].dropna()) <= set(c.VALUE_TIERS)
+    assert rows["lapse_state"].notna().any()
+    pd.testing.assert_frame_equal(pyfunc.predict(rows), model.predict_frame(rows))
 
 
 def test_same_seed_same_model_and_metrics(world: Path, store: Path) -> None:
@@ -180,7 +195,10 @@ def test_nothing_to_train_is_a_clear_error(tmp_path: Path, world: Path) -> None:
         load_training_inputs(raw)
 
 
-def test_cli_train_reports_skips_and_registers(world: Path, store: Path, tmp_path: Path) -> None:
+def test_cli_train_reports_skips_and_registers(
+    world: Path, store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_console, "_width", 80)  # an 80-column terminal
     runner = CliRunner()
     result = runner.invoke(app, ["train", str(world), "--seed", "4", "--bags", "2"])
     assert result.exit_code == 0, result.output
@@ -189,6 +207,8 @@ def test_cli_train_reports_skips_and_registers(world: Path, store: Path, tmp_pat
     assert "registered winback-policy v1 as 'challenger'" in result.output
     assert "decision rule choice" in result.output  # the rules training chose among
     assert "decision_rule_z" in result.output
+    for stage in ("loading", "fitting the reactivation model", "fitting offer response"):
+        assert stage in result.output  # progress instead of a minute of silence
     result = runner.invoke(app, ["train", str(tmp_path / "missing")])
     assert result.exit_code == 1
     assert "no such file or directory" in result.output
@@ -199,6 +219,11 @@ def test_cli_train_reports_skips_and_registers(world: Path, store: Path, tmp_pat
     )
     assert result.exit_code == 0, result.output
     assert out.exists() and "reactivation_auc" in out.read_text()
+    # the tables fit 80 columns: nothing cut, counts as integers
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    assert "…" not in result.output
+    n_test = json.loads(out.read_text())["metrics"]["reactivation_test_cutoff_rows"]
+    assert f" {int(n_test):,} " in result.output and f"{n_test:,.4f}" not in result.output
     # evaluate's default bootstrap seed is the model's: it reproduces training's figures
     assert json.loads(out.read_text())["metrics"]["policy_learned_dr"] == pytest.approx(
         trained_metrics["policy_learned_dr"]

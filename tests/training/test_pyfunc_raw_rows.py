@@ -8,6 +8,10 @@ only that float matrix.
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -142,3 +146,140 @@ def test_registered_pyfunc_accepts_raw_rows(
     schema = str(loaded.metadata.get_input_schema())
     for column in ("'recency': long", "'history': double", "'zip_code': Any"):
         assert column in schema
+
+
+def test_input_example_shows_categorical_codes_as_text(policy: PolicyModel, tmp_path: Path) -> None:
+    """A frame built from a data directory holds categoricals as codes; the example shows the
+    text a caller sends (`zip_code: "Urban"`, as `lapse_state: "lapsed"` in winback_v1)."""
+    raw = raw_frame(5, 6)
+    codes = encoded(raw)
+    codes.loc[4, "zip_code"] = 7.0  # outside the vocabulary: missing, as the model scores it
+    spec = FrameSpec(
+        kind="offer_response",
+        feature_set="hillstrom_like@1",
+        feature_columns=COLUMNS,
+        categorical_columns=("zip_code",),
+    )
+    inputs = TrainingInputs(
+        source=tmp_path, catalog=catalog(), offer_response=Frame(codes.assign(offer_id="x"), spec)
+    )
+    example = _input_example(policy, inputs)
+    expected = [*raw["zip_code"].astype(str).tolist()[:4], None]
+    assert example["zip_code"].tolist() == expected
+    assert example["recency"].tolist() == codes["recency"].tolist()
+    pd.testing.assert_frame_equal(
+        policy.predict_frame(example.head(4)), policy.predict_frame(codes.head(4))
+    )
+
+
+FRESH_ENV_SCRIPT = """
+import importlib.util
+import pickle
+import sys
+
+# winback is not installed here: whatever the model needs of it must come with the model
+assert importlib.util.find_spec("models") is None, "a models package is already importable"
+import mlflow.pyfunc
+
+model = mlflow.pyfunc.load_model(sys.argv[1])
+with open(sys.argv[2], "rb") as fh:
+    inputs = pickle.load(fh)
+with open(sys.argv[3], "wb") as fh:
+    pickle.dump({name: model.predict(rows) for name, rows in inputs.items()}, fh)
+"""
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_a_fresh_virtualenv_loads_and_predicts_from_the_model_alone(
+    policy: PolicyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `mlflow models serve --env-manager virtualenv` builds: a new environment with only
+    the model's requirements.txt installed (from the pip cache); winback is not in it."""
+    monkeypatch.setenv("WINBACK_MLRUNS_DIR", str(tmp_path / "mlruns"))
+    get_settings.cache_clear()
+    configure_tracking()
+    use_experiment("pyfunc-fresh-env")
+    with mlflow.start_run():
+        uri, _ = log_policy_model(policy, raw_frame(5, 7).astype({"zip_code": object}), tmp_path)
+    model_dir = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "model")))
+    requirements = (model_dir / "requirements.txt").read_text()
+    assert "winback" not in requirements and "lightgbm" in requirements
+    assert (model_dir / "code" / "models" / "policy_model.py").is_file()
+
+    env_dir = tmp_path / "env"
+    made = _run([sys.executable, "-m", "venv", str(env_dir)], tmp_path)
+    if made.returncode != 0:
+        pytest.skip(f"cannot create a virtualenv here: {made.stderr.strip()[-500:]}")
+    python = str(env_dir / "bin" / "python")
+    pip = [python, "-m", "pip", "install", "-q", "--no-compile", "--disable-pip-version-check"]
+    installed = _run([*pip, "-r", str(model_dir / "requirements.txt")], tmp_path)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+
+    rows = raw_frame(30, 8)
+    inputs = {"categorical": rows, "text": rows.astype({"zip_code": object})}
+    (tmp_path / "in.pkl").write_bytes(pickle.dumps(inputs))
+    (tmp_path / "score.py").write_text(FRESH_ENV_SCRIPT)
+    scored = _run(
+        [python, "-I", "score.py", str(model_dir), "in.pkl", "out.pkl"],
+        tmp_path,
+    )
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    outputs = pickle.loads((tmp_path / "out.pkl").read_bytes())
+    in_process = mlflow.pyfunc.load_model(uri)
+    for name, frame in inputs.items():
+        pd.testing.assert_frame_equal(outputs[name], in_process.predict(frame))
+        pd.testing.assert_frame_equal(outputs[name], policy.predict_frame(frame))
+
+
+@pytest.mark.slow
+def test_spark_udf_as_docs_batch_md_shows_matches_predict_in_every_cell(
+    policy: PolicyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/batch.md's `spark_udf` example, run as written on text and on coded categoricals."""
+    pytest.importorskip("pyspark")
+    from mlflow.models import get_model_info
+    from pyspark.sql.functions import struct
+
+    from serving.batch.spark import spark_session
+
+    monkeypatch.setenv("WINBACK_MLRUNS_DIR", str(tmp_path / "mlruns"))
+    get_settings.cache_clear()
+    configure_tracking()
+    use_experiment("pyfunc-spark-udf")
+    with mlflow.start_run():
+        uri, _ = log_policy_model(policy, raw_frame(5, 9).astype({"zip_code": object}), tmp_path)
+    rows = raw_frame(3000, 10)
+    frames = {"text": rows, "codes": encoded(rows).astype({"recency": "int64"})}
+    expected = mlflow.pyfunc.load_model(uri).predict
+    spark = spark_session("local[2]", "winback-test-udf")
+    try:
+        for name, frame in frames.items():
+            path = tmp_path / f"{name}.parquet"
+            frame.assign(customer_id=[f"c{i:05d}" for i in range(len(frame))]).to_parquet(path)
+
+            # --- as in docs/batch.md
+            signature = get_model_info(uri).signature
+            udf = mlflow.pyfunc.spark_udf(spark, uri, env_manager="local")
+            features = spark.read.parquet(str(path))
+            scored = features.select(
+                "customer_id", udf(struct(*signature.inputs.input_names())).alias("scores")
+            ).select("customer_id", "scores.*")
+            # ---
+
+            fields = [(f.name, f.dataType) for f in udf.returnType.fields]  # type: ignore[attr-defined]
+            outputs = signature.outputs.as_spark_schema().fields
+            assert fields == [(f.name, f.dataType) for f in outputs]
+            got = scored.toPandas().sort_values("customer_id").reset_index(drop=True)
+            want = expected(frame)
+            assert list(got.columns) == ["customer_id", *want.columns]
+            assert want["best_offer"].nunique() > 1  # not one column repeated
+            got = got.drop(columns="customer_id").astype(want.dtypes.to_dict())
+            pd.testing.assert_frame_equal(got, want, check_exact=True)
+            assert got.size == 9 * 3000
+    finally:
+        spark.stop()
