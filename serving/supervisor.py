@@ -41,6 +41,16 @@ def exit_description(exitcode: int | None) -> str:
     return f"exited with code {exitcode}"
 
 
+def _exited_meanwhile(process: Process, wait: float = 1.0) -> bool:
+    """Whether a worker that failed its health check has in fact exited (waits up to `wait` s).
+
+    A worker killed from outside fails the ping at once (its end of the pipe is closed) and
+    may still count as alive for a moment, until the kernel lets it be reaped.
+    """
+    process.process.join(wait)
+    return process.exitcode is not None
+
+
 class Supervisor(Multiprocess):
     """uvicorn's multiprocess supervisor, logging why it replaces a worker."""
 
@@ -55,6 +65,8 @@ class Supervisor(Multiprocess):
                 why = exit_description(process.exitcode)
             elif process.ping(timeout):
                 continue
+            elif _exited_meanwhile(process):  # killed: its pipe broke before it was reaped
+                why = exit_description(process.exitcode)
             else:
                 why = (
                     f"did not answer the health check within {timeout} s (a worker still "
