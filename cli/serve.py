@@ -72,6 +72,21 @@ def _settings() -> ServingSettings:
         raise
 
 
+def _create_tracking_store_once() -> None:
+    """A new SQLite MLflow store is created here, before the workers start: workers that
+    each create its tables at the same moment fail MLflow's own migration ("Online migration
+    expected to match one row") and start rules only for a reason that is not the model's."""
+    from features.settings import get_settings
+
+    uri = get_settings().resolved_tracking_uri()
+    if not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists():
+        return
+    from mlflow.tracking import MlflowClient
+
+    Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address [WINBACK_HOST]")] = None,
@@ -96,6 +111,8 @@ def serve(
     except (ServingError, FeaturesError) as exc:
         fail(str(exc))
         return
+    if settings.model_uri:
+        _create_tracking_store_once()
     if not settings.api_keys:
         console.print("[yellow]warning:[/] no WINBACK_API_KEYS set: every /v1 call gets 401")
     console.print(
