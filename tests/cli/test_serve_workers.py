@@ -65,6 +65,7 @@ def busy_cpus() -> Iterator[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 @pytest.mark.skipif(not SCRIPT.exists(), reason="the winback console script is not installed")
 def test_two_workers_become_ready_while_every_cpu_is_busy(tmp_path: Path, busy_cpus: int) -> None:
     (tmp_path / "policy.yaml").write_text(POLICY_YAML, encoding="utf-8")
