@@ -107,6 +107,10 @@ def _print_frames(result: object) -> None:
             shown = f"{float(rate):.1%}" if rate else "—"
             table.add_row(frame, f"{int(n):,}" if n else "—", shown)
         console.print(table)
+    for part in ("train", "validation"):
+        if f"reactivation_{part}_sample" in meta:
+            sample = meta[f"reactivation_{part}_sample"]
+            console.print(f"{part} rows sampled: {sample}", highlight=False)
     if "margin_assumed" in meta:
         console.print(f"[yellow]margin assumed:[/] {meta['margin_assumed']}", highlight=False)
 

@@ -175,3 +175,28 @@ def test_promote_refuses_a_challenger_it_cannot_evaluate(shop: Path, store: Path
         promote(shop, model_name="future")
     forced = promote(shop, model_name="future", force=True)
     assert forced.promoted and "forced" in forced.reason
+
+
+def test_large_training_frames_are_a_customer_sample(
+    shop: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.fit as fit
+
+    inputs = load_training_inputs(shop, horizon_days=120, cutoff=DATE)
+    frame = inputs.reactivation
+    assert frame is not None
+    whole = reactivation_split(frame, seed=0)
+    monkeypatch.setattr(fit, "PROTOCOL_MAX_TRAIN_ROWS", int(whole.train.sum()) // 4)
+    a, b = reactivation_split(frame, seed=0), reactivation_split(frame, seed=0)
+    assert (a.train == b.train).all()  # seeded: the same sample every time
+    assert 0 < a.train.sum() < whole.train.sum() // 2
+    assert not (a.train & ~whole.train).any()
+    # every row of a sampled customer, none of the others
+    ids = frame.data.loc[whole.train.to_numpy(), c.CUSTOMER_ID]
+    chosen = frame.data.loc[a.train.to_numpy(), c.CUSTOMER_ID]
+    assert frame.data.loc[
+        whole.train.to_numpy() & frame.data[c.CUSTOMER_ID].isin(set(chosen)).to_numpy()
+    ].shape[0] == len(chosen)
+    assert len(set(ids)) > len(set(chosen))
+    assert (a.test == whole.test).all()  # the test rows are never sampled
+    assert "train_sample" in a.info
