@@ -11,7 +11,7 @@ excludes zero must have the truth's sign); then "covered k of n" (bar: k >= 18 o
 no sign error).
 
 Run: .venv/bin/python bench/bench_report_coverage.py [--campaigns 20] [--customers 20000]
-     [--waves 2] [--days-between 35] [--holdout-share 0.2] [--first-seed 100]
+     [--waves 1] [--days-between 35] [--holdout-share 0.2] [--first-seed 100]
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--campaigns", type=int, default=20)
     ap.add_argument("--customers", type=int, default=20_000)
-    ap.add_argument("--waves", type=int, default=2)
+    ap.add_argument("--waves", type=int, default=1)
     ap.add_argument("--days-between", type=int, default=35)
     ap.add_argument("--holdout-share", type=float, default=0.2)
     ap.add_argument("--first-seed", type=int, default=100)

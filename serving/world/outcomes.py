@@ -12,8 +12,9 @@ delivery events: the world has no delivery receipts). Every outcome is recorded 
 `serving.events.record_event`, the path of `POST /v1/events`.
 
 Between the end of the window and the next wave, customers who have not dropped out keep
-buying (Poisson at their rate); those orders only grow the world's history (the next wave's
-features), since no decision's window holds them.
+buying (Poisson at their rate). Those orders are recorded through the same path (no decision's
+window holds them, so the report ignores them), so the store, and a log exported from it,
+holds the same history as the snapshot of the next wave.
 """
 
 from __future__ import annotations
@@ -149,7 +150,19 @@ def draw_and_record(
         store, options, world, state, at, wave_id, rng, ids, contacted, channel, decision_id,
         converted_ts, posted,
     )  # fmt: skip
-    order_rows += _ongoing(world, state, at, until, wave_id, rng, ids, favourite)
+    ongoing = _ongoing(world, state, at, until, wave_id, rng, ids, favourite)
+    for eid, cid, at_ns, rev, mar, cat, _discount in ongoing:
+        when = pd.Timestamp(at_ns).to_pydatetime()
+        record_event(
+            store,
+            options,
+            EventRecord(event_id=str(eid), customer_id=str(cid), ts=when, type="order",
+                        revenue=rev, margin=mar,
+                        payload={c.CATEGORY: str(cat), c.DISCOUNT_AMOUNT: 0.0}),
+            received=when,
+        )  # fmt: skip
+    posted["ongoing order"] = len(ongoing)
+    order_rows += ongoing
     orders = pd.DataFrame(
         order_rows,
         columns=[
@@ -222,8 +235,8 @@ def _ongoing(
     rng: np.random.Generator,
     ids: np.ndarray,
     favourite: np.ndarray,
-) -> list[tuple[object, ...]]:
-    """Orders of still-active customers after the window until the next wave (history only)."""
+) -> list[tuple[str, str, np.datetime64, float, float, str, float]]:
+    """Orders of still-active customers after the window until the next wave."""
     start = at + timedelta(days=world.config.attribution_days)
     days = (until - start).total_seconds() / 86_400
     if days <= 0:
@@ -237,15 +250,15 @@ def _ongoing(
         wcfg.ORDER_VALUE_SIGMA * rng.standard_normal(len(cust)) - wcfg.ORDER_VALUE_SIGMA**2 / 2
     )
     base = pd.Timestamp(start).to_datetime64().astype("datetime64[ns]")
-    ts = base + (offs * 86_400e9).astype("timedelta64[ns]")
+    ts = base + (offs * 86_400e6).astype("timedelta64[us]")  # whole microseconds
     return [
         (
             f"{wave_id}-o{j}",
-            ids[i],
+            str(ids[i]),
             ts[j],
-            state.revenue_if_convert[i] * noise[j],
-            state.margin_if_convert[i] * noise[j],
-            favourite[i],
+            round(float(state.revenue_if_convert[i] * noise[j]), 2),
+            round(float(state.margin_if_convert[i] * noise[j]), 2),
+            str(favourite[i]),
             0.0,
         )
         for j, i in enumerate(cust)

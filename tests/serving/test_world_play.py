@@ -107,7 +107,7 @@ def test_outcomes_go_through_the_event_path(played: tuple[Path, Store, PlayResul
     assert {"order", "open"} <= types and "delivered" not in types
     orders = [e for e in events if e[0] == "order"]
     assert sum(1 for e in orders if e[1] is not None) > 10  # contacts' orders name them
-    assert sum(w.posted["order"] for w in result.waves) == len(orders)
+    assert sum(w.posted["order"] + w.posted["ongoing order"] for w in result.waves) == len(orders)
 
 
 def test_report_on_a_played_world_compares_like_with_like(
