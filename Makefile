@@ -26,9 +26,9 @@ $(STAMP): pyproject.toml
 # and promoted model, a serving snapshot, then the API in the foreground (Ctrl-C stops it).
 demo: demo-model
 	@echo "==> starting the API (2 workers; ready in a few seconds, Ctrl-C stops it)"
-	@echo "API on http://127.0.0.1:8000 -- try:"
+	@echo "API on http://127.0.0.1:8000 -- try (more in README.md, 'A tour after make demo'):"
 	@echo "  curl -s -H 'X-API-Key: $(DEMO_API_KEY)' -H 'content-type: application/json' \\"
-	@echo "       -d '{\"customer_id\": \"c000042\", \"channel\": \"auto\", \"dry_run\": true}' \\"
+	@echo "       -d '{\"customer_id\": \"c000210\", \"channel\": \"auto\", \"dry_run\": true}' \\"
 	@echo "       http://127.0.0.1:8000/v1/recommendations"
 	WINBACK_API_KEYS=$(DEMO_API_KEY) WINBACK_ADMIN_KEYS=$(DEMO_ADMIN_KEY) \
 	WINBACK_CATALOG_PATH=$(DEMO_DIR)/offers.yaml $(BIN)/winback serve --workers 2

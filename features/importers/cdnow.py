@@ -1,7 +1,8 @@
 """CDNOW purchase log (1997-1998) -> a winback data directory.
 
 The source has one whitespace-separated row per purchase record: `customer_id date
-number_of_cds dollar_value` (see /work/shared/data/cdnow/README.md). The mapping:
+number_of_cds dollar_value` (see ../shared/data/cdnow/README.md, relative to the repository
+root). The mapping:
 
 - `customers`: one row per customer id, exactly as written in the file (e.g. `00001`);
   `signup_ts` is the customer's first purchase date (the cohort is defined by first purchase).

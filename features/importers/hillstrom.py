@@ -3,7 +3,8 @@
 The source is a randomized experiment with pre-campaign features per customer and two-week
 outcomes, but no raw order or contact history, so it maps onto a modeling frame (the form that
 `winback features frames` builds from a data directory), not onto a data directory. The
-mapping (see /work/shared/data/hillstrom/README.md for the source):
+mapping (see ../shared/data/hillstrom/README.md, relative to the repository root, for the
+source):
 
 - one row per source row; `customer_id` is synthesized `h00001`, `h00002`, ... in file order.
 - `ts` = 2008-03-01, a *chosen* campaign date: the source gives none (it was published on
