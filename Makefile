@@ -10,6 +10,7 @@ DEMO_CUSTOMERS ?= 20000
 DEMO_AS_OF ?= 2025-01-01
 DEMO_API_KEY ?= demo-client-key
 DEMO_ADMIN_KEY ?= demo-admin-key
+DEMO_PLAY ?= data/demo-play
 
 .PHONY: demo demo-model test lint typecheck unit clean-env
 
@@ -34,18 +35,23 @@ demo: demo-model
 	WINBACK_CATALOG_PATH=$(DEMO_DIR)/offers.yaml $(BIN)/winback serve --workers 2
 
 demo-model: $(STAMP)
-	@echo "==> 1/5 generating a synthetic retailer: $(DEMO_CUSTOMERS) customers, seed 7 (typically 10 s)"
+	@echo "==> 1/6 generating a synthetic retailer: $(DEMO_CUSTOMERS) customers, seed 7 (typically 10 s)"
 	$(BIN)/winback generate --customers $(DEMO_CUSTOMERS) --seed 7 --out $(DEMO_DIR)
-	@echo "==> 2/5 checking it against the data contract (typically 10 s)"
+	@echo "==> 2/6 checking it against the data contract (typically 10 s)"
 	$(BIN)/winback validate $(DEMO_DIR)
-	@echo "==> 3/5 training the reactivation and offer-response models, logged to MLflow"
+	@echo "==> 3/6 training the reactivation and offer-response models, logged to MLflow"
 	@echo "    (typically 1 minute, 2 on a busy machine; each stage is printed as it starts)"
 	$(BIN)/winback train $(DEMO_DIR) --seed 7
-	@echo "==> 4/5 promoting the new model to champion if it beats the current one (typically 15 s)"
+	@echo "==> 4/6 promoting the new model to champion if it beats the current one (typically 15 s)"
 	$(BIN)/winback promote $(DEMO_DIR)
-	@echo "==> 5/5 the serving snapshot as of $(DEMO_AS_OF) with the champion's scores (typically 10 s)"
+	@echo "==> 5/6 the serving snapshot as of $(DEMO_AS_OF) with the champion's scores (typically 10 s)"
 	$(BIN)/winback features materialize $(DEMO_DIR) --as-of $(DEMO_AS_OF) \
 		--model models:/winback-policy@champion
+	@echo "==> 6/6 one campaign wave played on the world, which answers from its true response"
+	@echo "    model, recorded in its own store $(DEMO_PLAY) for the report (typically 30 s)"
+	rm -rf $(DEMO_PLAY)
+	WINBACK_DATABASE_URL=sqlite:///$(DEMO_PLAY)/winback.db WINBACK_CATALOG_PATH=$(DEMO_DIR)/offers.yaml \
+		$(BIN)/winback world play $(DEMO_DIR) --waves 1 --seed 7 --out $(DEMO_PLAY)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
