@@ -19,7 +19,6 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any, cast
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from features.build import build_customer_view
@@ -49,6 +48,7 @@ from tests.api.conftest import (
     make_snapshot,
     runtime_of,
 )
+from tests.conftest import postgres_schema
 from tests.factories import dataset, small_world
 
 CHAMPION = "models:/winback-policy@champion"
@@ -342,17 +342,8 @@ class TcpProxy:
 
 @pytest.fixture
 def pg_schema_url(database_url: str) -> Iterator[str]:
-    schema = f"winback_faults_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(database_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        u = make_url(database_url).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield u.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema(database_url) as url:
+        yield url
 
 
 @pytest.mark.postgres
