@@ -169,42 +169,34 @@ class DecisionContext(_In):
     trigger: Id | None = Field(None, description="e.g. browsed_category")
 
 
-class RecommendationRequest(_In):
+class _DecisionRequest(_In):
+    """What a single and a batch decision request share."""
+
+    channel: ChannelOrAuto = "auto"
+    context: DecisionContext = DecisionContext()
+    candidate_offer_ids: list[OfferId] | None = Field(None, min_length=1, max_length=64)
+    dry_run: StrictBool = False
+    request_id: Id | None = Field(
+        None,
+        description=(
+            "idempotency key: a repeat with the same body gets the decision(s) already "
+            "recorded under it (`recorded: true`), recorded once; the same key with a "
+            "different body is refused with 409 `idempotency_key_reused`. Dry runs record "
+            "nothing and are not keyed."
+        ),
+    )
+
+
+class RecommendationRequest(_DecisionRequest):
     """`POST /v1/recommendations`."""
 
     customer_id: Id
-    channel: ChannelOrAuto = "auto"
-    context: DecisionContext = DecisionContext()
-    candidate_offer_ids: list[OfferId] | None = Field(None, min_length=1, max_length=64)
-    dry_run: StrictBool = False
-    request_id: Id | None = Field(
-        None,
-        description=(
-            "idempotency key: a repeat with the same body gets the decision(s) already "
-            "recorded under it (`recorded: true`), recorded once; the same key with a "
-            "different body is refused with 409 `idempotency_key_reused`. Dry runs record "
-            "nothing and are not keyed."
-        ),
-    )
 
 
-class BatchRecommendationRequest(_In):
+class BatchRecommendationRequest(_DecisionRequest):
     """`POST /v1/recommendations/batch`: one decision per customer, same channel and context."""
 
     customer_ids: list[Id] = Field(min_length=1, json_schema_extra={"uniqueItems": True})
-    channel: ChannelOrAuto = "auto"
-    context: DecisionContext = DecisionContext()
-    candidate_offer_ids: list[OfferId] | None = Field(None, min_length=1, max_length=64)
-    dry_run: StrictBool = False
-    request_id: Id | None = Field(
-        None,
-        description=(
-            "idempotency key: a repeat with the same body gets the decision(s) already "
-            "recorded under it (`recorded: true`), recorded once; the same key with a "
-            "different body is refused with 409 `idempotency_key_reused`. Dry runs record "
-            "nothing and are not keyed."
-        ),
-    )
 
 
 class ExcludedOffer(BaseModel):
