@@ -199,7 +199,8 @@ def test_a_fresh_virtualenv_loads_and_predicts_from_the_model_alone(
     policy: PolicyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What `mlflow models serve --env-manager virtualenv` builds: a new environment with only
-    the model's requirements.txt installed (from the pip cache); winback is not in it."""
+    the model's requirements.txt installed (from the pip cache); winback is not in it. The model
+    loads and predicts there, and `mlflow models serve` from it answers the same."""
     monkeypatch.setenv("WINBACK_MLRUNS_DIR", str(tmp_path / "mlruns"))
     get_settings.cache_clear()
     configure_tracking()
@@ -234,6 +235,55 @@ def test_a_fresh_virtualenv_loads_and_predicts_from_the_model_alone(
     for name, frame in inputs.items():
         pd.testing.assert_frame_equal(outputs[name], in_process.predict(frame))
         pd.testing.assert_frame_equal(outputs[name], policy.predict_frame(frame))
+
+    # and `mlflow models serve` from that environment answers /invocations the same
+    served = _serve_and_predict(env_dir, model_dir, inputs["text"], tmp_path)
+    expected = in_process.predict(inputs["text"])
+    pd.testing.assert_frame_equal(
+        served[list(expected.columns)], expected, check_dtype=False, rtol=1e-12
+    )
+
+
+def _serve_and_predict(
+    env_dir: Path, model_dir: Path, frame: pd.DataFrame, tmp_path: Path
+) -> pd.DataFrame:
+    """`mlflow models serve --env-manager local` run from `env_dir`; the answer to `frame`."""
+    import json
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env.get('PATH', '')}"  # as if activated
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(
+        [str(env_dir / "bin" / "mlflow"), "models", "serve", "-m", str(model_dir),
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    body = json.dumps({"dataframe_split": json.loads(frame.to_json(orient="split"))}).encode()
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/invocations",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    return pd.DataFrame(json.loads(resp.read())["predictions"])
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+                time.sleep(1)
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
 
 
 @pytest.mark.slow
