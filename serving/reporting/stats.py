@@ -11,6 +11,17 @@ so when one customer appears in several waves their outcomes are not independent
 row's customer (`clusters`), the normal interval uses a cluster-robust (CR1, Liang-Zeger)
 standard error of the difference in means, summing each customer's residuals before squaring.
 With one row per customer it reduces to the Welch standard error (times G/(G-1)).
+
+Small arms of skewed outcomes. Margins are mostly zero with a few large orders, and a holdout
+is small (5% of would-be contacts): a holdout of 30 customers with a 4% conversion rate holds
+one order or none, and its sample variance is then near zero exactly when its mean is too low.
+Welch's interval covered the true difference only 56-89% of the time in such designs (30 to
+230 holdouts; `tests/serving/test_report_intervals.py`). Both arms are random draws from the
+same customers, so each arm's variance is floored at the pooled variance of the two arms
+(per customer, with the clustering's design effect), and the quantile is Student's t with
+min(customers per arm) - 1 degrees of freedom. Never narrower than Welch's; with large arms of
+similar spread it is Welch's interval. The bootstrap interval is widened to at least this one
+(resampling a holdout without a single order cannot see the orders it missed).
 """
 
 from __future__ import annotations
@@ -71,28 +82,70 @@ def _boot(x: FloatArray, rng: np.random.Generator, n_boot: int) -> FloatArray:
     return np.concatenate(means)
 
 
+def _cluster_sums(w: FloatArray, ids: npt.NDArray[np.object_]) -> FloatArray:
+    _, code = np.unique(ids.astype(str), return_inverse=True)
+    return np.bincount(code, weights=w).astype(np.float64)
+
+
+def _cr1(u: FloatArray) -> float:
+    g = len(u)
+    return float(np.sum(u**2)) * g / (g - 1) if g >= 2 else math.nan
+
+
 def clustered_se(
     t: FloatArray,
     h: FloatArray,
     t_clusters: npt.NDArray[np.object_],
     h_clusters: npt.NDArray[np.object_],
 ) -> float:
-    """Cluster-robust (CR1) standard error of mean(t) - mean(h).
+    """Cluster-robust (CR1) standard error of mean(t) - mean(h), without the pooled floor.
 
     The difference is a weighted sum of rows (1/n_t for treated, -1/n_h for holdout); its
     variance is the sum over clusters of the squared weighted residual sums, times G/(G-1).
     A cluster may hold rows of both arms.
     """
-    w = np.concatenate([(t - t.mean()) / len(t), -(h - h.mean()) / len(h)])
-    ids = np.concatenate(
-        [np.asarray(t_clusters, dtype=object), np.asarray(h_clusters, dtype=object)]
-    )
-    _, code = np.unique(ids.astype(str), return_inverse=True)
-    u = np.bincount(code, weights=w)
-    g = len(u)
-    if g < 2:
-        return math.nan
-    return math.sqrt(float(np.sum(u**2)) * g / (g - 1))
+    return math.sqrt(_clustered_var(t, h, t_clusters, h_clusters)[0])
+
+
+def _clustered_var(
+    t: FloatArray,
+    h: FloatArray,
+    t_clusters: npt.NDArray[np.object_],
+    h_clusters: npt.NDArray[np.object_],
+) -> tuple[float, float, float]:
+    """(CR1 variance of the difference, CR1 variance of mean(t), of mean(h))."""
+    wt, wh = (t - t.mean()) / len(t), -(h - h.mean()) / len(h)
+    tc, hc = np.asarray(t_clusters, dtype=object), np.asarray(h_clusters, dtype=object)
+    joint = _cr1(_cluster_sums(np.concatenate([wt, wh]), np.concatenate([tc, hc])))
+    return joint, _cr1(_cluster_sums(wt, tc)), _cr1(_cluster_sums(wh, hc))
+
+
+def floored_interval(
+    t: FloatArray,
+    h: FloatArray,
+    t_clusters: npt.NDArray[np.object_] | None = None,
+    h_clusters: npt.NDArray[np.object_] | None = None,
+) -> tuple[float, float]:
+    """The 95% interval of mean(t) - mean(h) with each arm's variance floored at the pooled
+    one and a Student-t quantile (the module docstring says why)."""
+    n_t, n_h = len(t), len(h)
+    if t_clusters is not None and h_clusters is not None:
+        joint, v_t, v_h = _clustered_var(t, h, t_clusters, h_clusters)
+        g_t = len(np.unique(np.asarray(t_clusters, dtype=object).astype(str)))
+        g_h = len(np.unique(np.asarray(h_clusters, dtype=object).astype(str)))
+    else:
+        v_t, v_h = t.var(ddof=1) / n_t, h.var(ddof=1) / n_h
+        joint, g_t, g_h = v_t + v_h, n_t, n_h
+    if not all(math.isfinite(v) for v in (joint, v_t, v_h)) or min(g_t, g_h) < 2:
+        return math.nan, math.nan
+    s_t, s_h = v_t * n_t, v_h * n_h  # per-row variance, the clustering's design effect included
+    pooled = (n_t * s_t + n_h * s_h) / (n_t + n_h)
+    var = joint + max(0.0, pooled - s_t) / n_t + max(0.0, pooled - s_h) / n_h
+    est = float(t.mean() - h.mean())
+    from scipy.special import stdtrit  # the t quantile; scipy.stats costs 0.5 s to import
+
+    half = float(stdtrit(min(g_t, g_h) - 1, 0.975)) * math.sqrt(var)
+    return est - half, est + half
 
 
 def difference(
@@ -111,13 +164,15 @@ def difference(
     Args:
         treated: per-unit outcome of the contacted group (0/1 conversions, or margins).
         holdout: the same outcome for the randomized holdout.
-        method: `normal` (Welch standard error, the default) or `bootstrap` (percentile
-            interval over `n_boot` resamples of each group, drawn with `seed`).
+        method: `normal` (the default: Welch's or the cluster-robust standard error with each
+            arm's variance floored at the pooled one, Student-t quantile) or `bootstrap` (the
+            percentile interval over `n_boot` resamples of each group, drawn with `seed`,
+            widened to at least the normal one).
         min_group: fewest units per group before anything is concluded.
         seed: seed of the bootstrap resampling.
         n_boot: number of bootstrap resamples.
         treated_clusters, holdout_clusters: the customer of each row; with them the normal
-            interval is cluster-robust (`clustered_se`). The bootstrap resamples rows.
+            interval is cluster-robust. The bootstrap resamples rows.
     """
     t = np.asarray(treated, dtype=float)
     h = np.asarray(holdout, dtype=float)
@@ -130,18 +185,14 @@ def difference(
     if n_t < 2 or n_h < 2:
         return _nan_difference(n_t, n_h)
     est = float(t.mean() - h.mean())
-    if method == "normal":
-        if clustered:
-            se = clustered_se(t, h, tc, hc)
-        else:
-            se = math.sqrt(t.var(ddof=1) / n_t + h.var(ddof=1) / n_h)
-        lo, hi = est - Z_95 * se, est + Z_95 * se
-    elif method == "bootstrap":
-        rng = np.random.default_rng(seed)
-        lo, hi = (float(q) for q in np.quantile(_boot(t, rng, n_boot) - _boot(h, rng, n_boot),
-                                                [0.025, 0.975]))  # fmt: skip
-    else:
+    if method not in ("normal", "bootstrap"):
         raise ReportError(f"method: must be 'normal' or 'bootstrap', got {method!r}")
+    lo, hi = floored_interval(t, h, tc, hc) if clustered else floored_interval(t, h)
+    if method == "bootstrap":
+        rng = np.random.default_rng(seed)
+        b_lo, b_hi = (float(q) for q in np.quantile(_boot(t, rng, n_boot) - _boot(h, rng, n_boot),
+                                                    [0.025, 0.975]))  # fmt: skip
+        lo, hi = min(lo, b_lo), max(hi, b_hi)
     return Difference(est, lo, hi, n_t, n_h, conclude(lo, hi, n_t, n_h, min_group))
 
 
