@@ -81,11 +81,20 @@ def jsonable(value: Any) -> Any:
 
 
 def _definitions(o: ReportOptions) -> dict[str, Any]:
-    ci = "95% normal approximation (Welch)" if o.method == "normal" else "95% seeded bootstrap"
+    floor = (
+        "each arm's variance floored at the pooled variance of both arms, Student-t quantile "
+        "with min(customers per arm) - 1 degrees of freedom (a small holdout of mostly-zero "
+        "margins otherwise gives intervals that are far too narrow)"
+    )
+    ci = (
+        f"95%, clustered by customer (cluster-robust standard error); {floor}"
+        if o.method == "normal"
+        else f"95% seeded bootstrap resampling decisions, widened to at least the normal "
+        f"interval ({floor})"
+    )
     return {
         **asdict(o),
-        "confidence_interval": ci
-        + (", clustered by customer" if o.method == "normal" else ", resampling decisions"),
+        "confidence_interval": ci,
         "contact": "an offer or message decision (dry runs excluded)",
         "holdout": (
             "a holdout decision: the randomized control, which receives nothing; drawn only "

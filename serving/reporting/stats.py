@@ -15,7 +15,7 @@ With one row per customer it reduces to the Welch standard error (times G/(G-1))
 Small arms of skewed outcomes. Margins are mostly zero with a few large orders, and a holdout
 is small (5% of would-be contacts): a holdout of 30 customers with a 4% conversion rate holds
 one order or none, and its sample variance is then near zero exactly when its mean is too low.
-Welch's interval covered the true difference only 56-89% of the time in such designs (30 to
+Welch's interval covered the true difference only 56-89% of the time in such designs (20 to
 230 holdouts; `tests/serving/test_report_intervals.py`). Both arms are random draws from the
 same customers, so each arm's variance is floored at the pooled variance of the two arms
 (per customer, with the clustering's design effect), and the quantile is Student's t with
