@@ -145,6 +145,16 @@ def build_report(
             notes.append(f"{dim}: not recorded for any contact in the decision log")
             continue
         groups[dim] = m.group_table(out, dim, reported=reported, **kw)
+    repeat = int((out.groupby("customer_id")["wave"].nunique() > 1).sum()) if len(out) else 0
+    if repeat:
+        notes.append(
+            f"repeat waves: {repeat} customers were decided for in more than one wave. The "
+            "holdout is stable per customer, so from a customer's second wave on the contacted "
+            "and the held-out have different histories (customers an earlier contact won back "
+            "leave the contacted pool; the held-out keep theirs): per-contact figures of later "
+            "waves lean low (measured on played worlds in bench/README.md); the first wave's "
+            "figures do not"
+        )
     as_of = ev["ts"].max() if len(ev) else None
     calib = m.calibration(out)
     if not calib:

@@ -147,3 +147,16 @@ def test_clustered_interval_widens_when_customers_repeat() -> None:
     width = twice.ci_high - twice.ci_low
     assert width == pytest.approx(once.ci_high - once.ci_low, rel=0.01)
     assert width == pytest.approx(math.sqrt(2) * (naive.ci_high - naive.ci_low), rel=0.02)
+
+
+def test_customers_in_several_waves_get_the_later_wave_note(make_store: object) -> None:
+    store = make_store()  # type: ignore[operator]
+    first = report_summary(store)
+    assert not any(n.startswith("repeat waves") for n in first["notes"])
+    later = T0 + timedelta(days=35)
+    rows = logged_decision("t-again", "t0", later, treated=True, campaign_id="c", stage=2,
+                           value_tier="mid")  # fmt: skip
+    with Session(store.engine) as s, s.begin():
+        s.add_all(rows)
+    notes = report_summary(store)["notes"]
+    assert any(n.startswith("repeat waves: 1 customers") for n in notes)
