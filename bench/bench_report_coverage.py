@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -108,6 +109,7 @@ def main() -> None:
         f"{'95% CI':>19} {'truth':>8} {'covered':>8} {'sign':>9} {'s':>5}"
     )
     covered = sign_errors = excluded = 0
+    gaps: list[float] = []
     wave_intervals = wave_covered = 0
     for k in range(args.campaigns):
         world_seed, play_seed = args.first_seed + k, 1000 + args.first_seed + k
@@ -115,6 +117,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="winback-coverage-") as tmp:
             r = campaign(Path(tmp), world_seed, play_seed, args)
         ok = r["lo"] <= r["truth"] <= r["hi"]
+        gaps.append(r["estimate"] - r["truth"])
         wave_intervals += len(r["per_wave"])
         wave_covered += sum(lo <= t <= hi for lo, hi, t in r["per_wave"])
         covered += ok
@@ -135,6 +138,11 @@ def main() -> None:
     print(
         f"covered {covered} of {n} (bar: at least {int(0.9 * n)}); "
         f"{excluded} intervals exclude zero, {sign_errors} with the wrong sign (bar: 0)"
+    )
+    sd = statistics.stdev(gaps) if len(gaps) > 1 else float("nan")
+    print(
+        f"estimate - truth: mean {statistics.fmean(gaps):+.3f}, "
+        f"standard error {sd / len(gaps) ** 0.5:.3f} over {len(gaps)} campaigns"
     )
     if args.waves > 1:
         print(
