@@ -237,15 +237,22 @@ def customer_states(
 
 
 # The live state one contact is checked against inside its recording transaction (after the
-# customer's lock): the channel's consent in force and the latest preferences, one statement.
+# customer's lock): the channel's consent in force, the latest preferences and the contacts
+# that count against the caps, in one statement.
+_NULL_S = "CAST(NULL AS VARCHAR)"
 _CONTACT_GUARD_SQL = f"""
-SELECT 'k' AS kind, status AS s1, CAST(NULL AS TEXT) AS j, CAST(NULL AS INTEGER) AS n1,
-       CAST(NULL AS INTEGER) AS n2, ts, id
+SELECT 'k' AS kind, status AS s1, {_NULL_S} AS s2, {_NULL_S} AS s3, {_NULL_S} AS s4,
+       CAST(NULL AS TEXT) AS j, CAST(NULL AS INTEGER) AS n1, CAST(NULL AS INTEGER) AS n2, ts, id
 FROM consent_history
 WHERE customer_id = :cid AND channel = :channel AND {_IN_FORCE}
 UNION ALL
-SELECT 'p', source, CAST(channels AS TEXT), max_contacts, per_days, ts, id
+SELECT 'p', source, {_NULL_S}, {_NULL_S}, {_NULL_S}, CAST(channels AS TEXT), max_contacts,
+       per_days, ts, id
 FROM preferences_history WHERE customer_id = :cid
+UNION ALL
+SELECT 'c', channel, offer_id, contact_id, campaign_id, CAST(NULL AS TEXT), stage,
+       CAST(NULL AS INTEGER), ts, CAST(NULL AS INTEGER)
+FROM contacts WHERE customer_id = :cid AND status = :sent AND ts > :since
 ORDER BY kind, ts DESC, id DESC
 """
 
@@ -259,10 +266,15 @@ def _contact_guard_statement() -> TextualSelect:
             bindparam("channel", type_=String()),
             bindparam("now", type_=DateTime()),
             bindparam("opted_out", type_=String()),
+            bindparam("sent", type_=String()),
+            bindparam("since", type_=DateTime()),
         )
         .columns(
             kind=String(),
             s1=String(),
+            s2=String(),
+            s3=String(),
+            s4=String(),
             j=Text(),
             n1=Integer(),
             n2=Integer(),
@@ -273,20 +285,32 @@ def _contact_guard_statement() -> TextualSelect:
 
 
 def contact_guard(
-    s: Connection, customer_id: str, channel: str, now: datetime
-) -> tuple[str | None, Preferences | None]:
-    """(consent status of `channel` in force at `now` or None, latest preferences or None)."""
+    s: Connection, customer_id: str, channel: str, now: datetime, since: datetime
+) -> tuple[str | None, Preferences | None, list[ContactRow]]:
+    """(consent status of `channel` in force at `now` or None, latest preferences or None,
+    the customer's contacts with status `sent` and `ts > since`, oldest first)."""
     status: str | None = None
     prefs: Preferences | None = None
+    past: list[ContactRow] = []
     rows = s.execute(
         _contact_guard_statement(),
-        {"cid": customer_id, "channel": channel, "now": now, "opted_out": OPTED_OUT},
+        {
+            "cid": customer_id,
+            "channel": channel,
+            "now": now,
+            "opted_out": OPTED_OUT,
+            "sent": SENT,
+            "since": since,
+        },
     ).all()
-    for kind, s1, j, n1, n2, ts, _ in rows:  # newest first within each kind
-        if kind == "k" and status is None:
+    for kind, s1, s2, s3, s4, j, n1, n2, ts, _ in rows:  # newest first within each kind
+        if kind == "c":
+            past.append(ContactRow(ts, s1, s2, s3, n1, s4))
+        elif kind == "k" and status is None:
             status = s1
         elif kind == "p" and prefs is None:
             channels = json.loads(j) if j is not None else None
             chans = tuple(channels) if channels is not None else None
             prefs = Preferences(customer_id, ts, chans, n1, n2, s1)
-    return status, prefs
+    past.reverse()
+    return status, prefs, past

@@ -23,13 +23,29 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Engine,
+    String,
+    bindparam,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from features.constants import CHANNELS, CONSENT_STATUSES, OPTED_OUT
-from serving.errors import DuplicateDecisionError, StoreError, StoreUnavailableError
+from serving.errors import (
+    DuplicateDecisionError,
+    IdempotencyKeyTakenError,
+    StoreError,
+    StoreUnavailableError,
+)
 from serving.store import queries
 from serving.store.caps import (
     CHANNEL_OFF_BY_PREFERENCE,
@@ -57,6 +73,7 @@ from serving.store.records import (
     DecisionRecord,
     EventRecord,
     EventResult,
+    IdempotencyClaim,
     Preferences,
     RecordResult,
     utc_naive,
@@ -71,6 +88,20 @@ _DECISIONS: Final = Decision.metadata.tables["decisions"]
 _CONTACTS: Final = Contact.metadata.tables["contacts"]
 _INSERT_DECISION: Final = insert(_DECISIONS)  # built once: the request path reuses them
 _INSERT_CONTACT: Final = insert(_CONTACTS)
+# Storing an idempotency key unless it exists (SQLite >= 3.35 and PostgreSQL both take this
+# spelling); RETURNING yields no row when the key was there.
+_CLAIM_KEY: Final = text(
+    "INSERT INTO idempotency_keys (key, fingerprint, endpoint, ts) "
+    "VALUES (:key, :fingerprint, :endpoint, :ts) ON CONFLICT (key) DO NOTHING RETURNING key"
+).bindparams(
+    bindparam("key", type_=String()),
+    bindparam("fingerprint", type_=String()),
+    bindparam("endpoint", type_=String()),
+    bindparam("ts", type_=DateTime()),
+)
+_KEY_FINGERPRINT: Final = select(IdempotencyKey.fingerprint, IdempotencyKey.endpoint).where(
+    IdempotencyKey.key == bindparam("key")
+)
 
 
 def _utc_now() -> datetime:
@@ -209,20 +240,35 @@ class Store:
 
     # --- decisions and contacts -------------------------------------------------------------
     def record_decision(
-        self, decision: DecisionRecord, caps: ContactCaps | None = None
+        self,
+        decision: DecisionRecord,
+        caps: ContactCaps | None = None,
+        claim: IdempotencyClaim | None = None,
     ) -> RecordResult:
-        """Append a decision; one that implies a contact goes through `try_record_contact`."""
+        """Append a decision; one that implies a contact goes through `try_record_contact`.
+
+        With a `claim`, its idempotency key is stored in the same transaction.
+
+        Raises:
+            IdempotencyKeyTakenError: the claimed key exists (nothing was written).
+            DuplicateDecisionError: the decision id was recorded before.
+        """
         if decision.implies_contact:
-            return self.try_record_contact(decision, caps or ContactCaps())
+            return self.try_record_contact(decision, caps or ContactCaps(), claim=claim)
         try:
             with self._connection(write=True) as s:
+                self._claim(s, claim)
                 s.execute(_INSERT_DECISION, _decision_row(decision))
         except StoreError as exc:
             raise self._duplicate_or(exc, decision.decision_id) from None
         return RecordResult(recorded=True, decision_id=decision.decision_id)
 
     def try_record_contact(
-        self, decision: DecisionRecord, caps: ContactCaps, now: datetime | None = None
+        self,
+        decision: DecisionRecord,
+        caps: ContactCaps,
+        now: datetime | None = None,
+        claim: IdempotencyClaim | None = None,
     ) -> RecordResult:
         """Check the caps and record the decision plus its contact, in one transaction.
 
@@ -230,10 +276,16 @@ class Store:
             decision: an `offer` or `message` decision with a channel.
             caps: the limits, already tightened by the customer's preferences.
             now: the time the caps are checked at; defaults to `decision.ts`.
+            claim: an idempotency key to store in the same transaction (after the
+                customer's lock: every transaction takes the lock before any key, so two
+                cannot wait on each other). It is stored even when a cap blocks the contact.
 
         Returns:
             `recorded=True` with the contact id, or `recorded=False` with the reason code of
-            the first cap that blocks it (nothing is written then).
+            the first cap that blocks it (nothing but the claimed key is written then).
+
+        Raises:
+            IdempotencyKeyTakenError: the claimed key exists (nothing was written).
         """
         if not decision.implies_contact or not decision.channel:
             raise StoreError(
@@ -247,19 +299,24 @@ class Store:
         try:
             with self._connection(write=True) as s:
                 self._lock_customer(s, decision.customer_id)
-                # Consent and preferences are read again under the lock: an opt-out or a
-                # preference change acknowledged after the engine read its state (but before
-                # this lock) must still stop this contact. Writers of both take the same lock.
-                status, prefs = queries.contact_guard(s, decision.customer_id, decision.channel, at)
+                self._claim(s, claim)
+                # Consent, preferences and the counted contacts are read under the lock, in
+                # one statement: an opt-out or a preference change acknowledged after the
+                # engine read its state (but before this lock) must still stop this contact.
+                # Writers of both take the same lock.
+                status, prefs, past = queries.contact_guard(
+                    s, decision.customer_id, decision.channel, at, at - caps.horizon
+                )
                 blocked = consent_blocks(status, prefs, decision.channel)
                 if blocked is None:
-                    caps = caps.for_preferences(prefs)
-                    past = queries.counted_contacts(
-                        s, [decision.customer_id], at - caps.horizon
-                    ).get(decision.customer_id, [])
-                    blocked = check_caps(past, caps, at, decision.channel, offer)
+                    own = caps.for_preferences(prefs)
+                    if own.horizon > caps.horizon:  # the customer's own window reaches further
+                        past = queries.counted_contacts(
+                            s, [decision.customer_id], at - own.horizon
+                        ).get(decision.customer_id, [])
+                    blocked = check_caps(past, own, at, decision.channel, offer)
                 if blocked is not None:
-                    code, detail = blocked  # nothing written: the commit only frees the lock
+                    code, detail = blocked  # nothing written but the claim: commit frees the lock
                     return RecordResult(False, decision.decision_id, reason=code, detail=detail)
                 # Core inserts, decision first (the contact refers to it): no ORM unit of work.
                 s.execute(_INSERT_DECISION, _decision_row(decision))
@@ -281,6 +338,23 @@ class Store:
             raise self._duplicate_or(exc, decision.decision_id) from None
         return RecordResult(True, decision.decision_id, contact_id=decision.decision_id)
 
+    @staticmethod
+    def _claim(s: Connection, claim: IdempotencyClaim | None) -> None:
+        """Store `claim`'s key in this transaction, or raise if it exists."""
+        if claim is None:
+            return
+        row = s.execute(
+            _CLAIM_KEY,
+            {
+                "key": claim.key,
+                "fingerprint": claim.fingerprint,
+                "endpoint": claim.endpoint,
+                "ts": utc_naive(claim.ts),
+            },
+        ).first()
+        if row is None:
+            raise IdempotencyKeyTakenError(claim.key)
+
     def _duplicate_or(self, exc: StoreError, decision_id: str) -> StoreError:
         if isinstance(exc, _ConstraintError) and self.decision_exists(decision_id):
             return DuplicateDecisionError(f"decision_id: {decision_id!r} was already recorded")
@@ -292,40 +366,34 @@ class Store:
         """(reason code, detail) if the live consent or preferences now forbid a contact on
         `channel`, else None: the check `try_record_contact` makes, for a decision replayed
         from the log (a repeat must never answer "send" after an opt-out)."""
+        at = utc_naive(now)
         with self._connection(write=False) as s:
-            status, prefs = queries.contact_guard(s, customer_id, channel, utc_naive(now))
+            status, prefs, _ = queries.contact_guard(s, customer_id, channel, at, at)
         return consent_blocks(status, prefs, channel)
 
     # --- idempotency keys -------------------------------------------------------------------
     def idempotency_fingerprint(self, key: str) -> tuple[str, str] | None:
         """(fingerprint, endpoint) stored for `key`, or None when the key is new."""
         with self._connection(write=False) as s:
-            row = s.execute(
-                select(IdempotencyKey.fingerprint, IdempotencyKey.endpoint).where(
-                    IdempotencyKey.key == key
-                )
-            ).first()
+            row = s.execute(_KEY_FINGERPRINT, {"key": key}).first()
         return (row[0], row[1]) if row is not None else None
 
     def claim_idempotency_key(
         self, key: str, fingerprint: str, endpoint: str, ts: datetime
     ) -> tuple[str, str] | None:
-        """Store `key` with its request's fingerprint unless it exists.
+        """Store `key` with its request's fingerprint unless it exists (its own transaction;
+        the request path claims inside the recording transaction instead).
 
         Returns:
             None when this call stored it, else the (fingerprint, endpoint) stored before
             (by an earlier or a concurrent request).
         """
-        with self._session(write=True) as s:
-            stmt = (
-                self._insert(IdempotencyKey)
-                .values(key=key, fingerprint=fingerprint, endpoint=endpoint, ts=utc_naive(ts))
-                .on_conflict_do_nothing(index_elements=["key"])
-                .returning(IdempotencyKey.key)
-            )
-            if s.execute(stmt).scalar_one_or_none() is not None:
-                return None
-        return self.idempotency_fingerprint(key)
+        try:
+            with self._connection(write=True) as s:
+                self._claim(s, IdempotencyClaim(key, fingerprint, endpoint, ts))
+            return None
+        except IdempotencyKeyTakenError:
+            return self.idempotency_fingerprint(key)
 
     def decision_exists(self, decision_id: str) -> bool:
         with self._session(write=False) as s:
