@@ -25,12 +25,9 @@ from typing import Any, Final
 
 from sqlalchemy import (
     Connection,
-    DateTime,
     Engine,
-    String,
     bindparam,
     func,
-    insert,
     select,
     text,
     update,
@@ -54,6 +51,8 @@ from serving.store.caps import (
     check_caps,
 )
 from serving.store.engine import WRITE_OPTION, create_store_engine, gated
+from serving.store.hotpath import ConstraintError, HotPath
+from serving.store.hotpath import Cursor as HotCursor
 from serving.store.models import (
     CONTACT_STATUSES,
     NOT_SENT,
@@ -83,22 +82,39 @@ OPT_OUT_EVENTS = ("unsubscribe", "complaint")
 RELEASE_EVENTS = ("not_sent",)
 
 
-# The tables behind the ORM classes, for Core inserts on the request path.
-_DECISIONS: Final = Decision.metadata.tables["decisions"]
-_CONTACTS: Final = Contact.metadata.tables["contacts"]
-_INSERT_DECISION: Final = insert(_DECISIONS)  # built once: the request path reuses them
-_INSERT_CONTACT: Final = insert(_CONTACTS)
+# The request path's writes, as plain SQL for `serving.store.hotpath` (`:name` parameters;
+# JSON columns get their placeholder from the dialect).
+_DECISION_COLUMNS: Final = tuple(Decision.metadata.tables["decisions"].c.keys())
+_JSON_COLUMNS: Final = ("reasons", "scores", "excluded")
+_CONTACT_COLUMNS: Final = (
+    "contact_id",
+    "decision_id",
+    "customer_id",
+    "ts",
+    "channel",
+    "offer_id",
+    "campaign_id",
+    "stage",
+    "status",
+)
+_INSERT_CONTACT_SQL: Final = (
+    f"INSERT INTO contacts ({', '.join(_CONTACT_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in _CONTACT_COLUMNS)})"
+)
 # Storing an idempotency key unless it exists (SQLite >= 3.35 and PostgreSQL both take this
 # spelling); RETURNING yields no row when the key was there.
-_CLAIM_KEY: Final = text(
+_CLAIM_KEY_SQL: Final = (
     "INSERT INTO idempotency_keys (key, fingerprint, endpoint, ts) "
     "VALUES (:key, :fingerprint, :endpoint, :ts) ON CONFLICT (key) DO NOTHING RETURNING key"
-).bindparams(
-    bindparam("key", type_=String()),
-    bindparam("fingerprint", type_=String()),
-    bindparam("endpoint", type_=String()),
-    bindparam("ts", type_=DateTime()),
 )
+_LOCK_CUSTOMER_SQL: Final = "SELECT pg_advisory_xact_lock(hashtextextended(:cid, 0))"
+
+
+def _insert_decision_sql(hot: HotPath) -> str:
+    values = [hot.json(c) if c in _JSON_COLUMNS else f":{c}" for c in _DECISION_COLUMNS]
+    return f"INSERT INTO decisions ({', '.join(_DECISION_COLUMNS)}) VALUES ({', '.join(values)})"
+
+
 _KEY_FINGERPRINT: Final = select(IdempotencyKey.fingerprint, IdempotencyKey.endpoint).where(
     IdempotencyKey.key == bindparam("key")
 )
@@ -123,35 +139,34 @@ def consent_blocks(
     return None
 
 
-class _ConstraintError(StoreError):
-    """An integrity constraint failed (translated to a public error where it has meaning)."""
+_ConstraintError = ConstraintError  # an integrity constraint failed (mapped where it has meaning)
 
 
-def _decision_row(d: DecisionRecord) -> dict[str, Any]:
-    """The `decisions` row of a record, as Core insert parameters (no ORM object)."""
-    return dict(
-        decision_id=d.decision_id,
-        request_id=d.request_id,
-        customer_id=d.customer_id,
-        ts=utc_naive(d.ts),
-        action=d.action,
-        offer_id=d.offer_id,
-        channel=d.channel,
-        stage=d.stage,
-        propensity=d.propensity,
-        expected_value=d.expected_value,
-        reasons=list(d.reasons),
-        scores=dict(d.scores) if d.scores is not None else None,
-        excluded=list(d.excluded) if d.excluded is not None else None,
-        model_version=d.model_version,
-        policy_version=d.policy_version,
-        campaign_id=d.campaign_id,
-        dry_run=d.dry_run,
-        value_tier=d.value_tier,
-        lapse_state=d.lapse_state,
-        p_convert=d.p_convert,
-        replaced_propensity=d.replaced_propensity,
-    )
+def _decision_row(hot: HotPath, d: DecisionRecord) -> dict[str, Any]:
+    """The `decisions` row of a record, as `hotpath` parameters (types as the ORM stores)."""
+    return {
+        "decision_id": d.decision_id,
+        "request_id": d.request_id,
+        "customer_id": d.customer_id,
+        "ts": hot.ts(utc_naive(d.ts)),
+        "action": d.action,
+        "offer_id": d.offer_id,
+        "channel": d.channel,
+        "stage": d.stage,
+        "propensity": d.propensity,
+        "expected_value": d.expected_value,
+        "reasons": hot.json_text(list(d.reasons)),
+        "scores": hot.json_text(dict(d.scores) if d.scores is not None else None),
+        "excluded": hot.json_text(list(d.excluded) if d.excluded is not None else None),
+        "model_version": d.model_version,
+        "policy_version": d.policy_version,
+        "campaign_id": d.campaign_id,
+        "dry_run": hot.flag(d.dry_run),
+        "value_tier": d.value_tier,
+        "lapse_state": d.lapse_state,
+        "p_convert": d.p_convert,
+        "replaced_propensity": d.replaced_propensity,
+    }
 
 
 BUDGET_CACHE_SECONDS: Final = 1.0
@@ -163,6 +178,8 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._hot = HotPath(engine)
+        self._insert_decision = _insert_decision_sql(self._hot)
         self._budget_cache: dict[tuple[tuple[str, ...], date], tuple[float, Any]] = {}
         self._budget_lock = threading.Lock()
 
@@ -200,6 +217,12 @@ class Store:
             conn.execution_options(**{WRITE_OPTION: write})  # before BEGIN (see engine)
             with conn.begin():
                 yield conn
+
+    @contextmanager
+    def _hot_transaction(self, write: bool) -> Iterator[HotCursor]:
+        """One request-path transaction in plain SQL (`serving.store.hotpath`)."""
+        with self._translated(), gated(self.engine, write), self._hot.transaction(write) as cur:
+            yield cur
 
     @staticmethod
     @contextmanager
@@ -256,9 +279,9 @@ class Store:
         if decision.implies_contact:
             return self.try_record_contact(decision, caps or ContactCaps(), claim=claim)
         try:
-            with self._connection(write=True) as s:
-                self._claim(s, claim)
-                s.execute(_INSERT_DECISION, _decision_row(decision))
+            with self._hot_transaction(write=True) as cur:
+                self._claim(cur, claim)
+                cur.execute(self._insert_decision, _decision_row(self._hot, decision))
         except StoreError as exc:
             raise self._duplicate_or(exc, decision.decision_id) from None
         return RecordResult(recorded=True, decision_id=decision.decision_id)
@@ -297,36 +320,37 @@ class Store:
         # exempts the plain message `none`
         offer = decision.offer_id
         try:
-            with self._connection(write=True) as s:
-                self._lock_customer(s, decision.customer_id)
-                self._claim(s, claim)
+            with self._hot_transaction(write=True) as cur:
+                if self.dialect == "postgresql":  # SQLite: BEGIN IMMEDIATE holds the lock
+                    cur.execute(_LOCK_CUSTOMER_SQL, {"cid": decision.customer_id})
+                self._claim(cur, claim)
                 # Consent, preferences and the counted contacts are read under the lock, in
                 # one statement: an opt-out or a preference change acknowledged after the
                 # engine read its state (but before this lock) must still stop this contact.
                 # Writers of both take the same lock.
                 status, prefs, past = queries.contact_guard(
-                    s, decision.customer_id, decision.channel, at, at - caps.horizon
+                    cur, decision.customer_id, decision.channel, at, at - caps.horizon
                 )
                 blocked = consent_blocks(status, prefs, decision.channel)
                 if blocked is None:
                     own = caps.for_preferences(prefs)
                     if own.horizon > caps.horizon:  # the customer's own window reaches further
-                        past = queries.counted_contacts(
-                            s, [decision.customer_id], at - own.horizon
-                        ).get(decision.customer_id, [])
+                        _, _, past = queries.contact_guard(
+                            cur, decision.customer_id, decision.channel, at, at - own.horizon
+                        )
                     blocked = check_caps(past, own, at, decision.channel, offer)
                 if blocked is not None:
                     code, detail = blocked  # nothing written but the claim: commit frees the lock
                     return RecordResult(False, decision.decision_id, reason=code, detail=detail)
-                # Core inserts, decision first (the contact refers to it): no ORM unit of work.
-                s.execute(_INSERT_DECISION, _decision_row(decision))
-                s.execute(
-                    _INSERT_CONTACT,
+                # decision first (the contact refers to it)
+                cur.execute(self._insert_decision, _decision_row(self._hot, decision))
+                cur.execute(
+                    _INSERT_CONTACT_SQL,
                     {
                         "contact_id": decision.decision_id,
                         "decision_id": decision.decision_id,
                         "customer_id": decision.customer_id,
-                        "ts": utc_naive(decision.ts),
+                        "ts": self._hot.ts(utc_naive(decision.ts)),
                         "channel": decision.channel,
                         "offer_id": decision.offer_id,
                         "campaign_id": decision.campaign_id,
@@ -338,20 +362,19 @@ class Store:
             raise self._duplicate_or(exc, decision.decision_id) from None
         return RecordResult(True, decision.decision_id, contact_id=decision.decision_id)
 
-    @staticmethod
-    def _claim(s: Connection, claim: IdempotencyClaim | None) -> None:
+    def _claim(self, cur: HotCursor, claim: IdempotencyClaim | None) -> None:
         """Store `claim`'s key in this transaction, or raise if it exists."""
         if claim is None:
             return
-        row = s.execute(
-            _CLAIM_KEY,
+        row = cur.first(
+            _CLAIM_KEY_SQL,
             {
                 "key": claim.key,
                 "fingerprint": claim.fingerprint,
                 "endpoint": claim.endpoint,
-                "ts": utc_naive(claim.ts),
+                "ts": self._hot.ts(utc_naive(claim.ts)),
             },
-        ).first()
+        )
         if row is None:
             raise IdempotencyKeyTakenError(claim.key)
 
@@ -367,8 +390,8 @@ class Store:
         `channel`, else None: the check `try_record_contact` makes, for a decision replayed
         from the log (a repeat must never answer "send" after an opt-out)."""
         at = utc_naive(now)
-        with self._connection(write=False) as s:
-            status, prefs, _ = queries.contact_guard(s, customer_id, channel, at, at)
+        with self._hot_transaction(write=False) as cur:
+            status, prefs, _ = queries.contact_guard(cur, customer_id, channel, at, at)
         return consent_blocks(status, prefs, channel)
 
     # --- idempotency keys -------------------------------------------------------------------
@@ -389,8 +412,8 @@ class Store:
             (by an earlier or a concurrent request).
         """
         try:
-            with self._connection(write=True) as s:
-                self._claim(s, IdempotencyClaim(key, fingerprint, endpoint, ts))
+            with self._hot_transaction(write=True) as cur:
+                self._claim(cur, IdempotencyClaim(key, fingerprint, endpoint, ts))
             return None
         except IdempotencyKeyTakenError:
             return self.idempotency_fingerprint(key)
@@ -612,5 +635,8 @@ class Store:
         """Counted contacts in the lookback, current consent and preferences, last order."""
         at = utc_naive(now)
         ids = list(dict.fromkeys(customer_ids))
+        if len(ids) == 1:  # one API request: the plain-SQL read
+            with self._hot_transaction(write=False) as cur:
+                return {ids[0]: queries.customer_state(cur, ids[0], at, lookback_days)}
         with self._connection(write=False) as s:
             return queries.customer_states(s, ids, at, lookback_days)
