@@ -1,8 +1,9 @@
-"""Benchmark of the decision API over HTTP, beside a bare scoring endpoint and MLflow serving.
+"""Benchmark of the decision API over HTTP, as a share of the framework's own ceiling.
 
 Usage::
 
     .venv/bin/python bench/bench_api.py [--world /tmp/wb_bench_1m] [--work /tmp/wb_bench_api]
+        [--only ceiling,api,api-live,api-pg,bare,mlflow] [--backend lleaves] [--profile api]
 
 Set-up (each step skipped when its output exists in `--work`): a 1,000,000-customer world
 (`winback generate`, at `--world`), a training world of `--train-customers` (another seed),
@@ -13,22 +14,32 @@ customer (`--scores`), `snapshot` does not (`--no-scores`).
 
 Then, one server at a time on loopback, each stopped before the next starts:
 
-1. the decision API as `winback serve` runs it (uvicorn, `--api-workers` processes, JSON logs
-   on, SQLite store in WAL mode, a fresh database per run) on `POST /v1/recommendations`
-   with `dry_run: false` and a new `request_id` per request, so every request records a
-   decision and caps start blocking customers drawn twice;
-2. `bench/api_bare.py`: FastAPI + the same `PolicyModel.score` on `--rows` snapshot rows;
-3. `mlflow models serve` on the same registered model, `--rows` rows per request.
+1. `ceiling` (always run first): a FastAPI endpoint answering constant JSON
+   (`bench/api_bare.py:ceiling_app`) under uvicorn with `--api-workers` workers, the same
+   request bodies: the framework's ceiling. Every other target is printed as a share of it;
+2. `api`: the decision API as `winback serve` runs it (uvicorn, `--api-workers` processes,
+   JSON logs on, Prometheus metrics, SQLite store in WAL mode, a fresh database per run) on
+   `POST /v1/recommendations` with `dry_run: false` and a new `request_id` per request, so
+   every request records a decision (caps start blocking customers drawn twice); no
+   `context.timestamp` (a recorded decision is made at the server's clock, so the snapshot's
+   as_of lies in the past of every decision);
+3. `api-live`: the same without stored scores (every request calls the boosters;
+   `--backend lleaves` for compiled trees); `api-pg`: `api` on PostgreSQL (`--pg-url`, a
+   database the bench drops and creates);
+4. `bench/api_bare.py`: FastAPI + the same `PolicyModel.score` on `--rows` snapshot rows;
+5. `mlflow models serve` on the same registered model, `--rows` rows per request.
 
 For each: the highest requests/s `wrk` sustains over `--duration` seconds with no error
-(closed loop, each of `--connections`), and latency percentiles at each fixed rate of
-`--rates` from a paced async client that times every request from its scheduled send time
-(so a stalled server is charged for the queue it causes); server CPU per request and the
-cores unrelated processes used meanwhile (the machine may be shared). Customer ids are drawn
-from the snapshot with `--seed`, each run on its own slice. The API's action mix is read
-back from its decision log. `--profile api` adds a py-spy profile of one worker under load
-(py-spy on PATH or `PY_SPY=/path/to/py-spy`; it is not a project dependency). Needs `wrk`
-(`apt-get install wrk`). Servers run with `OMP_NUM_THREADS=--omp-threads` (default 1).
+(closed loop, each of `--connections`), and latency percentiles at a fixed rate of
+`--paced-share` (default half) of that target's own maximum, from a paced async client that
+times every request from its scheduled send time (so a stalled server is charged for the
+queue it causes); server CPU per request, and the cores the load client and every other
+process used meanwhile (the machine may be shared: 'others'). Customer ids are drawn from
+the snapshot with `--seed`, each run on its own slice. The API's action mix and the number
+of decisions recorded are read back from its store. The issue 19 targets are printed with
+their verdicts. `--profile api` adds a py-spy profile of one worker under load (py-spy on
+PATH, in the venv, or `PY_SPY=/path/to/py-spy`; it is not a project dependency). Needs
+`wrk` (`apt-get install wrk`). Servers run with `OMP_NUM_THREADS=--omp-threads` (default 1).
 """
 
 from __future__ import annotations
@@ -408,7 +419,7 @@ def measure(
     print(f"  {server.name}: wrk {runs}", flush=True)
     answered = sum(r["rps"] * r["seconds"] - r["errors"] for r in runs)
     if server.name in args.profile:
-        profile(server, path, bodies, args, lua, len(args.connections) * step)
+        answered += profile(server, path, bodies, args, lua, len(args.connections) * step)
     paced: dict[float, dict[str, float]] = {}
     if server.name != "ceiling":
         # at a share of this target's own maximum (the issue's "half that maximum"), plus
@@ -437,8 +448,9 @@ def group_pids(pgid: int) -> list[int]:
 
 def profile(
     server: Server, path: str, bodies: Path, args: argparse.Namespace, lua: Path, start: int
-) -> None:
-    """py-spy one worker under wrk load; print inclusive and own shares of the samples."""
+) -> float:
+    """py-spy one worker under wrk load; print inclusive and own shares of the samples.
+    Returns the requests answered meanwhile."""
     spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(VENV_BIN))
     spy = spy or os.environ.get("PY_SPY", "")
     workers = group_pids(server.proc.pid)  # the busiest is a worker, not a helper process
@@ -447,7 +459,7 @@ def profile(
     )
     if not spy or not workers:
         print("profile skipped: py-spy not found (PY_SPY=path) or no worker process")
-        return
+        return 0.0
     raw = args.work / f"profile_{server.name}.txt"
     cmd = [
         spy,
@@ -493,6 +505,7 @@ def profile(
         print(f"  top {title}:")
         for f, n in sorted(table.items(), key=lambda kv: -kv[1])[: args.profile_top]:
             print(f"    {n / total:6.1%}  {f}")
+    return float(load["rps"] * load["seconds"] - load["errors"])
 
 
 PORTS = {
@@ -500,6 +513,7 @@ PORTS = {
     "api": 18431,
     "api-live": 18434,
     "api-pg": 18435,
+    "api-baseline": 18436,
     "bare": 18432,
     "mlflow": 18433,
 }
@@ -508,10 +522,11 @@ PATHS = {
     "api": "/v1/recommendations",
     "api-live": "/v1/recommendations",
     "api-pg": "/v1/recommendations",
+    "api-baseline": "/v1/recommendations",
     "bare": "/score",
     "mlflow": "/invocations",
 }
-API_TARGETS = ("api", "api-live", "api-pg")
+API_TARGETS = ("api", "api-live", "api-pg", "api-baseline")
 
 
 def database_url(name: str, args: argparse.Namespace) -> str:
@@ -542,6 +557,8 @@ def launch(
             WINBACK_MODEL_BACKEND=args.backend,
             WINBACK_COMPILED_CACHE_DIR=str(work / "compiled"),  # not the repo's mlruns/
         )
+        if name == "api-baseline":  # the same, served by another checkout's venv
+            bin_ = args.baseline_bin
         return f"{bin_}/winback serve --port {port} --workers {args.api_workers}", env, PATHS[name]
     w = args.side_workers
     if name == "bare":
@@ -603,6 +620,13 @@ def main() -> None:
         help="targets to run (ceiling: constant JSON; api: scores stored with the snapshot; "
         "api-live: scored per request; api-pg: api on PostgreSQL); the ceiling always runs",
     )
+    p.add_argument(
+        "--baseline-bin",
+        type=Path,
+        default=None,
+        help="the bin/ of another checkout's venv (e.g. the main branch's): adds target "
+        "api-baseline, `api` served by that code in the same run",
+    )
     p.add_argument("--profile", default="", help="targets to profile with py-spy (e.g. api)")
     p.add_argument("--profile-top", type=int, default=30)
     args = p.parse_args()
@@ -616,6 +640,8 @@ def main() -> None:
     lua.write_text(WRK_LUA)
     results: dict[str, dict[str, Any]] = {}
     targets = ["ceiling", *(t for t in args.only.split(",") if t and t != "ceiling")]
+    if args.baseline_bin is not None and "api-baseline" not in targets:
+        targets.append("api-baseline")
     for name in targets:
         cmd, env, path = launch(name, args, work, snap, scored)
         if args.omp_threads > 0:  # LightGBM's OpenMP pool, per process (see --help)
@@ -646,6 +672,7 @@ LABELS = {
     "api": "decision API, {w} w, SQLite, stored",
     "api-live": "decision API, {w} w, SQLite, {backend}",
     "api-pg": "decision API, {w} w, PostgreSQL, stored",
+    "api-baseline": "decision API, {w} w, SQLite, stored, baseline",
     "bare": "bare FastAPI, {rows} rows, {sw} worker",
     "mlflow": "mlflow models serve, {rows} rows, {sw} w",
 }
@@ -718,6 +745,12 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
                 f"  p99 at {half:,} req/s ({args.paced_share:.0%} of the api maximum): "
                 f"{q['p99_ms']:.1f} ms, {q['errors']:.0f} errors; target <= 20 ms "
                 f"-> {_verdict(ok)}"
+            )
+        if "api-baseline" in results:
+            b = results["api-baseline"]["max"]
+            print(
+                f"  api / api-baseline (--baseline-bin): req/s {m['rps'] / b['rps']:.2f}x, "
+                f"server CPU per request {m['server_cpu_ms'] / b['server_cpu_ms']:.2f}x"
             )
         for k in ("bare", "mlflow"):
             if k in results:

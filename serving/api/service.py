@@ -28,6 +28,7 @@ from datetime import datetime
 import numpy as np
 from pydantic import BaseModel
 
+from features.featureset import FeatureSet
 from features.snapshot import Snapshot
 from serving.api.decision_log import decision_from_row, get_decision, get_decisions
 from serving.api.errors import ApiError
@@ -73,15 +74,34 @@ def top_categories(snapshot: Snapshot | None, row: np.ndarray | None) -> tuple[s
     """The customer's favourite category from the snapshot (empty when not known)."""
     if snapshot is None or row is None:
         return ()
-    fs = snapshot.feature_set
-    try:
-        j = fs.columns.index("favourite_category")
-    except ValueError:
+    where = _favourite_column(snapshot.feature_set)
+    if where is None:
         return ()
-    code, vocab = row[j], fs.feature("favourite_category").vocabulary
+    j, vocab = where
+    code = row[j]
     if math.isnan(code) or not 0 <= int(code) < len(vocab):
         return ()
     return (vocab[int(code)],)
+
+
+_FAVOURITE: dict[int, tuple[FeatureSet, tuple[int, tuple[str, ...]] | None]] = {}
+
+
+def _favourite_column(fs: FeatureSet) -> tuple[int, tuple[str, ...]] | None:
+    """(column, vocabulary) of `favourite_category` in `fs`, or None (cached by identity:
+    a feature set is immutable and one serves every request until a reload)."""
+    hit = _FAVOURITE.get(id(fs))
+    if hit is not None and hit[0] is fs:
+        return hit[1]
+    try:
+        j = fs.columns.index("favourite_category")
+        found = (j, fs.feature("favourite_category").vocabulary)
+    except ValueError:
+        found = None
+    if len(_FAVOURITE) > 32:
+        _FAVOURITE.clear()
+    _FAVOURITE[id(fs)] = (fs, found)
+    return found
 
 
 def _features(
