@@ -218,7 +218,7 @@ def start(name: str, cmd: str, env: dict[str, str], log: Path) -> Server:
 
 
 def wait_ready(
-    server: Server, path: str, body: str, headers: dict[str, str], timeout: float = 240
+    server: Server, path: str, body: str, headers: dict[str, str], timeout: float = 600
 ) -> None:
     """Poll until `path` answers 200 several times in a row fast (every worker warmed up)."""
     import httpx
@@ -554,7 +554,8 @@ def launch(
             WINBACK_API_KEYS=API_KEY,
             WINBACK_MODEL_URI=CHAMPION,
             WINBACK_RELOAD_STATE_PATH=str(work / "reload.json"),
-            WINBACK_MODEL_BACKEND=args.backend,
+            # compiled trees only where the boosters run per request (api-live)
+            WINBACK_MODEL_BACKEND=args.backend if name == "api-live" else "lightgbm",
             WINBACK_COMPILED_CACHE_DIR=str(work / "compiled"),  # not the repo's mlruns/
         )
         if name == "api-baseline":  # the same, served by another checkout's venv
@@ -606,8 +607,8 @@ def main() -> None:
         "--backend",
         choices=("lightgbm", "lleaves"),
         default="lightgbm",
-        help="WINBACK_MODEL_BACKEND of the decision API (lleaves: compiled trees, cached in "
-        "--work/compiled); the bare and mlflow servers always use LightGBM",
+        help="WINBACK_MODEL_BACKEND of api-live (lleaves: compiled trees, cached in "
+        "--work/compiled; the first start compiles them); every other target uses LightGBM",
     )
     p.add_argument(
         "--pg-url",
@@ -685,7 +686,7 @@ def _verdict(ok: bool) -> str:
 def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
     omp = args.omp_threads or "unset"
     print(
-        f"\nOMP_NUM_THREADS={omp}; API model backend {args.backend}; loopback; the 2 cores "
+        f"\nOMP_NUM_THREADS={omp}; api-live model backend {args.backend}; loopback; the 2 cores "
         f"are shared by servers, load clients and unrelated processes ('others': the cores "
         f"every other process used during the run); {args.duration} s per run\n"
     )
