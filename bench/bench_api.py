@@ -161,7 +161,7 @@ def write_bodies(work: Path, snap: Path, n: int, rows: int, seed: int) -> dict[s
     ids, matrix, cols = _snapshot_ids(snap)
     pick = np.random.default_rng(seed).integers(0, len(ids), size=n)
     out = {k: work / f"bodies_{k}.jsonl" for k in ("api", "bare", "mlflow")}
-    for k in ("api-live", "api-pg", "ceiling"):  # the ceiling gets the same bodies (unread)
+    for k in ("api-live", "api-pg", "api-baseline", "ceiling"):  # the ceiling: same bodies
         out[k] = out["api"]
     with out["api"].open("w") as a, out["bare"].open("w") as b:
         for i in pick:
