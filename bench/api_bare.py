@@ -6,6 +6,10 @@ registered `winback-policy` (the same `PolicyModel.score`, so the same LightGBM 
 the API calls) and returns each row's best option. No guardrails, no store, no logging,
 no API key: only JSON in, boosters, JSON out.
 
+`ceiling_app` is the framework's ceiling: `POST /ceiling` answers a constant JSON object
+(nothing read, nothing validated), under the same uvicorn as `winback serve`; the bench
+states every other target as a share of its requests per second in the same run.
+
 Run (the bench does this)::
 
     BARE_MODEL_URI=models:/winback-policy@champion BARE_SNAPSHOT_DIR=DIR \\
@@ -58,6 +62,20 @@ def create_bare_app(model: PolicyModel, snapshot: Snapshot, rows: int = 10) -> F
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    return app
+
+
+CONSTANT = {"status": "ok", "action": "none", "recorded": False}
+
+
+def ceiling_app() -> FastAPI:
+    """A FastAPI app whose one endpoint returns a constant JSON object (the ceiling)."""
+    app = FastAPI(title="winback-ceiling")
+
+    @app.post("/ceiling")
+    async def ceiling() -> dict[str, object]:
+        return CONSTANT
 
     return app
 

@@ -105,15 +105,11 @@ def gather_rows(
     snapshot: Snapshot | None, ids: Sequence[str]
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
     """(matrix, snapshot row of each id, -1 where the snapshot lacks it; NaN matrix rows)."""
-    width = (
-        len(snapshot.feature_set.columns)
-        if snapshot is not None
-        else len(DEFAULT_FEATURE_SET.columns)
-    )
     if snapshot is not None and len(ids) == 1:  # one API request: a copy of one row
         row = snapshot.row_of.get(ids[0], -1)
         if row >= 0:
             return snapshot.matrix[row : row + 1].copy(), np.array([row], dtype=np.int64)
+    width = len((snapshot.feature_set if snapshot is not None else DEFAULT_FEATURE_SET).features)
     matrix = np.full((len(ids), width), np.nan)
     if snapshot is None:
         return matrix, np.full(len(ids), -1, dtype=np.int64)

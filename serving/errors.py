@@ -8,6 +8,7 @@ Hierarchy::
     └── StoreError                the decision store failed (SQLAlchemy errors are translated)
         ├── StoreUnavailableError the database cannot be reached or opened
         ├── DuplicateDecisionError a decision id was recorded before (the log is append-only)
+        ├── IdempotencyKeyTakenError a request's idempotency key was stored before (a repeat)
         └── MigrationError        the schema could not be brought to the current revision
 
 `code` is what the HTTP API returns beside a human message, so it must never change for an
@@ -53,6 +54,17 @@ class DuplicateDecisionError(StoreError):
     """A decision with this id is already in the (append-only) decision log."""
 
     code = "duplicate_decision"
+
+
+class IdempotencyKeyTakenError(StoreError):
+    """The idempotency key a recording transaction was to store exists: the request is a
+    repeat (or a concurrent twin). Nothing of that transaction was written."""
+
+    code = "idempotency_key_taken"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"request_id: {key!r} was stored before")
+        self.key = key
 
 
 class MigrationError(StoreError):

@@ -89,6 +89,10 @@ def create_app(
         summary="Win-back offer decisions: guardrail rules plus ML scores",
         version="0.1.0",
         lifespan=lifespan,
+        # FastAPI's OpenTelemetry bridge, off: the service has its own Prometheus metrics and
+        # JSON logs, and the bridge's per-request check that no OpenTelemetry provider is
+        # configured cost about 2.5% of a decision's CPU (`bench/bench_api.py --profile`)
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.metrics = metrics
     app.state.runtime = None

@@ -16,6 +16,10 @@ _STANDARD = frozenset(
 )
 
 
+# One encoder for every line: `json.dumps(..., default=str)` builds a new one per call.
+_ENCODER = json.JSONEncoder(default=str)
+
+
 class JsonFormatter(logging.Formatter):
     """`{"ts", "level", "logger", "message", ...extra}`; exceptions under `exc_info`."""
 
@@ -26,12 +30,13 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
+        fields = record.__dict__
+        for key in fields.keys() - _STANDARD:  # the `extra` fields
+            if not key.startswith("_"):
+                out[key] = fields[key]
         if record.exc_info:
             out["exc_info"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return _ENCODER.encode(out)
 
 
 def configure_logging(level: str = "info") -> None:

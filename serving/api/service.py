@@ -28,6 +28,7 @@ from datetime import datetime
 import numpy as np
 from pydantic import BaseModel
 
+from features.featureset import FeatureSet
 from features.snapshot import Snapshot
 from serving.api.decision_log import decision_from_row, get_decision, get_decisions
 from serving.api.errors import ApiError
@@ -35,9 +36,9 @@ from serving.api.runtime import Runtime
 from serving.decide import Decider, decide_rows, decision_fields, decision_key, gather_rows
 from serving.engine import Decision
 from serving.engine.decision import NONE
-from serving.errors import DuplicateDecisionError
+from serving.errors import DuplicateDecisionError, IdempotencyKeyTakenError
 from serving.precomputed import precomputed_scores
-from serving.store import DecisionRecord, Preferences
+from serving.store import DecisionRecord, IdempotencyClaim, Preferences
 from serving.store.models import Decision as DecisionRow
 from serving.store.records import utc_naive
 
@@ -73,15 +74,34 @@ def top_categories(snapshot: Snapshot | None, row: np.ndarray | None) -> tuple[s
     """The customer's favourite category from the snapshot (empty when not known)."""
     if snapshot is None or row is None:
         return ()
-    fs = snapshot.feature_set
-    try:
-        j = fs.columns.index("favourite_category")
-    except ValueError:
+    where = _favourite_column(snapshot.feature_set)
+    if where is None:
         return ()
-    code, vocab = row[j], fs.feature("favourite_category").vocabulary
+    j, vocab = where
+    code = row[j]
     if math.isnan(code) or not 0 <= int(code) < len(vocab):
         return ()
     return (vocab[int(code)],)
+
+
+_FAVOURITE: dict[int, tuple[FeatureSet, tuple[int, tuple[str, ...]] | None]] = {}
+
+
+def _favourite_column(fs: FeatureSet) -> tuple[int, tuple[str, ...]] | None:
+    """(column, vocabulary) of `favourite_category` in `fs`, or None (cached by identity:
+    a feature set is immutable and one serves every request until a reload)."""
+    hit = _FAVOURITE.get(id(fs))
+    if hit is not None and hit[0] is fs:
+        return hit[1]
+    try:
+        j = fs.columns.index("favourite_category")
+        found = (j, fs.feature("favourite_category").vocabulary)
+    except ValueError:
+        found = None
+    if len(_FAVOURITE) > 32:
+        _FAVOURITE.clear()
+    _FAVOURITE[id(fs)] = (fs, found)
+    return found
 
 
 def _features(
@@ -213,11 +233,74 @@ def decide_once(
     of the same request returns them from the log (re-checked), a different request under
     the same key is a 409.
 
-    A request that failed half-way (some customers recorded) is completed by its repeat:
-    only the customers without a logged decision are decided.
+    A new key (the common case) costs no extra read nor transaction: it is stored in the
+    transaction that records the request's first decision (`IdempotencyClaim`), so key and
+    decision commit together. If the key exists, that transaction writes nothing and the
+    request takes the repeat path (`_repeat`).
     """
     fingerprint = request_fingerprint(endpoint, body)
     ids = [keyed_decision_id(key, cid) for cid in customer_ids]
+    try:
+        at = decision_time(rt, requested, dry_run=False)
+    except ApiError:
+        # out of the clock's tolerance: refused unless it repeats a recorded request
+        return _repeat(
+            rt,
+            endpoint,
+            fingerprint,
+            key,
+            ids,
+            customer_ids,
+            channel,
+            requested,
+            campaign_id,
+            candidate_offer_ids,
+        )
+    try:
+        outcomes = decide_and_record(
+            rt,
+            customer_ids,
+            channel,
+            now=at,
+            campaign_id=campaign_id,
+            candidate_offer_ids=candidate_offer_ids,
+            request_id=key,
+            decision_ids=ids,
+            claim=IdempotencyClaim(key, fingerprint, endpoint, at),
+        )
+    except IdempotencyKeyTakenError:
+        return _repeat(
+            rt,
+            endpoint,
+            fingerprint,
+            key,
+            ids,
+            customer_ids,
+            channel,
+            requested,
+            campaign_id,
+            candidate_offer_ids,
+        )
+    return _from_log_where_duplicate(rt, ids, dict(enumerate(outcomes)), {})
+
+
+def _repeat(
+    rt: Runtime,
+    endpoint: str,
+    fingerprint: str,
+    key: str,
+    ids: Sequence[str],
+    customer_ids: Sequence[str],
+    channel: str,
+    requested: datetime | None,
+    campaign_id: str | None,
+    candidate_offer_ids: Sequence[str] | None,
+) -> list[Outcome]:
+    """`decide_once` for a key that may exist: its logged decisions, re-checked.
+
+    A request that failed half-way (some customers recorded) is completed by its repeat:
+    only the customers without a logged decision are decided.
+    """
     stored = rt.store.idempotency_fingerprint(key)
     if stored is not None and stored[0] != fingerprint:
         raise _key_reused(key)
@@ -241,6 +324,13 @@ def decide_once(
             decision_ids=[ids[i] for i in todo],
         )
         fresh = dict(zip(todo, outcomes, strict=True))
+    return _from_log_where_duplicate(rt, ids, fresh, logged)
+
+
+def _from_log_where_duplicate(
+    rt: Runtime, ids: Sequence[str], fresh: dict[int, Outcome], logged: dict[str, DecisionRow]
+) -> list[Outcome]:
+    """The outcome of each id: the one just recorded, else the logged one (re-checked)."""
     now = rt.clock()
     out: list[Outcome] = []
     for i, did in enumerate(ids):
@@ -265,10 +355,14 @@ def decide_and_record(
     dry_run: bool = False,
     request_id: str | None = None,
     decision_ids: Sequence[str] | None = None,
+    claim: IdempotencyClaim | None = None,
 ) -> list[Outcome]:
     """Decide for every customer and append the decisions to the log (unless `dry_run`).
 
+    `claim`: an idempotency key stored with the first decision recorded.
+
     Raises:
+        IdempotencyKeyTakenError: the claimed key exists (nothing was recorded).
         EngineInputError: an unknown candidate offer id or channel (names the field).
         StoreError: the store failed (the caller answers 503).
     """
@@ -311,7 +405,10 @@ def decide_and_record(
             state.preferences if state else None,
             _Meta(request_id, campaign_id, dry_run),
             decided.segment(i),
+            claim,
         )
+        if outcome.recorded:  # the key is stored with it
+            claim = None
         outcome = replace(outcome, top_categories=top_categories(snapshot, rows[i]))
         rt.metrics.count_decision(
             outcome.decision.action, outcome.decision.offer_id, outcome.decision.reasons
@@ -344,6 +441,7 @@ def _commit(
     prefs: Preferences | None,
     meta: _Meta,
     segment: Segment,
+    claim: IdempotencyClaim | None = None,
 ) -> Outcome:
     base = Outcome(decision_id, d, meta.request_id, meta.campaign_id, meta.dry_run, False, ())
     if meta.dry_run:
@@ -352,15 +450,16 @@ def _commit(
         if d.is_contact:
             caps = rt.base_caps.for_preferences(prefs)
             res = rt.store.try_record_contact(
-                _record(d, decision_id, at, meta, segment), caps, now=at
+                _record(d, decision_id, at, meta, segment), caps, now=at, claim=claim
             )
             if res.recorded:
                 return replace(base, recorded=True)
+            claim = None  # stored by that transaction, which recorded nothing else
             # A concurrent request took the cap first, or an opt-out arrived since the state
             # was read: no contact now, for that reason.
             d = withdrawn(d, res.reason or "cap")
             base = replace(base, decision=d)
-        rt.store.record_decision(_record(d, decision_id, at, meta, segment))
+        rt.store.record_decision(_record(d, decision_id, at, meta, segment), claim=claim)
         return replace(base, recorded=True)
     except DuplicateDecisionError:
         # The same deterministic id was recorded by a concurrent call: that one stands.

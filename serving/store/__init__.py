@@ -22,6 +22,7 @@ from serving.store.records import (
     DecisionRecord,
     EventRecord,
     EventResult,
+    IdempotencyClaim,
     Preferences,
     RecordResult,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "DecisionRecord",
     "EventRecord",
     "EventResult",
+    "IdempotencyClaim",
     "Preferences",
     "RecordResult",
     "Store",

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from functools import cache
+from typing import Any
 
 from sqlalchemy import Connection, DateTime, Integer, String, Text, bindparam, func, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import TextualSelect
 
 from features.constants import OPTED_OUT
+from serving.store.hotpath import Cursor as HotCursor
 from serving.store.models import SENT, ConsentChange, Contact, Event, PreferencesChange
 from serving.store.records import ConsentEntry, ContactRow, CustomerState, Preferences
 
@@ -209,21 +211,54 @@ def customer_states(
             "opted_out": OPTED_OUT,
         },
     ).all()
+    return _states(rows, customer_ids, _same)
+
+
+_SINGLE_STATE_SQL = _STATE_SQL.replace("IN :ids", "= :ids")
+
+
+def customer_state(
+    cur: HotCursor, customer_id: str, now: datetime, lookback_days: int
+) -> CustomerState:
+    """`customer_states` of one customer on the request path (`serving.store.hotpath`)."""
+    hot = cur.hot
+    rows = cur.all(
+        _SINGLE_STATE_SQL,
+        {
+            "ids": customer_id,
+            "sent": SENT,
+            "since": hot.ts(now - timedelta(days=lookback_days)),
+            "now": hot.ts(now),
+            "order": ORDER_EVENT,
+            "opted_out": OPTED_OUT,
+        },
+    )
+    return _states(rows, [customer_id], hot.parse_ts)[customer_id]
+
+
+def _same(ts: Any) -> Any:
+    return ts
+
+
+def _states(
+    rows: Sequence[Any], customer_ids: Sequence[str], parse_ts: Callable[[Any], Any]
+) -> dict[str, CustomerState]:
+    """The rows of `_STATE_SQL`, per customer."""
     contacts: dict[str, list[ContactRow]] = defaultdict(list)
     consent: dict[str, dict[str, str]] = defaultdict(dict)
     prefs: dict[str, Preferences] = {}
     orders: dict[str, datetime] = {}
     for kind, cid, ts, s1, s2, s3, s4, n1, n2, j in rows:
         if kind == "c":
-            contacts[cid].append(ContactRow(ts, s1, s2, s3, n1, s4))
+            contacts[cid].append(ContactRow(parse_ts(ts), s1, s2, s3, n1, s4))
         elif kind == "k":
             consent[cid][s1] = s2
         elif kind == "p":
             channels = json.loads(j) if j is not None else None
             chans = tuple(channels) if channels is not None else None
-            prefs[cid] = Preferences(cid, ts, chans, n1, n2, s1)
+            prefs[cid] = Preferences(cid, parse_ts(ts), chans, n1, n2, s1)
         elif ts is not None:
-            orders[cid] = ts
+            orders[cid] = parse_ts(ts)
     return {
         cid: CustomerState(
             cid,
@@ -237,56 +272,54 @@ def customer_states(
 
 
 # The live state one contact is checked against inside its recording transaction (after the
-# customer's lock): the channel's consent in force and the latest preferences, one statement.
+# customer's lock): the channel's consent in force, the latest preferences and the contacts
+# that count against the caps, in one statement.
+_NULL_S = "CAST(NULL AS VARCHAR)"
 _CONTACT_GUARD_SQL = f"""
-SELECT 'k' AS kind, status AS s1, CAST(NULL AS TEXT) AS j, CAST(NULL AS INTEGER) AS n1,
-       CAST(NULL AS INTEGER) AS n2, ts, id
+SELECT 'k' AS kind, status AS s1, {_NULL_S} AS s2, {_NULL_S} AS s3, {_NULL_S} AS s4,
+       CAST(NULL AS TEXT) AS j, CAST(NULL AS INTEGER) AS n1, CAST(NULL AS INTEGER) AS n2, ts, id
 FROM consent_history
 WHERE customer_id = :cid AND channel = :channel AND {_IN_FORCE}
 UNION ALL
-SELECT 'p', source, CAST(channels AS TEXT), max_contacts, per_days, ts, id
+SELECT 'p', source, {_NULL_S}, {_NULL_S}, {_NULL_S}, CAST(channels AS TEXT), max_contacts,
+       per_days, ts, id
 FROM preferences_history WHERE customer_id = :cid
+UNION ALL
+SELECT 'c', channel, offer_id, contact_id, campaign_id, CAST(NULL AS TEXT), stage,
+       CAST(NULL AS INTEGER), ts, CAST(NULL AS INTEGER)
+FROM contacts WHERE customer_id = :cid AND status = :sent AND ts > :since
 ORDER BY kind, ts DESC, id DESC
 """
 
 
-@cache
-def _contact_guard_statement() -> TextualSelect:
-    return (
-        text(_CONTACT_GUARD_SQL)
-        .bindparams(
-            bindparam("cid", type_=String()),
-            bindparam("channel", type_=String()),
-            bindparam("now", type_=DateTime()),
-            bindparam("opted_out", type_=String()),
-        )
-        .columns(
-            kind=String(),
-            s1=String(),
-            j=Text(),
-            n1=Integer(),
-            n2=Integer(),
-            ts=DateTime(),
-            id=Integer(),
-        )
-    )
-
-
 def contact_guard(
-    s: Connection, customer_id: str, channel: str, now: datetime
-) -> tuple[str | None, Preferences | None]:
-    """(consent status of `channel` in force at `now` or None, latest preferences or None)."""
+    cur: HotCursor, customer_id: str, channel: str, now: datetime, since: datetime
+) -> tuple[str | None, Preferences | None, list[ContactRow]]:
+    """(consent status of `channel` in force at `now` or None, latest preferences or None,
+    the customer's contacts with status `sent` and `ts > since`, oldest first)."""
+    hot = cur.hot
     status: str | None = None
     prefs: Preferences | None = None
-    rows = s.execute(
-        _contact_guard_statement(),
-        {"cid": customer_id, "channel": channel, "now": now, "opted_out": OPTED_OUT},
-    ).all()
-    for kind, s1, j, n1, n2, ts, _ in rows:  # newest first within each kind
-        if kind == "k" and status is None:
+    past: list[ContactRow] = []
+    rows = cur.all(
+        _CONTACT_GUARD_SQL,
+        {
+            "cid": customer_id,
+            "channel": channel,
+            "now": hot.ts(now),
+            "opted_out": OPTED_OUT,
+            "sent": SENT,
+            "since": hot.ts(since),
+        },
+    )
+    for kind, s1, s2, s3, s4, j, n1, n2, ts, _ in rows:  # newest first within each kind
+        if kind == "c":
+            past.append(ContactRow(hot.parse_ts(ts), s1, s2, s3, n1, s4))
+        elif kind == "k" and status is None:
             status = s1
         elif kind == "p" and prefs is None:
             channels = json.loads(j) if j is not None else None
             chans = tuple(channels) if channels is not None else None
-            prefs = Preferences(customer_id, ts, chans, n1, n2, s1)
-    return status, prefs
+            prefs = Preferences(customer_id, hot.parse_ts(ts), chans, n1, n2, s1)
+    past.reverse()
+    return status, prefs, past

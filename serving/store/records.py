@@ -60,6 +60,18 @@ class DecisionRecord:
 
 
 @dataclass(frozen=True)
+class IdempotencyClaim:
+    """An idempotency key to store in the transaction that records a request's first
+    decision (`Store.record_decision`, `Store.try_record_contact`): the key and its
+    decisions commit together, or neither does."""
+
+    key: str
+    fingerprint: str
+    endpoint: str
+    ts: datetime
+
+
+@dataclass(frozen=True)
 class RecordResult:
     """Outcome of recording a decision: recorded, or blocked by a cap (reason code + detail)."""
 

@@ -23,13 +23,26 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from features.constants import CHANNELS, CONSENT_STATUSES, OPTED_OUT
-from serving.errors import DuplicateDecisionError, StoreError, StoreUnavailableError
+from serving.errors import (
+    DuplicateDecisionError,
+    IdempotencyKeyTakenError,
+    StoreError,
+    StoreUnavailableError,
+)
 from serving.store import queries
 from serving.store.caps import (
     CHANNEL_OFF_BY_PREFERENCE,
@@ -38,6 +51,8 @@ from serving.store.caps import (
     check_caps,
 )
 from serving.store.engine import WRITE_OPTION, create_store_engine, gated
+from serving.store.hotpath import ConstraintError, HotPath
+from serving.store.hotpath import Cursor as HotCursor
 from serving.store.models import (
     CONTACT_STATUSES,
     NOT_SENT,
@@ -57,6 +72,7 @@ from serving.store.records import (
     DecisionRecord,
     EventRecord,
     EventResult,
+    IdempotencyClaim,
     Preferences,
     RecordResult,
     utc_naive,
@@ -66,11 +82,42 @@ OPT_OUT_EVENTS = ("unsubscribe", "complaint")
 RELEASE_EVENTS = ("not_sent",)
 
 
-# The tables behind the ORM classes, for Core inserts on the request path.
-_DECISIONS: Final = Decision.metadata.tables["decisions"]
-_CONTACTS: Final = Contact.metadata.tables["contacts"]
-_INSERT_DECISION: Final = insert(_DECISIONS)  # built once: the request path reuses them
-_INSERT_CONTACT: Final = insert(_CONTACTS)
+# The request path's writes, as plain SQL for `serving.store.hotpath` (`:name` parameters;
+# JSON columns get their placeholder from the dialect).
+_DECISION_COLUMNS: Final = tuple(Decision.metadata.tables["decisions"].c.keys())
+_JSON_COLUMNS: Final = ("reasons", "scores", "excluded")
+_CONTACT_COLUMNS: Final = (
+    "contact_id",
+    "decision_id",
+    "customer_id",
+    "ts",
+    "channel",
+    "offer_id",
+    "campaign_id",
+    "stage",
+    "status",
+)
+_INSERT_CONTACT_SQL: Final = (
+    f"INSERT INTO contacts ({', '.join(_CONTACT_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in _CONTACT_COLUMNS)})"
+)
+# Storing an idempotency key unless it exists (SQLite >= 3.35 and PostgreSQL both take this
+# spelling); RETURNING yields no row when the key was there.
+_CLAIM_KEY_SQL: Final = (
+    "INSERT INTO idempotency_keys (key, fingerprint, endpoint, ts) "
+    "VALUES (:key, :fingerprint, :endpoint, :ts) ON CONFLICT (key) DO NOTHING RETURNING key"
+)
+_LOCK_CUSTOMER_SQL: Final = "SELECT pg_advisory_xact_lock(hashtextextended(:cid, 0))"
+
+
+def _insert_decision_sql(hot: HotPath) -> str:
+    values = [hot.json(c) if c in _JSON_COLUMNS else f":{c}" for c in _DECISION_COLUMNS]
+    return f"INSERT INTO decisions ({', '.join(_DECISION_COLUMNS)}) VALUES ({', '.join(values)})"
+
+
+_KEY_FINGERPRINT: Final = select(IdempotencyKey.fingerprint, IdempotencyKey.endpoint).where(
+    IdempotencyKey.key == bindparam("key")
+)
 
 
 def _utc_now() -> datetime:
@@ -92,35 +139,34 @@ def consent_blocks(
     return None
 
 
-class _ConstraintError(StoreError):
-    """An integrity constraint failed (translated to a public error where it has meaning)."""
+_ConstraintError = ConstraintError  # an integrity constraint failed (mapped where it has meaning)
 
 
-def _decision_row(d: DecisionRecord) -> dict[str, Any]:
-    """The `decisions` row of a record, as Core insert parameters (no ORM object)."""
-    return dict(
-        decision_id=d.decision_id,
-        request_id=d.request_id,
-        customer_id=d.customer_id,
-        ts=utc_naive(d.ts),
-        action=d.action,
-        offer_id=d.offer_id,
-        channel=d.channel,
-        stage=d.stage,
-        propensity=d.propensity,
-        expected_value=d.expected_value,
-        reasons=list(d.reasons),
-        scores=dict(d.scores) if d.scores is not None else None,
-        excluded=list(d.excluded) if d.excluded is not None else None,
-        model_version=d.model_version,
-        policy_version=d.policy_version,
-        campaign_id=d.campaign_id,
-        dry_run=d.dry_run,
-        value_tier=d.value_tier,
-        lapse_state=d.lapse_state,
-        p_convert=d.p_convert,
-        replaced_propensity=d.replaced_propensity,
-    )
+def _decision_row(hot: HotPath, d: DecisionRecord) -> dict[str, Any]:
+    """The `decisions` row of a record, as `hotpath` parameters (types as the ORM stores)."""
+    return {
+        "decision_id": d.decision_id,
+        "request_id": d.request_id,
+        "customer_id": d.customer_id,
+        "ts": hot.ts(utc_naive(d.ts)),
+        "action": d.action,
+        "offer_id": d.offer_id,
+        "channel": d.channel,
+        "stage": d.stage,
+        "propensity": d.propensity,
+        "expected_value": d.expected_value,
+        "reasons": hot.json_text(list(d.reasons)),
+        "scores": hot.json_text(dict(d.scores) if d.scores is not None else None),
+        "excluded": hot.json_text(list(d.excluded) if d.excluded is not None else None),
+        "model_version": d.model_version,
+        "policy_version": d.policy_version,
+        "campaign_id": d.campaign_id,
+        "dry_run": hot.flag(d.dry_run),
+        "value_tier": d.value_tier,
+        "lapse_state": d.lapse_state,
+        "p_convert": d.p_convert,
+        "replaced_propensity": d.replaced_propensity,
+    }
 
 
 BUDGET_CACHE_SECONDS: Final = 1.0
@@ -132,6 +178,8 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._hot = HotPath(engine)
+        self._insert_decision = _insert_decision_sql(self._hot)
         self._budget_cache: dict[tuple[tuple[str, ...], date], tuple[float, Any]] = {}
         self._budget_lock = threading.Lock()
 
@@ -169,6 +217,12 @@ class Store:
             conn.execution_options(**{WRITE_OPTION: write})  # before BEGIN (see engine)
             with conn.begin():
                 yield conn
+
+    @contextmanager
+    def _hot_transaction(self, write: bool) -> Iterator[HotCursor]:
+        """One request-path transaction in plain SQL (`serving.store.hotpath`)."""
+        with self._translated(), gated(self.engine, write), self._hot.transaction(write) as cur:
+            yield cur
 
     @staticmethod
     @contextmanager
@@ -209,20 +263,35 @@ class Store:
 
     # --- decisions and contacts -------------------------------------------------------------
     def record_decision(
-        self, decision: DecisionRecord, caps: ContactCaps | None = None
+        self,
+        decision: DecisionRecord,
+        caps: ContactCaps | None = None,
+        claim: IdempotencyClaim | None = None,
     ) -> RecordResult:
-        """Append a decision; one that implies a contact goes through `try_record_contact`."""
+        """Append a decision; one that implies a contact goes through `try_record_contact`.
+
+        With a `claim`, its idempotency key is stored in the same transaction.
+
+        Raises:
+            IdempotencyKeyTakenError: the claimed key exists (nothing was written).
+            DuplicateDecisionError: the decision id was recorded before.
+        """
         if decision.implies_contact:
-            return self.try_record_contact(decision, caps or ContactCaps())
+            return self.try_record_contact(decision, caps or ContactCaps(), claim=claim)
         try:
-            with self._connection(write=True) as s:
-                s.execute(_INSERT_DECISION, _decision_row(decision))
+            with self._hot_transaction(write=True) as cur:
+                self._claim(cur, claim)
+                cur.execute(self._insert_decision, _decision_row(self._hot, decision))
         except StoreError as exc:
             raise self._duplicate_or(exc, decision.decision_id) from None
         return RecordResult(recorded=True, decision_id=decision.decision_id)
 
     def try_record_contact(
-        self, decision: DecisionRecord, caps: ContactCaps, now: datetime | None = None
+        self,
+        decision: DecisionRecord,
+        caps: ContactCaps,
+        now: datetime | None = None,
+        claim: IdempotencyClaim | None = None,
     ) -> RecordResult:
         """Check the caps and record the decision plus its contact, in one transaction.
 
@@ -230,10 +299,16 @@ class Store:
             decision: an `offer` or `message` decision with a channel.
             caps: the limits, already tightened by the customer's preferences.
             now: the time the caps are checked at; defaults to `decision.ts`.
+            claim: an idempotency key to store in the same transaction (after the
+                customer's lock: every transaction takes the lock before any key, so two
+                cannot wait on each other). It is stored even when a cap blocks the contact.
 
         Returns:
             `recorded=True` with the contact id, or `recorded=False` with the reason code of
-            the first cap that blocks it (nothing is written then).
+            the first cap that blocks it (nothing but the claimed key is written then).
+
+        Raises:
+            IdempotencyKeyTakenError: the claimed key exists (nothing was written).
         """
         if not decision.implies_contact or not decision.channel:
             raise StoreError(
@@ -245,31 +320,37 @@ class Store:
         # exempts the plain message `none`
         offer = decision.offer_id
         try:
-            with self._connection(write=True) as s:
-                self._lock_customer(s, decision.customer_id)
-                # Consent and preferences are read again under the lock: an opt-out or a
-                # preference change acknowledged after the engine read its state (but before
-                # this lock) must still stop this contact. Writers of both take the same lock.
-                status, prefs = queries.contact_guard(s, decision.customer_id, decision.channel, at)
+            with self._hot_transaction(write=True) as cur:
+                if self.dialect == "postgresql":  # SQLite: BEGIN IMMEDIATE holds the lock
+                    cur.execute(_LOCK_CUSTOMER_SQL, {"cid": decision.customer_id})
+                self._claim(cur, claim)
+                # Consent, preferences and the counted contacts are read under the lock, in
+                # one statement: an opt-out or a preference change acknowledged after the
+                # engine read its state (but before this lock) must still stop this contact.
+                # Writers of both take the same lock.
+                status, prefs, past = queries.contact_guard(
+                    cur, decision.customer_id, decision.channel, at, at - caps.horizon
+                )
                 blocked = consent_blocks(status, prefs, decision.channel)
                 if blocked is None:
-                    caps = caps.for_preferences(prefs)
-                    past = queries.counted_contacts(
-                        s, [decision.customer_id], at - caps.horizon
-                    ).get(decision.customer_id, [])
-                    blocked = check_caps(past, caps, at, decision.channel, offer)
+                    own = caps.for_preferences(prefs)
+                    if own.horizon > caps.horizon:  # the customer's own window reaches further
+                        _, _, past = queries.contact_guard(
+                            cur, decision.customer_id, decision.channel, at, at - own.horizon
+                        )
+                    blocked = check_caps(past, own, at, decision.channel, offer)
                 if blocked is not None:
-                    code, detail = blocked  # nothing written: the commit only frees the lock
+                    code, detail = blocked  # nothing written but the claim: commit frees the lock
                     return RecordResult(False, decision.decision_id, reason=code, detail=detail)
-                # Core inserts, decision first (the contact refers to it): no ORM unit of work.
-                s.execute(_INSERT_DECISION, _decision_row(decision))
-                s.execute(
-                    _INSERT_CONTACT,
+                # decision first (the contact refers to it)
+                cur.execute(self._insert_decision, _decision_row(self._hot, decision))
+                cur.execute(
+                    _INSERT_CONTACT_SQL,
                     {
                         "contact_id": decision.decision_id,
                         "decision_id": decision.decision_id,
                         "customer_id": decision.customer_id,
-                        "ts": utc_naive(decision.ts),
+                        "ts": self._hot.ts(utc_naive(decision.ts)),
                         "channel": decision.channel,
                         "offer_id": decision.offer_id,
                         "campaign_id": decision.campaign_id,
@@ -280,6 +361,22 @@ class Store:
         except StoreError as exc:
             raise self._duplicate_or(exc, decision.decision_id) from None
         return RecordResult(True, decision.decision_id, contact_id=decision.decision_id)
+
+    def _claim(self, cur: HotCursor, claim: IdempotencyClaim | None) -> None:
+        """Store `claim`'s key in this transaction, or raise if it exists."""
+        if claim is None:
+            return
+        row = cur.first(
+            _CLAIM_KEY_SQL,
+            {
+                "key": claim.key,
+                "fingerprint": claim.fingerprint,
+                "endpoint": claim.endpoint,
+                "ts": self._hot.ts(utc_naive(claim.ts)),
+            },
+        )
+        if row is None:
+            raise IdempotencyKeyTakenError(claim.key)
 
     def _duplicate_or(self, exc: StoreError, decision_id: str) -> StoreError:
         if isinstance(exc, _ConstraintError) and self.decision_exists(decision_id):
@@ -292,40 +389,34 @@ class Store:
         """(reason code, detail) if the live consent or preferences now forbid a contact on
         `channel`, else None: the check `try_record_contact` makes, for a decision replayed
         from the log (a repeat must never answer "send" after an opt-out)."""
-        with self._connection(write=False) as s:
-            status, prefs = queries.contact_guard(s, customer_id, channel, utc_naive(now))
+        at = utc_naive(now)
+        with self._hot_transaction(write=False) as cur:
+            status, prefs, _ = queries.contact_guard(cur, customer_id, channel, at, at)
         return consent_blocks(status, prefs, channel)
 
     # --- idempotency keys -------------------------------------------------------------------
     def idempotency_fingerprint(self, key: str) -> tuple[str, str] | None:
         """(fingerprint, endpoint) stored for `key`, or None when the key is new."""
         with self._connection(write=False) as s:
-            row = s.execute(
-                select(IdempotencyKey.fingerprint, IdempotencyKey.endpoint).where(
-                    IdempotencyKey.key == key
-                )
-            ).first()
+            row = s.execute(_KEY_FINGERPRINT, {"key": key}).first()
         return (row[0], row[1]) if row is not None else None
 
     def claim_idempotency_key(
         self, key: str, fingerprint: str, endpoint: str, ts: datetime
     ) -> tuple[str, str] | None:
-        """Store `key` with its request's fingerprint unless it exists.
+        """Store `key` with its request's fingerprint unless it exists (its own transaction;
+        the request path claims inside the recording transaction instead).
 
         Returns:
             None when this call stored it, else the (fingerprint, endpoint) stored before
             (by an earlier or a concurrent request).
         """
-        with self._session(write=True) as s:
-            stmt = (
-                self._insert(IdempotencyKey)
-                .values(key=key, fingerprint=fingerprint, endpoint=endpoint, ts=utc_naive(ts))
-                .on_conflict_do_nothing(index_elements=["key"])
-                .returning(IdempotencyKey.key)
-            )
-            if s.execute(stmt).scalar_one_or_none() is not None:
-                return None
-        return self.idempotency_fingerprint(key)
+        try:
+            with self._hot_transaction(write=True) as cur:
+                self._claim(cur, IdempotencyClaim(key, fingerprint, endpoint, ts))
+            return None
+        except IdempotencyKeyTakenError:
+            return self.idempotency_fingerprint(key)
 
     def decision_exists(self, decision_id: str) -> bool:
         with self._session(write=False) as s:
@@ -544,5 +635,8 @@ class Store:
         """Counted contacts in the lookback, current consent and preferences, last order."""
         at = utc_naive(now)
         ids = list(dict.fromkeys(customer_ids))
+        if len(ids) == 1:  # one API request: the plain-SQL read
+            with self._hot_transaction(write=False) as cur:
+                return {ids[0]: queries.customer_state(cur, ids[0], at, lookback_days)}
         with self._connection(write=False) as s:
             return queries.customer_states(s, ids, at, lookback_days)

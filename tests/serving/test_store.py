@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -21,14 +22,21 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, inspect, select, text
+from sqlalchemy.orm import Session
 
-from serving.errors import DuplicateDecisionError, StoreError, StoreUnavailableError
+from serving.errors import (
+    DuplicateDecisionError,
+    IdempotencyKeyTakenError,
+    StoreError,
+    StoreUnavailableError,
+)
 from serving.policy import FrequencyCaps
 from serving.store import (
     CapWindow,
     ContactCaps,
     DecisionRecord,
     EventRecord,
+    IdempotencyClaim,
     Preferences,
     Store,
     check_caps,
@@ -459,3 +467,64 @@ def test_an_idempotency_key_is_claimed_once(store: Store) -> None:
     )
     assert store.idempotency_fingerprint("k") == ("fp1", "recommendations")
     assert store.idempotency_fingerprint("other") is None
+
+
+def test_a_claimed_key_commits_with_its_decision_or_not_at_all(store: Store) -> None:
+    claim = IdempotencyClaim("k1", "fp1", "recommendations", T0)
+    none = DecisionRecord("n1", "c1", T0, "none", request_id="k1", reasons=["no_allowed_option"])
+    assert store.record_decision(none, claim=claim).recorded
+    assert store.idempotency_fingerprint("k1") == ("fp1", "recommendations")
+    # the key exists: the next transaction claiming it writes nothing, contact or not
+    with pytest.raises(IdempotencyKeyTakenError):
+        store.record_decision(replace(none, decision_id="n2"), claim=claim)
+    with pytest.raises(IdempotencyKeyTakenError):
+        store.try_record_contact(offer("o1"), ContactCaps(), now=T0, claim=claim)
+    assert not store.decision_exists("n2") and not store.decision_exists("o1")
+    assert _contacts(store) == 0
+    # a contact the caps block still stores its claim (the request's decision follows)
+    assert store.try_record_contact(offer("o2"), CAP_ONE, now=T0).recorded
+    k2 = IdempotencyClaim("k2", "fp2", "recommendations", T0)
+    res = store.try_record_contact(offer("o3", offer_id="pct20"), CAP_ONE, now=T0, claim=k2)
+    assert not res.recorded and res.reason == "cap_across_channels"
+    assert store.idempotency_fingerprint("k2") == ("fp2", "recommendations")
+    # a failed write leaves no key behind
+    k3 = IdempotencyClaim("k3", "fp3", "recommendations", T0)
+    with pytest.raises(DuplicateDecisionError):
+        store.record_decision(replace(none, decision_id="n1", request_id="k3"), claim=k3)
+    assert store.idempotency_fingerprint("k3") is None
+
+
+def test_request_path_rows_read_back_as_the_orm_wrote_them(store: Store) -> None:
+    """The plain-SQL inserts (serving.store.hotpath) give the rows the ORM types describe."""
+    at = T0 + timedelta(microseconds=7)
+    rec = offer(
+        "h1",
+        ts=at,
+        request_id="r1",
+        propensity=0.9,
+        expected_value=1.25,
+        reasons=["chosen_best_value"],
+        scores={"pct10": 1.25, "pct20": None},
+        excluded=[{"offer_id": "free", "reason": "margin_floor"}],
+        model_version="m/1",
+        policy_version="p1",
+        value_tier="mid",
+        lapse_state="lapsed",
+        p_convert=0.2,
+    )
+    assert store.try_record_contact(rec, ContactCaps(), now=at).recorded
+    plain = DecisionRecord("h2", "c2", T0, "none", reasons=["unknown_customer"])
+    assert store.record_decision(plain).recorded
+    with Session(store.engine) as s:
+        row, other = s.get_one(Decision, "h1"), s.get_one(Decision, "h2")
+        contact = s.get_one(Contact, "h1")
+    assert (row.ts, row.request_id, row.dry_run) == (at, "r1", False)
+    assert row.reasons == ["chosen_best_value"]
+    assert row.scores == {"pct10": 1.25, "pct20": None}
+    assert row.excluded == [{"offer_id": "free", "reason": "margin_floor"}]
+    assert (row.value_tier, row.lapse_state, row.p_convert) == ("mid", "lapsed", 0.2)
+    assert (other.scores, other.excluded, other.offer_id) == (None, None, None)
+    assert (contact.ts, contact.channel, contact.status) == (at, "email", "sent")
+    # and the request path's read sees them (datetimes parsed back)
+    state = store.customer_states(["c1"], at, 7)["c1"]
+    assert [(c.ts, c.channel, c.offer_id) for c in state.contacts] == [(at, "email", "pct10")]
