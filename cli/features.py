@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -13,10 +14,31 @@ from features.errors import FeaturesError
 from features.featureset import DEFAULT_FEATURE_SET, FeatureSet, get_feature_set
 
 if TYPE_CHECKING:
-    import pandas as pd
+    from collections.abc import Callable
 
+    import pandas as pd
+    from rich.progress import Progress
+
+    from features.build import CustomerView
     from features.config import FeatureConfig
+    from features.snapshot import Attachment
+    from features.spark_features import SparkRun
     from serving.model_scorer import PolicyScorer
+
+
+class EngineName(StrEnum):
+    local = "local"
+    spark = "spark"
+
+
+EngineOption = Annotated[
+    EngineName,
+    typer.Option(
+        "--engine",
+        help="local, or spark: one Spark task per customer partition of a partitioned data "
+        "directory (master: WINBACK_BATCH_SPARK_MASTER)",
+    ),
+]
 
 app = typer.Typer(no_args_is_help=True)
 group = typer.Typer(no_args_is_help=True, help="Point-in-time features, frames and snapshots.")
@@ -63,26 +85,29 @@ def frames(
     horizon_days: Annotated[
         int | None, typer.Option("--horizon-days", help="label horizon H in days (default 90)")
     ] = None,
+    engine: EngineOption = EngineName.local,
 ) -> None:
     """Write OUT/reactivation.parquet and OUT/offer_response.parquet, then summarize them."""
-    from features.datadir import load_data_dir
-    from features.frames import summarize_offer_response, summarize_reactivation, write_frames
+    from features.frames import summarize_offer_response, summarize_reactivation
 
+    cuts = [x.strip() for raw in cutoffs or [] for x in raw.split(",") if x.strip()]
     try:
-        data = load_data_dir(directory)
-        with console.status("building frames"):
-            cuts = [x.strip() for raw in cutoffs or [] for x in raw.split(",") if x.strip()]
-            built = write_frames(data, out, cuts or None, horizon_days, _config())
+        if engine is EngineName.spark:
+            react, offer = _frames_spark(directory, out, cuts or None, horizon_days)
+        else:
+            from features.datadir import load_data_dir
+            from features.frames import write_frames
+
+            data = load_data_dir(directory)
+            with console.status("building frames"):
+                built = write_frames(data, out, cuts or None, horizon_days, _config())
+            react = built["reactivation.parquet"].data
+            offer = built["offer_response.parquet"].data
     except FeaturesError as exc:
         fail(str(exc))
         return
-    react, offer = built["reactivation.parquet"], built["offer_response.parquet"]
-    _print_summary(
-        f"reactivation frame ({len(react.data):,} rows)", summarize_reactivation(react.data)
-    )
-    _print_summary(
-        f"offer-response frame ({len(offer.data):,} rows)", summarize_offer_response(offer.data)
-    )
+    _print_summary(f"reactivation frame ({len(react):,} rows)", summarize_reactivation(react))
+    _print_summary(f"offer-response frame ({len(offer):,} rows)", summarize_offer_response(offer))
     console.print(f"[green]wrote[/] {out}/reactivation.parquet, {out}/offer_response.parquet")
 
 
@@ -114,6 +139,7 @@ def materialize(
             "scores up instead of calling the model (used while that model version serves)",
         ),
     ] = True,
+    engine: EngineOption = EngineName.local,
 ) -> None:
     """Write the current features of every customer as a new snapshot version."""
     import numpy as np
@@ -122,7 +148,7 @@ def materialize(
     from features.build import build_customer_view
     from features.datadir import load_data_dir
     from features.settings import get_settings
-    from features.snapshot import Attachment, write_snapshot
+    from features.snapshot import write_snapshot
 
     root = out or get_settings().snapshot_dir
     if feature_set is not None and model is not None:
@@ -139,20 +165,33 @@ def materialize(
         if model is not None:
             scorer = _model_scorer(model)
             fs = FeatureSet.from_json(scorer.model.feature_set)
-        data = load_data_dir(directory)
         when = as_of or pd.Timestamp.now(tz="UTC").tz_localize(None)
         config = _config()
-        with console.status("computing features"):
-            view = build_customer_view(data, when, config, fs)
         attachments: dict[str, Attachment] = {}
-        if scorer is not None and scores:
-            from serving.precomputed import SCORES, scores_attachment
 
-            with console.status(f"scoring {len(view.features):,} customers with {scorer.version}"):
-                matrix = view.features.to_numpy(np.float64)
-                attachments[SCORES] = scores_attachment(scorer, matrix)
-        with console.status("writing the snapshot"):
-            version = write_snapshot(view, root, config, attachments=attachments)
+        def attach(view: CustomerView) -> dict[str, Attachment]:
+            if scorer is not None and scores:
+                from serving.precomputed import SCORES, scores_attachment
+
+                with console.status(
+                    f"scoring {len(view.features):,} customers with {scorer.version}"
+                ):
+                    matrix = view.features.to_numpy(np.float64)
+                    attachments[SCORES] = scores_attachment(scorer, matrix)
+            return attachments
+
+        if engine is EngineName.spark:
+            version, n_rows, as_of_ts, fs_key = _materialize_spark(
+                directory, when, root, config, fs, attach
+            )
+        else:
+            data = load_data_dir(directory)
+            with console.status("computing features"):
+                view = build_customer_view(data, when, config, fs)
+            attach(view)
+            with console.status("writing the snapshot"):
+                version = write_snapshot(view, root, config, attachments=attachments)
+            n_rows, as_of_ts, fs_key = len(view.features), view.as_of, view.feature_set.key
     except OSError as exc:
         fail(f"{exc.filename or root}: {exc.strerror}")
         return
@@ -161,10 +200,80 @@ def materialize(
         return
     stored = f", scores of {scorer.version}" if attachments and scorer is not None else ""
     console.print(
-        f"[green]snapshot[/] {root} version {version}: {len(view.features):,} customers, "
-        f"{view.feature_set.key}, as of {view.as_of}{stored}",
+        f"[green]snapshot[/] {root} version {version}: {n_rows:,} customers, "
+        f"{fs_key}, as of {as_of_ts}{stored}",
         highlight=False,
     )
+
+
+def _materialize_spark(
+    directory: Path,
+    when: pd.Timestamp | str,
+    root: Path,
+    config: FeatureConfig,
+    fs: FeatureSet | None,
+    attach: Callable[[CustomerView], dict[str, Attachment]],
+) -> tuple[str, int, pd.Timestamp, str]:
+    from features.build import to_timestamp
+    from features.snapshot import partitioned_copy
+    from features.spark_features import materialize_spark, spark_session
+    from serving.batch.settings import BatchSettings
+
+    spark = spark_session(BatchSettings().spark_master)
+    try:
+        progress, update = _spark_progress("computing features on Spark")
+        with progress:
+            run = materialize_spark(
+                spark, directory, when, root, config, fs, on_progress=update, attach=attach
+            )
+    finally:
+        spark.stop()
+    _spark_done(run, "features")
+    copy = partitioned_copy(root, run.out)
+    key = copy.feature_set.key if copy is not None else ""
+    return run.out, run.rows, to_timestamp(when), key
+
+
+def _spark_progress(what: str) -> tuple[Progress, Callable[[int, int], None]]:
+    from cli.progress import partitions_progress
+
+    progress = partitions_progress(console)
+    task = progress.add_task(what, total=None)
+
+    def update(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    return progress, update
+
+
+def _spark_done(run: SparkRun, what: str) -> None:
+    rate = run.rows / run.seconds if run.seconds > 0 else 0.0
+    slowest = max(run.task_seconds.values(), default=0.0)
+    console.print(
+        f"[green]spark[/] {what}: {run.rows:,} rows from {run.n_partitions} partitions in "
+        f"{run.seconds:,.1f} s ({rate:,.0f} rows/s; slowest partition {slowest:,.1f} s)",
+        highlight=False,
+    )
+
+
+def _frames_spark(
+    directory: Path, out: Path, cuts: list[str] | None, horizon_days: int | None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from features.frames import OFFER_RESPONSE_FILE, REACTIVATION_FILE
+    from features.spark_features import frames_spark, spark_session
+    from serving.batch.settings import BatchSettings
+
+    spark = spark_session(BatchSettings().spark_master)
+    try:
+        progress, update = _spark_progress("building frames on Spark")
+        with progress:
+            run, built = frames_spark(
+                spark, directory, out, cuts, horizon_days, _config(), on_progress=update
+            )
+    finally:
+        spark.stop()
+    _spark_done(run, "frames")
+    return built[REACTIVATION_FILE][0], built[OFFER_RESPONSE_FILE][0]
 
 
 def _model_scorer(model_uri: str) -> PolicyScorer:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.progress import Progress
 from rich.status import Status
 
 
@@ -39,3 +40,18 @@ def stage_lines(console: Console, logger: str, status: Status | None = None) -> 
     finally:
         target.removeHandler(handler)
         target.setLevel(level)
+
+
+def partitions_progress(console: Console) -> Progress:
+    """A bar of partitions done (`N/M`) and the elapsed time, for partition-by-partition work;
+    the command prints rows and rows/s when it is over."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("partitions"),
+        TimeElapsedColumn(),
+        console=console,
+    )

@@ -14,6 +14,7 @@ from features.errors import FeaturesError
 from serving.errors import ServingError
 
 if TYPE_CHECKING:
+    from features.snapshot import PartitionedCopy
     from serving.batch.local import BatchResult
 
 app = typer.Typer(no_args_is_help=True)
@@ -54,6 +55,15 @@ def _print_summary(result: BatchResult) -> None:
             f"{r.blocked_by_cap:,} blocked by a cap since deciding",
             highlight=False,
         )
+
+
+def _partitioned_copy(data: Path) -> PartitionedCopy | None:
+    """The current version's partitioned copy when DATA is a snapshot directory that has one."""
+    from features.snapshot import CURRENT_FILE, partitioned_copy
+
+    if not (Path(data) / CURRENT_FILE).is_file():
+        return None
+    return partitioned_copy(Path(data))
 
 
 @app.command()
@@ -109,15 +119,34 @@ def score(
         decider, model_error = load_decider(settings, mlflow_scorer_loader())
         if model_error:
             console.print(f"[yellow]model unavailable, rules only:[/] {model_error}")
-        with console.status("loading the snapshot"):
-            snapshot = load_snapshot(data, when)
+        parts = None
+        if engine is EngineName.spark and customers is None:
+            parts = _partitioned_copy(data)
+        if parts is None:
+            with console.status("loading the snapshot"):
+                snapshot = load_snapshot(data, when)
         ids = read_customers(customers) if customers is not None else None
         store = open_store(settings.database_url, record)
-        if engine is EngineName.spark:
+        if engine is EngineName.spark and record:
+            fail("--record: use --engine local (Spark writes files, not the store)")
+        if parts is not None:
+            from serving.batch.spark import run_spark_partitioned
+
+            with console.status(
+                f"scoring {parts.n_customers:,} customers on Spark from the snapshot's "
+                f"partitioned copy ({parts.path})"
+            ):
+                result = run_spark_partitioned(
+                    parts,
+                    decider,
+                    out,
+                    wave,
+                    batch.spark_master,
+                    settings.database_url if store is not None else None,
+                )
+        elif engine is EngineName.spark:
             from serving.batch.spark import run_spark
 
-            if record:
-                fail("--record: use --engine local (Spark writes files, not the store)")
             result = run_spark(
                 snapshot,
                 decider,

@@ -10,6 +10,9 @@ Layout of a snapshot directory::
         <name>.<array>.npy          optional attachments: arrays with one row per customer,
                                     same row order, described in the manifest (e.g. the
                                     serving layer's precomputed model scores)
+        parts/part=NNN/data.parquet optional partitioned copy (the Spark engine writes it):
+                                    customer_id, the features, `state.*`, one folder per
+                                    customer partition; the manifest's `partitioned` says so
 
 `Snapshot` is one loaded version: `get(customer_id)` is a dict lookup plus a row view (well
 under a microsecond). `SnapshotStore` holds the live `Snapshot` and, on `refresh()`, loads a
@@ -44,6 +47,7 @@ VERSIONS_DIR = "versions"
 MANIFEST = "manifest.json"
 MATRIX = "features.npy"
 STATE = "state.parquet"
+PARTS_DIR = "parts"
 
 
 class SnapshotError(FeaturesError):
@@ -85,12 +89,15 @@ def write_snapshot(
     config: FeatureConfig | None = None,
     keep: int = 3,
     attachments: Mapping[str, Attachment] | None = None,
+    partitioned: Path | None = None,
 ) -> str:
     """Write `view` as a new version under `root`, make it current, prune old versions.
 
     Returns the version name. Readers never see a partial version: the directory is renamed
     into place only when complete, and CURRENT is replaced atomically afterwards.
-    `attachments` are stored beside the features (see `Attachment`).
+    `attachments` are stored beside the features (see `Attachment`). `partitioned`: a
+    directory of `part=NNN/` Parquet files holding the same rows, moved into the version as
+    `parts/` (the Spark engine's copy, which Spark jobs read without an export).
     """
     attachments = dict(attachments or {})
     _check_attachments(attachments, len(view.features))
@@ -106,6 +113,10 @@ def write_snapshot(
     for name, att in attachments.items():
         for key, arr in att.arrays.items():
             np.save(tmp / f"{name}.{key}.npy", np.ascontiguousarray(arr))
+    parts = None
+    if partitioned is not None:
+        os.replace(partitioned, tmp / PARTS_DIR)
+        parts = {"dir": PARTS_DIR, "n_partitions": len(list((tmp / PARTS_DIR).glob("part=*")))}
     manifest = {
         "version": version,
         "feature_set": view.feature_set.to_dict(),
@@ -118,6 +129,7 @@ def write_snapshot(
             name: {"arrays": list(att.arrays), "meta": dict(att.meta)}
             for name, att in attachments.items()
         },
+        **({"partitioned": parts} if parts else {}),
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     os.replace(tmp, versions / version)
@@ -171,6 +183,40 @@ def current_version(root: Path) -> str:
         raise SnapshotError(
             f"{root}: no snapshot (run `winback features materialize DIR --out {root}`)"
         ) from None
+
+
+@dataclass(frozen=True)
+class PartitionedCopy:
+    """A version's partitioned copy (`parts/`): where it is and what its rows mean."""
+
+    version: str
+    path: Path
+    as_of: pd.Timestamp
+    feature_set: FeatureSet
+    n_customers: int
+
+
+def partitioned_copy(root: Path, version: str | None = None) -> PartitionedCopy | None:
+    """The partitioned copy of `version` (default: the current one), None when it has none.
+
+    Reads the manifest only: a Spark job reads the copy without loading the snapshot here.
+    """
+    version = version or current_version(root)
+    path = Path(root) / VERSIONS_DIR / version
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SnapshotError(f"{path}: cannot read snapshot manifest: {exc}") from None
+    parts = manifest.get("partitioned")
+    if not parts or not (path / parts["dir"]).is_dir():
+        return None
+    return PartitionedCopy(
+        version=version,
+        path=path / parts["dir"],
+        as_of=pd.Timestamp(manifest["as_of"]),
+        feature_set=FeatureSet.from_dict(manifest["feature_set"]),
+        n_customers=int(manifest["n_customers"]),
+    )
 
 
 @dataclass(frozen=True)
