@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from features import constants as c
-from features.config import FeatureConfig
+from features.config import FeatureConfig, FeatureConfigError
 from features.contract import SCHEMAS, Problem
 from features.errors import FeaturesError
 from features.featureset import DEFAULT_FEATURE_SET, FeatureSet
@@ -89,8 +89,6 @@ def _max_ts(directory: Path, table: str, column: str) -> pd.Timestamp | None:
 
 def data_end(directory: Path) -> pd.Timestamp:
     """The latest timestamp of orders, contacts and events (`features.frames.data_end`)."""
-    from features.frames import FeatureConfigError
-
     stamps = [
         _max_ts(directory, c.ORDERS, c.ORDER_TS),
         _max_ts(directory, c.CONTACTS, c.TS),
