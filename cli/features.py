@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -13,8 +14,10 @@ from features.errors import FeaturesError
 from features.featureset import DEFAULT_FEATURE_SET, FeatureSet, get_feature_set
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
+    from features.build import CustomerView
     from features.config import FeatureConfig
     from serving.model_scorer import PolicyScorer
 
@@ -67,23 +70,50 @@ def frames(
     """Write OUT/reactivation.parquet and OUT/offer_response.parquet, then summarize them."""
     from features.datadir import load_data_dir
     from features.frames import summarize_offer_response, summarize_reactivation, write_frames
+    from features.partitioned import is_partitioned
 
+    cuts = [x.strip() for raw in cutoffs or [] for x in raw.split(",") if x.strip()]
     try:
-        data = load_data_dir(directory)
-        with console.status("building frames"):
-            cuts = [x.strip() for raw in cutoffs or [] for x in raw.split(",") if x.strip()]
-            built = write_frames(data, out, cuts or None, horizon_days, _config())
+        if is_partitioned(directory):
+            react_df, offer_df = _frames_partitioned(directory, out, cuts, horizon_days)
+        else:
+            data = load_data_dir(directory)
+            with console.status("building frames"):
+                built = write_frames(data, out, cuts or None, horizon_days, _config())
+            react_df = built["reactivation.parquet"].data
+            offer_df = built["offer_response.parquet"].data
     except FeaturesError as exc:
         fail(str(exc))
         return
-    react, offer = built["reactivation.parquet"], built["offer_response.parquet"]
+    _print_summary(f"reactivation frame ({len(react_df):,} rows)", summarize_reactivation(react_df))
     _print_summary(
-        f"reactivation frame ({len(react.data):,} rows)", summarize_reactivation(react.data)
-    )
-    _print_summary(
-        f"offer-response frame ({len(offer.data):,} rows)", summarize_offer_response(offer.data)
+        f"offer-response frame ({len(offer_df):,} rows)", summarize_offer_response(offer_df)
     )
     console.print(f"[green]wrote[/] {out}/reactivation.parquet, {out}/offer_response.parquet")
+
+
+def _frames_partitioned(
+    directory: Path, out: Path, cuts: list[str], horizon_days: int | None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write both frames partition by partition; return the columns the summaries need."""
+    import pyarrow.parquet as pq
+
+    from cli.progress import partition_bar
+    from features import constants as c
+    from features import modeling_frame as mf
+    from features.partitioned import read_layout
+    from features.streaming import write_frames_partitioned
+
+    layout = read_layout(directory)
+    total = layout.row_counts.get("customers")
+    with partition_bar(console, "building frames", total, layout.n_partitions) as on_part:
+        write_frames_partitioned(directory, out, cuts or None, horizon_days, _config(), on_part)
+    react_cols = [mf.CUTOFF, mf.LABEL, mf.CONTACTED_IN_WINDOW, mf.OUTCOME_MARGIN]
+    offer_cols = [c.OFFER_ID, mf.CONVERTED, mf.OUTCOME_REVENUE, mf.OUTCOME_MARGIN]
+    offer_cols.append(mf.UNSUBSCRIBED)
+    react = pq.read_table(Path(out) / "reactivation.parquet", columns=react_cols).to_pandas()
+    offer = pq.read_table(Path(out) / "offer_response.parquet", columns=offer_cols).to_pandas()
+    return react, offer
 
 
 @group.command()
@@ -121,6 +151,7 @@ def materialize(
 
     from features.build import build_customer_view
     from features.datadir import load_data_dir
+    from features.partitioned import is_partitioned
     from features.settings import get_settings
     from features.snapshot import Attachment, write_snapshot
 
@@ -139,9 +170,12 @@ def materialize(
         if model is not None:
             scorer = _model_scorer(model)
             fs = FeatureSet.from_json(scorer.model.feature_set)
-        data = load_data_dir(directory)
         when = as_of or pd.Timestamp.now(tz="UTC").tz_localize(None)
         config = _config()
+        if is_partitioned(directory):
+            _materialize_partitioned(directory, when, root, config, fs, scorer if scores else None)
+            return
+        data = load_data_dir(directory)
         with console.status("computing features"):
             view = build_customer_view(data, when, config, fs)
         attachments: dict[str, Attachment] = {}
@@ -163,6 +197,46 @@ def materialize(
     console.print(
         f"[green]snapshot[/] {root} version {version}: {len(view.features):,} customers, "
         f"{view.feature_set.key}, as of {view.as_of}{stored}",
+        highlight=False,
+    )
+
+
+def _materialize_partitioned(
+    directory: Path,
+    when: pd.Timestamp | str,
+    root: Path,
+    config: FeatureConfig,
+    fs: FeatureSet | None,
+    scorer: PolicyScorer | None,
+) -> None:
+    """`materialize` of a partitioned directory: one partition at a time into the snapshot."""
+    import numpy as np
+
+    from cli.progress import partition_bar
+    from features.partitioned import read_layout
+    from features.streaming import materialize_partitioned
+
+    attach: Callable[[CustomerView], dict[str, dict[str, np.ndarray]]] | None = None
+    meta = None
+    if scorer is not None:
+        from serving.precomputed import SCORES, scores_attachment, scores_meta
+
+        def _scores(view: CustomerView) -> dict[str, dict[str, np.ndarray]]:
+            matrix = view.features.to_numpy(np.float64)
+            return {SCORES: dict(scores_attachment(scorer, matrix).arrays)}
+
+        attach = _scores
+
+        meta = {SCORES: scores_meta(scorer)}
+    layout = read_layout(directory)
+    total = layout.row_counts.get("customers")
+    with partition_bar(console, "materializing", total, layout.n_partitions) as on_part:
+        result = materialize_partitioned(directory, when, root, config, fs, attach, meta, on_part)
+    stored = f", scores of {scorer.version}" if scorer is not None else ""
+    console.print(
+        f"[green]snapshot[/] {root} version {result.version}: {result.n_customers:,} customers, "
+        f"{result.feature_set.key}, as of {result.as_of}{stored} "
+        f"({layout.n_partitions} partitions)",
         highlight=False,
     )
 
