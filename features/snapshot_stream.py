@@ -53,7 +53,7 @@ class _NpyAppender:
             "fortran_order": False,
             "shape": (n_rows, *trailing),
         }
-        np.lib.format.write_array_header_2_0(self.fp, header)  # type: ignore[no-untyped-call]
+        np.lib.format.write_array_header_2_0(self.fp, header)
 
     def add(self, block: np.ndarray) -> None:
         if block.shape[1:] != self.trailing or block.dtype != self.dtype:
@@ -184,13 +184,13 @@ class SnapshotWriter:
 def _read_rows(path: Path, start: int, stop: int) -> np.ndarray:
     """Rows [start, stop) of a C-order `.npy` file, read (not mapped)."""
     with open(path, "rb") as fp:
-        version = np.lib.format.read_magic(fp)  # type: ignore[no-untyped-call]
+        version = np.lib.format.read_magic(fp)
         read_header = (
             np.lib.format.read_array_header_1_0
             if version == (1, 0)
             else np.lib.format.read_array_header_2_0
         )
-        shape, fortran, dtype = read_header(fp)  # type: ignore[operator]
+        shape, fortran, dtype = read_header(fp)
         if fortran:
             raise SnapshotError(f"{path}: Fortran-ordered arrays are not supported")
         row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
