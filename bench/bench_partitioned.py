@@ -42,11 +42,12 @@ class Stage:
     peak_bytes: int
 
 
-def run_stage(name: str, args: list[str], env: dict[str, str]) -> Stage:
+def run_stage(name: str, args: list[str], env: dict[str, str], winback: str) -> Stage:
     """Run one `winback` command; its wall time and peak RSS (ru_maxrss, KiB on Linux)."""
     start = time.perf_counter()
+    cwd = Path(winback).resolve().parents[2]  # the checkout whose policy.example.yaml it reads
     proc = subprocess.Popen(
-        [WINBACK, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [winback, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     assert proc.stdout is not None
     output = proc.stdout.read()
@@ -61,20 +62,22 @@ def run_stage(name: str, args: list[str], env: dict[str, str]) -> Stage:
     return stage
 
 
-def chain(n: int, work: Path, partitions: int | None, env: dict[str, str]) -> list[Stage]:
+def chain(
+    n: int, work: Path, partitions: int | None, env: dict[str, str], winback: str = WINBACK
+) -> list[Stage]:
     data, snap, out = work / "data", work / "snapshot", work / "decisions.parquet"
     label = f"{partitions} partitions" if partitions else "in memory"
     print(f"{n:,} customers, {label}:", flush=True)
     gen = ["generate", "--customers", str(n), "--seed", "7", "--out", str(data)]
     if partitions:
         gen += ["--partitions", str(partitions)]
-    stages = [run_stage("generate", gen, env)]
-    stages.append(run_stage("validate", ["validate", str(data)], env))
+    stages = [run_stage("generate", gen, env, winback)]
+    stages.append(run_stage("validate", ["validate", str(data)], env, winback))
     materialize = ["features", "materialize", str(data), "--as-of", AS_OF, "--out", str(snap)]
-    stages.append(run_stage("features materialize", materialize, env))
+    stages.append(run_stage("features materialize", materialize, env, winback))
     env = {**env, "WINBACK_CATALOG_PATH": str(data / "offers.yaml")}
     score = ["score", str(snap), "--out", str(out), "--as-of", DECIDE_AT, "--wave-id", "bench"]
-    stages.append(run_stage("score", score, env))
+    stages.append(run_stage("score", score, env, winback))
     return stages
 
 
@@ -86,6 +89,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench-partitioned"))
     ap.add_argument("--keep", action="store_true", help="keep the generated data")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument(
+        "--baseline-winback",
+        default=WINBACK,
+        help="the `winback` of the baseline chain, e.g. an older checkout's .venv/bin/winback "
+        "(this checkout's `score` streams a snapshot; an older one loads it whole)",
+    )
     args = ap.parse_args()
     parts = args.partitions or max(1, -(-args.customers // 125_000))
     env = {
@@ -97,7 +106,9 @@ def main() -> None:
     try:
         if not args.skip_baseline:
             shutil.rmtree(args.work / "baseline", ignore_errors=True)
-            base = chain(args.baseline_customers, args.work / "baseline", None, env)
+            base = chain(
+                args.baseline_customers, args.work / "baseline", None, env, args.baseline_winback
+            )
             results["baseline"] = (args.baseline_customers, base)
             if not args.keep:
                 shutil.rmtree(args.work / "baseline", ignore_errors=True)
@@ -119,7 +130,9 @@ def main() -> None:
     print(f"  bar: whole chain < 60 min: {'met' if total < 3600 else 'MISSED'} ({total:.0f} s)")
     if "baseline" in results:
         m, base = results["baseline"]
-        print(f"ratios to the in-memory chain on {m:,} customers (same run):")
+        print(
+            f"ratios to the in-memory chain on {m:,} customers (same run, {args.baseline_winback}):"
+        )
         print(f"  {'stage':<22} {'peak RSS':>10} {'s per 1M customers':>22}")
         for p, b in zip(part, base, strict=True):
             rss = p.peak_bytes / b.peak_bytes
