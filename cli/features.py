@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -14,14 +16,14 @@ from features.errors import FeaturesError
 from features.featureset import DEFAULT_FEATURE_SET, FeatureSet, get_feature_set
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Iterator
 
+    import numpy as np
     import pandas as pd
-    from rich.progress import Progress
+    from pyspark.sql import SparkSession
 
     from features.build import CustomerView
     from features.config import FeatureConfig
-    from features.snapshot import Attachment
     from features.spark_features import SparkRun
     from serving.model_scorer import PolicyScorer
 
@@ -36,7 +38,7 @@ EngineOption = Annotated[
     typer.Option(
         "--engine",
         help="local, or spark: one Spark task per customer partition of a partitioned data "
-        "directory (master: WINBACK_BATCH_SPARK_MASTER)",
+        "directory, the same files as local (master: WINBACK_BATCH_SPARK_MASTER)",
     ),
 ]
 
@@ -88,27 +90,65 @@ def frames(
     engine: EngineOption = EngineName.local,
 ) -> None:
     """Write OUT/reactivation.parquet and OUT/offer_response.parquet, then summarize them."""
-    from features.frames import summarize_offer_response, summarize_reactivation
+    from features.datadir import load_data_dir
+    from features.frames import summarize_offer_response, summarize_reactivation, write_frames
+    from features.partitioned import is_partitioned
 
     cuts = [x.strip() for raw in cutoffs or [] for x in raw.split(",") if x.strip()]
     try:
-        if engine is EngineName.spark:
-            react, offer = _frames_spark(directory, out, cuts or None, horizon_days)
+        if is_partitioned(directory) or engine is EngineName.spark:
+            react_df, offer_df = _frames_partitioned(directory, out, cuts, horizon_days, engine)
         else:
-            from features.datadir import load_data_dir
-            from features.frames import write_frames
-
             data = load_data_dir(directory)
             with console.status("building frames"):
                 built = write_frames(data, out, cuts or None, horizon_days, _config())
-            react = built["reactivation.parquet"].data
-            offer = built["offer_response.parquet"].data
+            react_df = built["reactivation.parquet"].data
+            offer_df = built["offer_response.parquet"].data
     except FeaturesError as exc:
         fail(str(exc))
         return
-    _print_summary(f"reactivation frame ({len(react):,} rows)", summarize_reactivation(react))
-    _print_summary(f"offer-response frame ({len(offer):,} rows)", summarize_offer_response(offer))
+    _print_summary(f"reactivation frame ({len(react_df):,} rows)", summarize_reactivation(react_df))
+    _print_summary(
+        f"offer-response frame ({len(offer_df):,} rows)", summarize_offer_response(offer_df)
+    )
     console.print(f"[green]wrote[/] {out}/reactivation.parquet, {out}/offer_response.parquet")
+
+
+def _frames_partitioned(
+    directory: Path,
+    out: Path,
+    cuts: list[str],
+    horizon_days: int | None,
+    engine: EngineName = EngineName.local,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write both frames partition by partition; return the columns the summaries need."""
+    import pyarrow.parquet as pq
+
+    from cli.progress import partition_bar
+    from features import constants as c
+    from features import modeling_frame as mf
+    from features.partitioned import read_layout
+    from features.streaming import write_frames_partitioned
+
+    if engine is EngineName.spark:
+        from features.spark_features import frames_spark
+
+        with _spark() as (spark, on_progress):
+            run, _ = frames_spark(
+                spark, directory, out, cuts or None, horizon_days, _config(), on_progress
+            )
+        _spark_done(run, "frames")
+    else:
+        layout = read_layout(directory)
+        total = layout.row_counts.get("customers")
+        with partition_bar(console, "building frames", total, layout.n_partitions) as on_part:
+            write_frames_partitioned(directory, out, cuts or None, horizon_days, _config(), on_part)
+    react_cols = [mf.CUTOFF, mf.LABEL, mf.CONTACTED_IN_WINDOW, mf.OUTCOME_MARGIN]
+    offer_cols = [c.OFFER_ID, mf.CONVERTED, mf.OUTCOME_REVENUE, mf.OUTCOME_MARGIN]
+    offer_cols.append(mf.UNSUBSCRIBED)
+    react = pq.read_table(Path(out) / "reactivation.parquet", columns=react_cols).to_pandas()
+    offer = pq.read_table(Path(out) / "offer_response.parquet", columns=offer_cols).to_pandas()
+    return react, offer
 
 
 @group.command()
@@ -147,8 +187,9 @@ def materialize(
 
     from features.build import build_customer_view
     from features.datadir import load_data_dir
+    from features.partitioned import is_partitioned
     from features.settings import get_settings
-    from features.snapshot import write_snapshot
+    from features.snapshot import Attachment, write_snapshot
 
     root = out or get_settings().snapshot_dir
     if feature_set is not None and model is not None:
@@ -167,31 +208,23 @@ def materialize(
             fs = FeatureSet.from_json(scorer.model.feature_set)
         when = as_of or pd.Timestamp.now(tz="UTC").tz_localize(None)
         config = _config()
-        attachments: dict[str, Attachment] = {}
-
-        def attach(view: CustomerView) -> dict[str, Attachment]:
-            if scorer is not None and scores:
-                from serving.precomputed import SCORES, scores_attachment
-
-                with console.status(
-                    f"scoring {len(view.features):,} customers with {scorer.version}"
-                ):
-                    matrix = view.features.to_numpy(np.float64)
-                    attachments[SCORES] = scores_attachment(scorer, matrix)
-            return attachments
-
-        if engine is EngineName.spark:
-            version, n_rows, as_of_ts, fs_key = _materialize_spark(
-                directory, when, root, config, fs, attach
+        if is_partitioned(directory) or engine is EngineName.spark:
+            _materialize_partitioned(
+                directory, when, root, config, fs, scorer if scores else None, engine
             )
-        else:
-            data = load_data_dir(directory)
-            with console.status("computing features"):
-                view = build_customer_view(data, when, config, fs)
-            attach(view)
-            with console.status("writing the snapshot"):
-                version = write_snapshot(view, root, config, attachments=attachments)
-            n_rows, as_of_ts, fs_key = len(view.features), view.as_of, view.feature_set.key
+            return
+        data = load_data_dir(directory)
+        with console.status("computing features"):
+            view = build_customer_view(data, when, config, fs)
+        attachments: dict[str, Attachment] = {}
+        if scorer is not None and scores:
+            from serving.precomputed import SCORES, scores_attachment
+
+            with console.status(f"scoring {len(view.features):,} customers with {scorer.version}"):
+                matrix = view.features.to_numpy(np.float64)
+                attachments[SCORES] = scores_attachment(scorer, matrix)
+        with console.status("writing the snapshot"):
+            version = write_snapshot(view, root, config, attachments=attachments)
     except OSError as exc:
         fail(f"{exc.filename or root}: {exc.strerror}")
         return
@@ -200,50 +233,101 @@ def materialize(
         return
     stored = f", scores of {scorer.version}" if attachments and scorer is not None else ""
     console.print(
-        f"[green]snapshot[/] {root} version {version}: {n_rows:,} customers, "
-        f"{fs_key}, as of {as_of_ts}{stored}",
+        f"[green]snapshot[/] {root} version {version}: {len(view.features):,} customers, "
+        f"{view.feature_set.key}, as of {view.as_of}{stored}",
         highlight=False,
     )
 
 
-def _materialize_spark(
+def _materialize_partitioned(
     directory: Path,
     when: pd.Timestamp | str,
     root: Path,
     config: FeatureConfig,
     fs: FeatureSet | None,
-    attach: Callable[[CustomerView], dict[str, Attachment]],
-) -> tuple[str, int, pd.Timestamp, str]:
-    from features.build import to_timestamp
-    from features.snapshot import partitioned_copy
-    from features.spark_features import materialize_spark, spark_session
+    scorer: PolicyScorer | None,
+    engine: EngineName = EngineName.local,
+) -> None:
+    """`materialize` of a partitioned directory: one partition at a time into the snapshot
+    (on Spark: one task per partition, then the same writer)."""
+    import numpy as np
+
+    from cli.progress import partition_bar
+    from features.partitioned import read_layout
+    from features.streaming import materialize_partitioned
+
+    attach: Callable[[CustomerView], dict[str, dict[str, np.ndarray]]] | None = None
+    meta = None
+    if scorer is not None:
+        from serving.precomputed import SCORES, scores_attachment, scores_meta
+
+        def _scores(view: CustomerView) -> dict[str, dict[str, np.ndarray]]:
+            matrix = view.features.to_numpy(np.float64)
+            return {SCORES: dict(scores_attachment(scorer, matrix).arrays)}
+
+        attach = _scores
+
+        meta = {SCORES: scores_meta(scorer)}
+    stored = f", scores of {scorer.version}" if scorer is not None else ""
+    if engine is EngineName.spark:
+        from features.snapshot import partitioned_copy
+        from features.spark_features import materialize_spark
+
+        with _spark() as (spark, on_progress):
+            run = materialize_spark(
+                spark, directory, when, root, config, fs, attach, meta, on_progress
+            )
+        _spark_done(run, "features")
+        copy = partitioned_copy(root, run.out)
+        assert copy is not None
+        console.print(
+            f"[green]snapshot[/] {root} version {run.out}: {run.rows:,} customers, "
+            f"{copy.feature_set.key}, as of {copy.as_of}{stored} ({run.n_partitions} "
+            f"partitions; partitioned copy {copy.path})",
+            highlight=False,
+        )
+        return
+    layout = read_layout(directory)
+    total = layout.row_counts.get("customers")
+    with partition_bar(console, "materializing", total, layout.n_partitions) as on_part:
+        result = materialize_partitioned(directory, when, root, config, fs, attach, meta, on_part)
+    console.print(
+        f"[green]snapshot[/] {root} version {result.version}: {result.n_customers:,} customers, "
+        f"{result.feature_set.key}, as of {result.as_of}{stored} "
+        f"({layout.n_partitions} partitions)",
+        highlight=False,
+    )
+
+
+@contextmanager
+def _spark() -> Iterator[tuple[SparkSession, Callable[[int, int], None]]]:
+    """A Spark session on WINBACK_BATCH_SPARK_MASTER and a bar of partitions done."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from features.spark_features import spark_session
     from serving.batch.settings import BatchSettings
 
-    spark = spark_session(BatchSettings().spark_master)
-    try:
-        progress, update = _spark_progress("computing features on Spark")
-        with progress:
-            run = materialize_spark(
-                spark, directory, when, root, config, fs, on_progress=update, attach=attach
-            )
-    finally:
-        spark.stop()
-    _spark_done(run, "features")
-    copy = partitioned_copy(root, run.out)
-    key = copy.feature_set.key if copy is not None else ""
-    return run.out, run.rows, to_timestamp(when), key
+    master = BatchSettings().spark_master
+    with console.status(f"starting Spark ({master})"):
+        spark = spark_session(master)
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("partitions"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    task = progress.add_task(f"Spark {master}", total=None)
 
-
-def _spark_progress(what: str) -> tuple[Progress, Callable[[int, int], None]]:
-    from cli.progress import partitions_progress
-
-    progress = partitions_progress(console)
-    task = progress.add_task(what, total=None)
-
-    def update(done: int, total: int) -> None:
+    def on_progress(done: int, total: int) -> None:
         progress.update(task, completed=done, total=total)
 
-    return progress, update
+    try:
+        with progress:
+            yield spark, on_progress
+    finally:
+        spark.stop()
 
 
 def _spark_done(run: SparkRun, what: str) -> None:
@@ -254,26 +338,6 @@ def _spark_done(run: SparkRun, what: str) -> None:
         f"{run.seconds:,.1f} s ({rate:,.0f} rows/s; slowest partition {slowest:,.1f} s)",
         highlight=False,
     )
-
-
-def _frames_spark(
-    directory: Path, out: Path, cuts: list[str] | None, horizon_days: int | None
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from features.frames import OFFER_RESPONSE_FILE, REACTIVATION_FILE
-    from features.spark_features import frames_spark, spark_session
-    from serving.batch.settings import BatchSettings
-
-    spark = spark_session(BatchSettings().spark_master)
-    try:
-        progress, update = _spark_progress("building frames on Spark")
-        with progress:
-            run, built = frames_spark(
-                spark, directory, out, cuts, horizon_days, _config(), on_progress=update
-            )
-    finally:
-        spark.stop()
-    _spark_done(run, "frames")
-    return built[REACTIVATION_FILE][0], built[OFFER_RESPONSE_FILE][0]
 
 
 def _model_scorer(model_uri: str) -> PolicyScorer:

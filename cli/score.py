@@ -92,9 +92,12 @@ def score(
     ] = None,
 ) -> None:
     """Decide for every customer (as the API would) and write one row per customer to OUT."""
+    from contextlib import ExitStack
+
     import pandas as pd
 
-    from serving.batch.job import load_decider, load_snapshot, open_store, read_customers
+    from features.snapshot import Snapshot
+    from serving.batch.job import load_decider, open_store, read_customers, snapshot_source
     from serving.batch.local import Wave, rows_progress, score_local
     from serving.batch.output import open_output, output_format
     from serving.batch.settings import BatchSettings
@@ -119,19 +122,15 @@ def score(
         decider, model_error = load_decider(settings, mlflow_scorer_loader())
         if model_error:
             console.print(f"[yellow]model unavailable, rules only:[/] {model_error}")
-        parts = None
-        if engine is EngineName.spark and customers is None:
-            parts = _partitioned_copy(data)
-        if parts is None:
-            with console.status("loading the snapshot"):
-                snapshot = load_snapshot(data, when)
         ids = read_customers(customers) if customers is not None else None
         store = open_store(settings.database_url, record)
-        if engine is EngineName.spark and record:
-            fail("--record: use --engine local (Spark writes files, not the store)")
-        if parts is not None:
+        stream = engine is EngineName.local and ids is None
+        parts = _partitioned_copy(data) if engine is EngineName.spark and ids is None else None
+        if parts is not None:  # written by `features materialize --engine spark`
             from serving.batch.spark import run_spark_partitioned
 
+            if record:
+                fail("--record: use --engine local (Spark writes files, not the store)")
             with console.status(
                 f"scoring {parts.n_customers:,} customers on Spark from the snapshot's "
                 f"partitioned copy ({parts.path})"
@@ -144,32 +143,39 @@ def score(
                     batch.spark_master,
                     settings.database_url if store is not None else None,
                 )
-        elif engine is EngineName.spark:
-            from serving.batch.spark import run_spark
-
-            result = run_spark(
-                snapshot,
-                decider,
-                out,
-                wave,
-                batch.spark_master,
-                ids,
-                settings.database_url if store is not None else None,
-            )
         else:
-            with rows_progress(console) as progress, open_output(out) as sink:
-                task = progress.add_task("scoring", total=len(ids or snapshot))
-                result = score_local(
-                    snapshot,
-                    decider,
-                    sink,
-                    wave,
-                    store,
-                    record,
-                    ids,
-                    batch.batch_chunk_rows,
-                    on_chunk=lambda n: progress.advance(task, n),
-                )
+            with ExitStack() as stack:
+                with console.status("loading the snapshot"):
+                    snapshot = stack.enter_context(snapshot_source(data, when, stream=stream))
+                if engine is EngineName.spark:
+                    from serving.batch.spark import run_spark
+
+                    if record:
+                        fail("--record: use --engine local (Spark writes files, not the store)")
+                    assert isinstance(snapshot, Snapshot)
+                    result = run_spark(
+                        snapshot,
+                        decider,
+                        out,
+                        wave,
+                        batch.spark_master,
+                        ids,
+                        settings.database_url if store is not None else None,
+                    )
+                else:
+                    with rows_progress(console) as progress, open_output(out) as sink:
+                        task = progress.add_task("scoring", total=len(ids or snapshot))
+                        result = score_local(
+                            snapshot,
+                            decider,
+                            sink,
+                            wave,
+                            store,
+                            record,
+                            ids,
+                            batch.batch_chunk_rows,
+                            on_chunk=lambda n: progress.advance(task, n),
+                        )
     except (ServingError, FeaturesError, EngineInputError) as exc:
         fail(str(exc))
         return

@@ -63,13 +63,16 @@ def data_end(data: DataSet) -> pd.Timestamp:
     return pd.Timestamp(max(stamps))
 
 
-def default_cutoffs(data: DataSet, horizon_days: int, n: int = 4) -> list[pd.Timestamp]:
-    """`n` rolling origins, `horizon_days` apart, the last one a full horizon before the end."""
-    return cutoffs_before(data_end(data), horizon_days, n)
+def default_cutoffs(
+    data: DataSet, horizon_days: int, n: int = 4, end: pd.Timestamp | None = None
+) -> list[pd.Timestamp]:
+    """`n` rolling origins, `horizon_days` apart, the last one a full horizon before the end
+    (`end`, default: `data_end(data)`; a partition passes the whole data's)."""
+    return cutoffs_before(data_end(data) if end is None else end, horizon_days, n)
 
 
 def cutoffs_before(end: pd.Timestamp, horizon_days: int, n: int = 4) -> list[pd.Timestamp]:
-    """`default_cutoffs` of data whose last timestamp is `end`."""
+    """`n` origins `horizon_days` apart, the last a full horizon before `end` (at midnight)."""
     last = (end - pd.Timedelta(days=horizon_days)).normalize()
     return [last - pd.Timedelta(days=horizon_days * k) for k in reversed(range(n))]
 
@@ -96,8 +99,8 @@ def reactivation_frame(
     """One row per (cutoff, customer of the population at the cutoff), with the H-day label.
 
     `population`: `lapsing` (at_risk or lapsed at the cutoff) or `all` (`POPULATION_MEANING`).
-    `end`: the data's last timestamp (`data_end`) when `engine` holds one partition of it (the
-    value must be the whole data's, frozen beforehand: `features.frozen.data_end`).
+    `end`: the data's last timestamp (default `data_end(engine.data)`); a partition of a
+    larger data set passes the whole set's, with a `feature_set` frozen for the whole set.
     """
     cfg = engine.config
     if population not in POPULATIONS:
@@ -108,7 +111,9 @@ def reactivation_frame(
     if h <= 0:
         raise FeatureConfigError(f"horizon_days must be positive, got {h}")
     end = data_end(engine.data) if end is None else end
-    cuts = sorted(to_timestamp(x, "cutoff") for x in (cutoffs or cutoffs_before(end, h)))
+    cuts = sorted(
+        to_timestamp(x, "cutoff") for x in (cutoffs or default_cutoffs(engine.data, h, end=end))
+    )
     late = [x for x in cuts if x + pd.Timedelta(days=h) > end + pd.Timedelta(days=1)]
     if late:
         raise FeatureConfigError(
@@ -169,14 +174,12 @@ def offer_response_frame(
 ) -> Frame:
     """One row per past contact or holdout, features as of its timestamp, outcomes after it.
 
-    `end`: the whole data's last timestamp when `engine` holds one partition (see
-    `reactivation_frame`); give a frozen `feature_set` then too.
-    """
+    `end`: the data's last timestamp (see `reactivation_frame`)."""
     cfg = engine.config
     a = attribution_days or cfg.attribution_days
-    end = data_end(engine.data) if end is None else end
     contacts = engine.data.contacts.reset_index(drop=True)
     t = contacts[c.TS].to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    end = data_end(engine.data) if end is None else end
     last = pd.Timestamp(t.max()) if len(t) else end
     fs = resolve_feature_set(engine, last + pd.Timedelta(1, "ns"), feature_set)
     codes = engine.customer_codes(contacts[c.CUSTOMER_ID])

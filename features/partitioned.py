@@ -100,7 +100,7 @@ def read_layout(directory: Path) -> PartitionLayout:
     if raw.get("hash") != PARTITION_HASH:
         raise DataSourceError(
             f"{path}: split by hash scheme {raw.get('hash')!r}, this winback reads "
-            f"{PARTITION_HASH!r}; re-partition the data (`winback data partition`)"
+            f"{PARTITION_HASH!r}; re-split the data (`winback partition`)"
         )
     try:
         n = check_n_partitions(raw.get("n_partitions"))
@@ -317,7 +317,8 @@ class PartitionWriter:
             raise DataSourceError(f"{name}: cannot partition a table without {c.CUSTOMER_ID}")
         if not len(df):
             return
-        part = partition_of(df[c.CUSTOMER_ID].astype(str), self.n)
+        # hashed as validation reads them back: text, surrounding blanks stripped
+        part = partition_of(df[c.CUSTOMER_ID].astype("string").str.strip().astype(str), self.n)
         order = np.argsort(part, kind="stable")
         bounds = np.searchsorted(part[order], np.arange(self.n + 1))
         table = pa.Table.from_pandas(df, preserve_index=False)
@@ -374,6 +375,12 @@ def load_all_partitions(directory: Path) -> tuple[ValidationReport, Any]:
             report.row_counts[name] = report.row_counts.get(name, 0) + n
         if p.data is not None:
             parts.append(p.data)
+    from features.frozen import check_unique_keys
+
+    seen = {(q.table, q.column, q.rule) for q in report.problems}
+    report.problems += [
+        q for q in check_unique_keys(directory) if (q.table, q.column, q.rule) not in seen
+    ]
     if not report.ok or not parts:
         return report, None
     first = parts[0]
@@ -389,3 +396,18 @@ def load_all_partitions(directory: Path) -> tuple[ValidationReport, Any]:
         assumed_margin_rate=rates[0] if rates else None,
     )
     return report, data
+
+
+def partition_data_dir(src: Path, out: Path, n_partitions: int) -> PartitionLayout:
+    """Split a data directory (either layout) into `n_partitions` customer partitions in `out`.
+
+    The source is loaded and validated in memory first (an invalid one raises
+    `DataContractError`), so `out` holds the contract's dtypes; `dataset.json` is carried over.
+    """
+    from features.datadir import load_data_dir
+
+    if Path(src).resolve() == Path(out).resolve():
+        raise DataSourceError(f"{out}: write the partitions to another directory than {src}")
+    data = load_data_dir(Path(src))
+    tables = {name: data.table(name) for name in c.TABLES}
+    return write_partitioned(Path(out), tables, data.catalog, n_partitions, data.meta or None)

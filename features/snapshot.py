@@ -12,7 +12,7 @@ Layout of a snapshot directory::
                                     serving layer's precomputed model scores)
         parts/part=NNN/data.parquet optional partitioned copy (the Spark engine writes it):
                                     customer_id, the features, `state.*`, one folder per
-                                    customer partition; the manifest's `partitioned` says so
+                                    customer partition
 
 `Snapshot` is one loaded version: `get(customer_id)` is a dict lookup plus a row view (well
 under a microsecond). `SnapshotStore` holds the live `Snapshot` and, on `refresh()`, loads a
@@ -89,15 +89,12 @@ def write_snapshot(
     config: FeatureConfig | None = None,
     keep: int = 3,
     attachments: Mapping[str, Attachment] | None = None,
-    partitioned: Path | None = None,
 ) -> str:
     """Write `view` as a new version under `root`, make it current, prune old versions.
 
     Returns the version name. Readers never see a partial version: the directory is renamed
     into place only when complete, and CURRENT is replaced atomically afterwards.
-    `attachments` are stored beside the features (see `Attachment`). `partitioned`: a
-    directory of `part=NNN/` Parquet files holding the same rows, moved into the version as
-    `parts/` (the Spark engine's copy, which Spark jobs read without an export).
+    `attachments` are stored beside the features (see `Attachment`).
     """
     attachments = dict(attachments or {})
     _check_attachments(attachments, len(view.features))
@@ -113,10 +110,6 @@ def write_snapshot(
     for name, att in attachments.items():
         for key, arr in att.arrays.items():
             np.save(tmp / f"{name}.{key}.npy", np.ascontiguousarray(arr))
-    parts = None
-    if partitioned is not None:
-        os.replace(partitioned, tmp / PARTS_DIR)
-        parts = {"dir": PARTS_DIR, "n_partitions": len(list((tmp / PARTS_DIR).glob("part=*")))}
     manifest = {
         "version": version,
         "feature_set": view.feature_set.to_dict(),
@@ -129,7 +122,6 @@ def write_snapshot(
             name: {"arrays": list(att.arrays), "meta": dict(att.meta)}
             for name, att in attachments.items()
         },
-        **({"partitioned": parts} if parts else {}),
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     os.replace(tmp, versions / version)
@@ -207,12 +199,12 @@ def partitioned_copy(root: Path, version: str | None = None) -> PartitionedCopy 
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise SnapshotError(f"{path}: cannot read snapshot manifest: {exc}") from None
-    parts = manifest.get("partitioned")
-    if not parts or not (path / parts["dir"]).is_dir():
+    folder = path / PARTS_DIR
+    if not folder.is_dir():
         return None
     return PartitionedCopy(
         version=version,
-        path=path / parts["dir"],
+        path=folder,
         as_of=pd.Timestamp(manifest["as_of"]),
         feature_set=FeatureSet.from_dict(manifest["feature_set"]),
         n_customers=int(manifest["n_customers"]),

@@ -25,15 +25,17 @@ inside functions (the `spark` extra).
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -49,7 +51,6 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from features.build import CustomerView
-    from features.snapshot import Attachment
 
 PART_FILE = "data.parquet"
 TASK_SCHEMA = "part int, rows bigint, seconds double"
@@ -219,16 +220,20 @@ def materialize_spark(
     root: Path,
     config: FeatureConfig | None = None,
     feature_set: FeatureSet | None = None,
+    attach: Callable[[CustomerView], Mapping[str, Mapping[str, np.ndarray]]] | None = None,
+    attachment_meta: Mapping[str, Mapping[str, Any]] | None = None,
     on_progress: Progress | None = None,
-    attach: Callable[[CustomerView], Mapping[str, Attachment]] | None = None,
 ) -> SparkRun:
-    """`features materialize --engine spark`: the snapshot of a partitioned directory, equal
-    to the local engine's (see `features.partition_view`), plus its partitioned copy.
+    """`features materialize --engine spark`: the snapshot of a partitioned directory, the
+    same files as the local engine's (`features.streaming.materialize_partitioned`: the staged
+    partitions go through the same `SnapshotWriter`, in partition order, one at a time), plus
+    the staged partitions kept as the version's partitioned copy `parts/`.
 
-    `attach(view)` returns the attachments to store with it (e.g. the model's scores)."""
-    from features.offers import load_catalog
+    `attach(view)` returns one partition's attachment arrays (e.g. the model's scores), stored
+    with `attachment_meta`."""
     from features.partition_view import frozen_feature_set, view_from_tables, view_table
-    from features.snapshot import write_snapshot
+    from features.snapshot import PARTS_DIR
+    from features.snapshot_stream import SnapshotWriter
 
     started = time.perf_counter()
     directory = Path(directory)
@@ -236,7 +241,7 @@ def materialize_spark(
     cfg = config or FeatureConfig()
     when = to_timestamp(as_of)
     fs = frozen_feature_set(directory, when, feature_set, cfg)
-    load_catalog(directory / "offers.yaml")  # a broken catalog fails here, not in n tasks
+    _catalog(directory)  # a broken catalog fails here, not in n tasks
     Path(root).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".spark-", dir=root))
     try:
@@ -247,20 +252,36 @@ def materialize_spark(
             lambda data: {"": view_table(data, when, fs, cfg)},
             on_progress,
         )
-        tables = [t for k in range(n) if (t := read_staged(staging, k)) is not None]
-        view = view_from_tables(tables, when, fs)
-        del tables
-        attachments = attach(view) if attach is not None else None
-        version = write_snapshot(view, root, cfg, attachments=attachments, partitioned=staging)
+        rows = sum(r for r, _ in done.values())
+        writer = SnapshotWriter(Path(root), fs, when, rows, cfg)
+        try:
+            for k in range(n):
+                table = read_staged(staging, k)
+                if table is None:
+                    continue
+                view = view_from_tables([table], when, fs)
+                writer.add(view, attach(view) if attach is not None else {})
+                del view, table
+            os.replace(staging, writer.tmp / PARTS_DIR)
+            version = writer.commit(attachment_meta)
+        except BaseException:
+            shutil.rmtree(writer.tmp, ignore_errors=True)
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return SparkRun(
-        rows=len(view.features),
+        rows=rows,
         n_partitions=n,
         seconds=time.perf_counter() - started,
         task_seconds={k: s for k, (_, s) in done.items()},
         out=version,
     )
+
+
+def _catalog(directory: Path) -> Any:
+    from features.offers import load_catalog
+
+    return load_catalog(Path(directory) / "offers.yaml")
 
 
 def frames_spark(
@@ -271,75 +292,73 @@ def frames_spark(
     horizon_days: int | None = None,
     config: FeatureConfig | None = None,
     on_progress: Progress | None = None,
-) -> tuple[SparkRun, dict[str, tuple[pd.DataFrame, mf.FrameSpec]]]:
+) -> tuple[SparkRun, dict[str, tuple[mf.FrameSpec, int]]]:
     """`features frames --engine spark`: both training frames of a partitioned directory,
-    each partition's rows built by the local code with the run's frozen values (cutoffs,
-    horizon, the data's end, the vocabulary frozen at the last cutoff and after the last
-    contact), concatenated in partition order."""
+    the same files as the local engine's (`features.streaming.write_frames_partitioned`):
+    each task builds its partition's frames with the local code and the run's frozen values
+    (cutoffs, horizon, the data's end, the vocabularies frozen at the last cutoff and after
+    the last contact); the driver appends the staged parts in partition order.
+
+    Returns the run and {file name: (spec, rows)}."""
     from features import frozen
     from features.engine import FeatureEngine
     from features.frames import (
         OFFER_RESPONSE_FILE,
         REACTIVATION_FILE,
+        FeatureConfigError,
         cutoffs_before,
         offer_response_frame,
         reactivation_frame,
     )
+    from features.partition_view import _empty_data
+    from features.streaming import _append_parts
 
     started = time.perf_counter()
     directory = Path(directory)
     n = _require_partitioned(directory)
     cfg = config or FeatureConfig()
     h = horizon_days or cfg.horizon_days
+    if h <= 0:
+        raise FeatureConfigError(f"horizon_days must be positive, got {h}")
     end = frozen.data_end(directory)
     cuts = sorted(to_timestamp(x, "cutoff") for x in (cutoffs or cutoffs_before(end, h)))
     fs_react = frozen.resolve_feature_set(directory, cuts[-1], None, cfg)
-    last_contact = frozen.last_contact_ts(directory)
+    last = frozen.last_contact_ts(directory)
     fs_offer = frozen.resolve_feature_set(
-        directory, (last_contact or end) + pd.Timedelta(1, "ns"), None, cfg
+        directory, (last if last is not None else end) + pd.Timedelta(1, "ns"), None, cfg
     )
-    specs: dict[str, mf.FrameSpec] = {}
 
     def work(data: Any) -> dict[str, pa.Table]:
         engine = FeatureEngine(data, cfg)
         react = reactivation_frame(engine, cuts, h, fs_react, end=end)
-        offer = offer_response_frame(engine, feature_set=fs_offer, end=end)
+        offer = offer_response_frame(engine, None, fs_offer, end=end)
         return {
             REACTIVATION_FILE: pa.Table.from_pandas(react.data, preserve_index=False),
             OFFER_RESPONSE_FILE: pa.Table.from_pandas(offer.data, preserve_index=False),
         }
 
+    # the specs as a partition's frames carry them (the same for every partition)
+    empty = FeatureEngine(_empty_data(_catalog(directory)), cfg)
+    specs = {
+        REACTIVATION_FILE: reactivation_frame(empty, cuts, h, fs_react, end=end).spec,
+        OFFER_RESPONSE_FILE: offer_response_frame(empty, None, fs_offer, end=end).spec,
+    }
+    specs = {k: replace(v, source=str(directory)) for k, v in specs.items()}
     staging = Path(tempfile.mkdtemp(prefix=".spark-", dir=Path(out).parent))
-    built: dict[str, tuple[pd.DataFrame, mf.FrameSpec]] = {}
+    written: dict[str, tuple[mf.FrameSpec, int]] = {}
     try:
         done = run_partitions(spark, directory, staging, work, on_progress)
-        empty = FeatureEngine(_empty_partition(directory), cfg)
-        specs[REACTIVATION_FILE] = reactivation_frame(empty, cuts, h, fs_react, end=end).spec
-        specs[OFFER_RESPONSE_FILE] = offer_response_frame(empty, feature_set=fs_offer, end=end).spec
         for name, spec in specs.items():
-            tables = [t for k in range(n) if (t := read_staged(staging / name, k)) is not None]
-            df = pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame()
-            spec = _with_source(spec, directory)
-            mf.write_frame(df, spec, Path(out) / name)
-            built[name] = (df, spec)
+            parts = [
+                p
+                for k in range(n)
+                if (p := staging / name / partition_dir_name(k) / PART_FILE).exists()
+            ]
+            written[name] = (spec, _append_parts(parts, spec, Path(out) / name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    rows = sum(len(df) for df, _ in built.values())
+    rows = sum(r for _, r in written.values())
     run = SparkRun(
         rows, n, time.perf_counter() - started, {k: s for k, (_, s) in done.items()}, str(out)
     )
-    return run, built
-
-
-def _with_source(spec: mf.FrameSpec, directory: Path) -> mf.FrameSpec:
-    from dataclasses import replace
-
-    return replace(spec, source=str(directory))
-
-
-def _empty_partition(directory: Path) -> Any:
-    """A `DataSet` with no rows and the directory's catalog (the frames' specs come from it)."""
-    from features.offers import load_catalog
-    from features.partition_view import _empty_data
-
-    return _empty_data(load_catalog(Path(directory) / "offers.yaml"))
+    return run, written

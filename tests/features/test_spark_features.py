@@ -1,11 +1,12 @@
 """The feature engine on Spark (`local[2]`) writes the local engine's snapshot and frames.
 
-"Bit for bit" here: the snapshot's `features.npy` files are byte-identical, its
-`state.parquet` files hold equal Arrow tables (schema, pandas metadata and values; the files'
-bytes may differ by writer details), and the manifests are equal but for the version name and
-creation time and the Spark snapshot's `partitioned` entry. Against the unpartitioned
-directory the rows come in another order: sorted by customer id, the feature matrices are
-equal bit for bit (NaN payloads included) and the state tables equal.
+"Bit for bit" here: against the local engine on the same partitioned directory
+(`features.streaming`, what `winback features materialize|frames DIR` runs), the snapshot's
+`features.npy` and `state.parquet` and both frame files are byte-identical, and the manifests
+equal but for the version name and creation time (the Spark snapshot also holds its
+partitioned copy `parts/`). Against the in-memory engine on the unpartitioned directory the
+rows come in another order: sorted by customer id, the feature matrices are equal bit for bit
+(NaN payloads included) and the state tables equal; the frames equal sorted by their keys.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
 from features import constants as c
@@ -26,6 +26,7 @@ from features.errors import FeaturesError
 from features.frames import OFFER_RESPONSE_FILE, REACTIVATION_FILE, write_frames
 from features.partitioned import write_partitioned
 from features.snapshot import VERSIONS_DIR, current_version, partitioned_copy, write_snapshot
+from features.streaming import materialize_partitioned, write_frames_partitioned
 from features.synthetic.generate import generate_world, write_world
 
 pytest.importorskip("pyspark")
@@ -78,18 +79,13 @@ def test_materialize_on_spark_writes_the_local_snapshot(
         tmp_path / "spark",
         on_progress=lambda done, total: seen.append((done, total)),
     )
-    write_snapshot(build_customer_view(load_data_dir(part), as_of), tmp_path / "local")
+    materialize_partitioned(part, as_of, tmp_path / "local")
     write_snapshot(build_customer_view(load_data_dir(flat), as_of), tmp_path / "flat")
-    s, loc, fl = (
-        _version(tmp_path / "spark"),
-        _version(tmp_path / "local"),
-        _version(tmp_path / "flat"),
-    )
+    s, loc = _version(tmp_path / "spark"), _version(tmp_path / "local")
+    fl = _version(tmp_path / "flat")
 
-    assert (s / "features.npy").read_bytes() == (loc / "features.npy").read_bytes()
-    assert pq.read_table(s / "state.parquet").equals(
-        pq.read_table(loc / "state.parquet"), check_metadata=True
-    )
+    for name in ("features.npy", "state.parquet"):
+        assert (s / name).read_bytes() == (loc / name).read_bytes(), name
     assert _manifest(s) == _manifest(loc)
     assert run.rows == len(np.load(s / "features.npy")) > 1000
     assert run.n_partitions == N_PARTS and seen[-1] == (N_PARTS, N_PARTS)
@@ -119,6 +115,11 @@ def test_frames_on_spark_equal_the_local_frames(
 
     flat, part, _ = world
     _, built = frames_spark(spark, part, tmp_path / "spark")  # type: ignore[arg-type]
+    streamed = write_frames_partitioned(part, tmp_path / "streamed")
+    for name in (REACTIVATION_FILE, OFFER_RESPONSE_FILE):
+        spark_file = (tmp_path / "spark" / name).read_bytes()
+        assert spark_file == (tmp_path / "streamed" / name).read_bytes(), name
+        assert built[name] == streamed[name]
     local = write_frames(load_data_dir(flat), tmp_path / "local")
     for name, key in (
         (REACTIVATION_FILE, [c.CUSTOMER_ID, "cutoff"]),
@@ -127,7 +128,7 @@ def test_frames_on_spark_equal_the_local_frames(
         got = pd.read_parquet(tmp_path / "spark" / name).sort_values(key, ignore_index=True)
         want = local[name].data.sort_values(key, ignore_index=True)
         pd.testing.assert_frame_equal(got, want, check_dtype=True)
-        spec = built[name][1]
+        spec = built[name][0]
         assert spec.notes == local[name].spec.notes
         assert spec.feature_columns == local[name].spec.feature_columns
 
