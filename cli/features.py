@@ -95,6 +95,7 @@ def frames(
     from features.partitioned import is_partitioned
 
     cuts = [x.strip() for raw in cutoffs or [] for x in raw.split(",") if x.strip()]
+    _spark_needs_partitions(directory, engine)
     try:
         if is_partitioned(directory) or engine is EngineName.spark:
             react_df, offer_df = _frames_partitioned(directory, out, cuts, horizon_days, engine)
@@ -192,6 +193,7 @@ def materialize(
     from features.snapshot import Attachment, write_snapshot
 
     root = out or get_settings().snapshot_dir
+    _spark_needs_partitions(directory, engine)
     if feature_set is not None and model is not None:
         fail("--feature-set and --model: give one (--model takes the model's feature set)")
         return
@@ -297,6 +299,17 @@ def _materialize_partitioned(
         f"({layout.n_partitions} partitions)",
         highlight=False,
     )
+
+
+def _spark_needs_partitions(directory: Path, engine: EngineName) -> None:
+    """Refuse `--engine spark` on an unpartitioned directory before a session starts."""
+    from features.partitioned import is_partitioned
+
+    if engine is EngineName.spark and not is_partitioned(directory):
+        fail(
+            f"--engine spark: {directory} is not a partitioned data directory (no "
+            "partitions.json); split it first with `winback partition`, or use --engine local"
+        )
 
 
 @contextmanager

@@ -235,9 +235,6 @@ def train(
     settings = settings or get_settings()
     registered = model_name or settings.model_name
     log.info("loading %s and building the training frames", source)
-    # a bad tracking URI or experiment fails here, not after minutes of building frames
-    configure_tracking(settings)
-    use_experiment(experiment, settings)
     inputs = load_training_inputs(
         Path(source),
         horizon_days=horizon_days,
@@ -247,6 +244,9 @@ def train(
         seed=seed,
     )
     try:
+        # a bad tracking URI or experiment fails here, not after minutes of fitting
+        configure_tracking(settings)
+        use_experiment(experiment, settings)
         return _train_on(inputs, source, seed, settings, registered, z, n_bags)
     finally:
         if inputs.held_out is not None:
