@@ -38,7 +38,7 @@ EngineOption = Annotated[
     typer.Option(
         "--engine",
         help="local, or spark: one Spark task per customer partition of a partitioned data "
-        "directory, the same files as local (master: WINBACK_BATCH_SPARK_MASTER)",
+        "directory, the same files as local (master: WINBACK_SPARK_MASTER)",
     ),
 ]
 
@@ -314,7 +314,7 @@ def _spark_needs_partitions(directory: Path, engine: EngineName) -> None:
 
 @contextmanager
 def _spark() -> Iterator[tuple[SparkSession, Callable[[int, int], None]]]:
-    """A Spark session on WINBACK_BATCH_SPARK_MASTER and a bar of partitions done."""
+    """A Spark session on WINBACK_SPARK_MASTER and a bar of partitions done."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from features.spark_features import spark_session

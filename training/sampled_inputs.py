@@ -210,13 +210,14 @@ def _freeze_partitioned(
     end = frozen.data_end(directory)
     first = None
     times: list[np.ndarray] = []
+    # the columns as validation coerces them (UTC, tz-naive), like the in-memory path reads them
     for _, raw in scan_column(directory, c.ORDERS, (c.ORDER_TS,)):
-        s = pd.to_datetime(raw[c.ORDER_TS], errors="coerce")
+        s = frozen._coerced(c.ORDERS, raw, (c.ORDER_TS,))[c.ORDER_TS]
         if s.notna().any():
             m = pd.Timestamp(s.min())
             first = m if first is None or m < first else first
     for _, raw in scan_column(directory, c.CONTACTS, (c.TS,)):
-        ts = pd.to_datetime(raw[c.TS], errors="coerce").dropna()
+        ts = frozen._coerced(c.CONTACTS, raw, (c.TS,))[c.TS].dropna()
         times.append(ts.to_numpy(dtype="datetime64[ns]").astype(np.int64))
     try:
         protocol = protocol_between(end, first, horizon, cutoff, population)
