@@ -124,6 +124,8 @@ def instrumented() -> Iterator[None]:
         stack.enter_context(timed(tp, "fit_response", "fit response (S and T)"))
         stack.enter_context(timed(tp, "build_policy_model", "build policy model"))
         stack.enter_context(timed(tp, "evaluate_reactivation", "evaluate reactivation"))
+        stack.enter_context(timed(tp, "evaluate_reactivation_parts", "evaluate reactivation"))
+        stack.enter_context(timed(ti, "_sampled_inputs", "sampled inputs (all partitions)"))
         stack.enter_context(timed(tp, "evaluate_response", "evaluate response"))
         for cls, label in fits.items():
             cls.fit = _capture_fit(cls, label)  # type: ignore[method-assign]
@@ -329,6 +331,13 @@ def main() -> None:
         default=None,
         help="training contacts the S/T choice is made on (default training.fit.SELECTION_ROWS)",
     )
+    ap.add_argument(
+        "--sample-customers",
+        type=int,
+        default=None,
+        help="fit on a stratified sample of N customers, as `winback train --sample-customers`"
+        " (frames built partition by partition, evaluated on every held-out row)",
+    )
     args = ap.parse_args()
     if args.selection_rows is not None:
         training.fit.SELECTION_ROWS = args.selection_rows
@@ -343,12 +352,17 @@ def main() -> None:
         reset = _reset_rss_peak()
         t1, c1 = time.perf_counter(), time.process_time()
         with instrumented():
-            inputs = load_training_inputs(data)
+            inputs = load_training_inputs(
+                data, sample_customers=args.sample_customers, seed=args.seed
+            )
             t2 = time.perf_counter()
             np.random.seed(args.seed)
             model, ev = training.pipeline.fit_policy(inputs, args.seed, z=args.z, n_bags=args.bags)
         t3, c3 = time.perf_counter(), time.process_time()
         peak = _rss_peak_kib()
+        if inputs.sample is not None:
+            print(f"\ncustomer sample: {ev.notes['customer_sample']}")
+            print(inputs.sample.strata.to_string())
         m = ev.metrics
         if "true_incremental_margin_learned" not in m:
             raise SystemExit("no true values: is ground_truth.parquet in the data directory?")
@@ -387,8 +401,11 @@ def main() -> None:
             print(f"\ndecision rule chosen in training (DR gain vs '{ref}' for everyone, on the")
             print(f"latest {int(model.metadata['rule_validation_rows']):,} training contacts):")
             print(rule.round(4).to_string(index=False))
-        if not args.no_diagnose and inputs.offer_response and inputs.ground_truth is not None:
-            diagnose(model, inputs.offer_response, inputs.ground_truth, args.seed, args.sweep_z)
+        held = inputs.held_out.offer_response_frame() if inputs.held_out else inputs.offer_response
+        if not args.no_diagnose and held is not None and inputs.ground_truth is not None:
+            diagnose(model, held, inputs.ground_truth, args.seed, args.sweep_z)
+        if inputs.held_out is not None:
+            inputs.held_out.remove()
 
 
 if __name__ == "__main__":

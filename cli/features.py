@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -13,10 +16,31 @@ from features.errors import FeaturesError
 from features.featureset import DEFAULT_FEATURE_SET, FeatureSet, get_feature_set
 
 if TYPE_CHECKING:
-    import pandas as pd
+    from collections.abc import Iterator
 
+    import numpy as np
+    import pandas as pd
+    from pyspark.sql import SparkSession
+
+    from features.build import CustomerView
     from features.config import FeatureConfig
+    from features.spark_features import SparkRun
     from serving.model_scorer import PolicyScorer
+
+
+class EngineName(StrEnum):
+    local = "local"
+    spark = "spark"
+
+
+EngineOption = Annotated[
+    EngineName,
+    typer.Option(
+        "--engine",
+        help="local, or spark: one Spark task per customer partition of a partitioned data "
+        "directory, the same files as local (master: WINBACK_SPARK_MASTER)",
+    ),
+]
 
 app = typer.Typer(no_args_is_help=True)
 group = typer.Typer(no_args_is_help=True, help="Point-in-time features, frames and snapshots.")
@@ -63,27 +87,69 @@ def frames(
     horizon_days: Annotated[
         int | None, typer.Option("--horizon-days", help="label horizon H in days (default 90)")
     ] = None,
+    engine: EngineOption = EngineName.local,
 ) -> None:
     """Write OUT/reactivation.parquet and OUT/offer_response.parquet, then summarize them."""
     from features.datadir import load_data_dir
     from features.frames import summarize_offer_response, summarize_reactivation, write_frames
+    from features.partitioned import is_partitioned
 
+    cuts = [x.strip() for raw in cutoffs or [] for x in raw.split(",") if x.strip()]
+    _spark_needs_partitions(directory, engine)
     try:
-        data = load_data_dir(directory)
-        with console.status("building frames"):
-            cuts = [x.strip() for raw in cutoffs or [] for x in raw.split(",") if x.strip()]
-            built = write_frames(data, out, cuts or None, horizon_days, _config())
+        if is_partitioned(directory) or engine is EngineName.spark:
+            react_df, offer_df = _frames_partitioned(directory, out, cuts, horizon_days, engine)
+        else:
+            data = load_data_dir(directory)
+            with console.status("building frames"):
+                built = write_frames(data, out, cuts or None, horizon_days, _config())
+            react_df = built["reactivation.parquet"].data
+            offer_df = built["offer_response.parquet"].data
     except FeaturesError as exc:
         fail(str(exc))
         return
-    react, offer = built["reactivation.parquet"], built["offer_response.parquet"]
+    _print_summary(f"reactivation frame ({len(react_df):,} rows)", summarize_reactivation(react_df))
     _print_summary(
-        f"reactivation frame ({len(react.data):,} rows)", summarize_reactivation(react.data)
-    )
-    _print_summary(
-        f"offer-response frame ({len(offer.data):,} rows)", summarize_offer_response(offer.data)
+        f"offer-response frame ({len(offer_df):,} rows)", summarize_offer_response(offer_df)
     )
     console.print(f"[green]wrote[/] {out}/reactivation.parquet, {out}/offer_response.parquet")
+
+
+def _frames_partitioned(
+    directory: Path,
+    out: Path,
+    cuts: list[str],
+    horizon_days: int | None,
+    engine: EngineName = EngineName.local,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write both frames partition by partition; return the columns the summaries need."""
+    import pyarrow.parquet as pq
+
+    from cli.progress import partition_bar
+    from features import constants as c
+    from features import modeling_frame as mf
+    from features.partitioned import read_layout
+    from features.streaming import write_frames_partitioned
+
+    if engine is EngineName.spark:
+        from features.spark_features import frames_spark
+
+        with _spark() as (spark, on_progress):
+            run, _ = frames_spark(
+                spark, directory, out, cuts or None, horizon_days, _config(), on_progress
+            )
+        _spark_done(run, "frames")
+    else:
+        layout = read_layout(directory)
+        total = layout.row_counts.get("customers")
+        with partition_bar(console, "building frames", total, layout.n_partitions) as on_part:
+            write_frames_partitioned(directory, out, cuts or None, horizon_days, _config(), on_part)
+    react_cols = [mf.CUTOFF, mf.LABEL, mf.CONTACTED_IN_WINDOW, mf.OUTCOME_MARGIN]
+    offer_cols = [c.OFFER_ID, mf.CONVERTED, mf.OUTCOME_REVENUE, mf.OUTCOME_MARGIN]
+    offer_cols.append(mf.UNSUBSCRIBED)
+    react = pq.read_table(Path(out) / "reactivation.parquet", columns=react_cols).to_pandas()
+    offer = pq.read_table(Path(out) / "offer_response.parquet", columns=offer_cols).to_pandas()
+    return react, offer
 
 
 @group.command()
@@ -114,6 +180,7 @@ def materialize(
             "scores up instead of calling the model (used while that model version serves)",
         ),
     ] = True,
+    engine: EngineOption = EngineName.local,
 ) -> None:
     """Write the current features of every customer as a new snapshot version."""
     import numpy as np
@@ -121,10 +188,12 @@ def materialize(
 
     from features.build import build_customer_view
     from features.datadir import load_data_dir
+    from features.partitioned import is_partitioned
     from features.settings import get_settings
     from features.snapshot import Attachment, write_snapshot
 
     root = out or get_settings().snapshot_dir
+    _spark_needs_partitions(directory, engine)
     if feature_set is not None and model is not None:
         fail("--feature-set and --model: give one (--model takes the model's feature set)")
         return
@@ -139,9 +208,14 @@ def materialize(
         if model is not None:
             scorer = _model_scorer(model)
             fs = FeatureSet.from_json(scorer.model.feature_set)
-        data = load_data_dir(directory)
         when = as_of or pd.Timestamp.now(tz="UTC").tz_localize(None)
         config = _config()
+        if is_partitioned(directory) or engine is EngineName.spark:
+            _materialize_partitioned(
+                directory, when, root, config, fs, scorer if scores else None, engine
+            )
+            return
+        data = load_data_dir(directory)
         with console.status("computing features"):
             view = build_customer_view(data, when, config, fs)
         attachments: dict[str, Attachment] = {}
@@ -163,6 +237,118 @@ def materialize(
     console.print(
         f"[green]snapshot[/] {root} version {version}: {len(view.features):,} customers, "
         f"{view.feature_set.key}, as of {view.as_of}{stored}",
+        highlight=False,
+    )
+
+
+def _materialize_partitioned(
+    directory: Path,
+    when: pd.Timestamp | str,
+    root: Path,
+    config: FeatureConfig,
+    fs: FeatureSet | None,
+    scorer: PolicyScorer | None,
+    engine: EngineName = EngineName.local,
+) -> None:
+    """`materialize` of a partitioned directory: one partition at a time into the snapshot
+    (on Spark: one task per partition, then the same writer)."""
+    import numpy as np
+
+    from cli.progress import partition_bar
+    from features.partitioned import read_layout
+    from features.streaming import materialize_partitioned
+
+    attach: Callable[[CustomerView], dict[str, dict[str, np.ndarray]]] | None = None
+    meta = None
+    if scorer is not None:
+        from serving.precomputed import SCORES, scores_attachment, scores_meta
+
+        def _scores(view: CustomerView) -> dict[str, dict[str, np.ndarray]]:
+            matrix = view.features.to_numpy(np.float64)
+            return {SCORES: dict(scores_attachment(scorer, matrix).arrays)}
+
+        attach = _scores
+
+        meta = {SCORES: scores_meta(scorer)}
+    stored = f", scores of {scorer.version}" if scorer is not None else ""
+    if engine is EngineName.spark:
+        from features.snapshot import partitioned_copy
+        from features.spark_features import materialize_spark
+
+        with _spark() as (spark, on_progress):
+            run = materialize_spark(
+                spark, directory, when, root, config, fs, attach, meta, on_progress
+            )
+        _spark_done(run, "features")
+        copy = partitioned_copy(root, run.out)
+        assert copy is not None
+        console.print(
+            f"[green]snapshot[/] {root} version {run.out}: {run.rows:,} customers, "
+            f"{copy.feature_set.key}, as of {copy.as_of}{stored} ({run.n_partitions} "
+            f"partitions; partitioned copy {copy.path})",
+            highlight=False,
+        )
+        return
+    layout = read_layout(directory)
+    total = layout.row_counts.get("customers")
+    with partition_bar(console, "materializing", total, layout.n_partitions) as on_part:
+        result = materialize_partitioned(directory, when, root, config, fs, attach, meta, on_part)
+    console.print(
+        f"[green]snapshot[/] {root} version {result.version}: {result.n_customers:,} customers, "
+        f"{result.feature_set.key}, as of {result.as_of}{stored} "
+        f"({layout.n_partitions} partitions)",
+        highlight=False,
+    )
+
+
+def _spark_needs_partitions(directory: Path, engine: EngineName) -> None:
+    """Refuse `--engine spark` on an unpartitioned directory before a session starts."""
+    from features.partitioned import is_partitioned
+
+    if engine is EngineName.spark and not is_partitioned(directory):
+        fail(
+            f"--engine spark: {directory} is not a partitioned data directory (no "
+            "partitions.json); split it first with `winback partition`, or use --engine local"
+        )
+
+
+@contextmanager
+def _spark() -> Iterator[tuple[SparkSession, Callable[[int, int], None]]]:
+    """A Spark session on WINBACK_SPARK_MASTER and a bar of partitions done."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from features.spark_features import spark_session
+    from serving.batch.settings import BatchSettings
+
+    master = BatchSettings().spark_master
+    with console.status(f"starting Spark ({master})"):
+        spark = spark_session(master)
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("partitions"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    task = progress.add_task(f"Spark {master}", total=None)
+
+    def on_progress(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    try:
+        with progress:
+            yield spark, on_progress
+    finally:
+        spark.stop()
+
+
+def _spark_done(run: SparkRun, what: str) -> None:
+    rate = run.rows / run.seconds if run.seconds > 0 else 0.0
+    slowest = max(run.task_seconds.values(), default=0.0)
+    console.print(
+        f"[green]spark[/] {what}: {run.rows:,} rows from {run.n_partitions} partitions in "
+        f"{run.seconds:,.1f} s ({rate:,.0f} rows/s; slowest partition {slowest:,.1f} s)",
         highlight=False,
     )
 

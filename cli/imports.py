@@ -27,6 +27,16 @@ Out = Annotated[Path, typer.Option("--out", help="output directory (created; mus
 Overwrite = Annotated[
     bool, typer.Option("--overwrite", help="replace the files a previous import wrote in --out")
 ]
+Partitions = Annotated[
+    int | None,
+    typer.Option(
+        "--partitions",
+        min=1,
+        max=1000,
+        help="split every table by customer into OUT/<table>/part=NNN/ (Parquet), for the "
+        "partition-by-partition stages",
+    ),
+]
 
 
 @import_app.command("cdnow")
@@ -44,12 +54,15 @@ def cdnow(
     ] = DEFAULT_MARGIN_RATE,
     fmt: Annotated[str, typer.Option("--format", help="table format: parquet or csv")] = "parquet",
     overwrite: Overwrite = False,
+    partitions: Partitions = None,
 ) -> None:
     """CDNOW purchase log -> a data directory (customers, orders, empty contacts, offers.yaml)."""
     from features.importers import import_cdnow
 
     try:
-        result = import_cdnow(src, out, margin_rate=margin_rate, fmt=fmt, overwrite=overwrite)
+        result = import_cdnow(
+            src, out, margin_rate=margin_rate, fmt=fmt, overwrite=overwrite, partitions=partitions
+        )
     except FeaturesError as exc:
         fail(str(exc))
         return
@@ -143,6 +156,7 @@ def transactions(
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="table format: parquet or csv")] = "parquet",
     overwrite: Overwrite = False,
+    partitions: Partitions = None,
 ) -> None:
     """A transaction log (one row per order or order line) -> a data directory."""
     from features.importers.transactions import (
@@ -163,7 +177,9 @@ def transactions(
             cancel_prefix=cancel_prefix,
         )
         with console.status("importing"):
-            r = import_transactions(src, out, mapping, query=query, fmt=fmt, overwrite=overwrite)
+            r = import_transactions(
+                src, out, mapping, query=query, fmt=fmt, overwrite=overwrite, partitions=partitions
+            )
     except FeaturesError as exc:
         fail(str(exc))
         return

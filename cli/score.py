@@ -14,6 +14,7 @@ from features.errors import FeaturesError
 from serving.errors import ServingError
 
 if TYPE_CHECKING:
+    from features.snapshot import PartitionedCopy
     from serving.batch.local import BatchResult
 
 app = typer.Typer(no_args_is_help=True)
@@ -56,6 +57,15 @@ def _print_summary(result: BatchResult) -> None:
         )
 
 
+def _partitioned_copy(data: Path) -> PartitionedCopy | None:
+    """The current version's partitioned copy when DATA is a snapshot directory that has one."""
+    from features.snapshot import CURRENT_FILE, partitioned_copy
+
+    if not (Path(data) / CURRENT_FILE).is_file():
+        return None
+    return partitioned_copy(Path(data))
+
+
 @app.command()
 def score(
     data: Annotated[Path, typer.Argument(help="snapshot directory, or a data directory")],
@@ -82,9 +92,12 @@ def score(
     ] = None,
 ) -> None:
     """Decide for every customer (as the API would) and write one row per customer to OUT."""
+    from contextlib import ExitStack
+
     import pandas as pd
 
-    from serving.batch.job import load_decider, load_snapshot, open_store, read_customers
+    from features.snapshot import Snapshot
+    from serving.batch.job import load_decider, open_store, read_customers, snapshot_source
     from serving.batch.local import Wave, rows_progress, score_local
     from serving.batch.output import open_output, output_format
     from serving.batch.settings import BatchSettings
@@ -109,38 +122,60 @@ def score(
         decider, model_error = load_decider(settings, mlflow_scorer_loader())
         if model_error:
             console.print(f"[yellow]model unavailable, rules only:[/] {model_error}")
-        with console.status("loading the snapshot"):
-            snapshot = load_snapshot(data, when)
         ids = read_customers(customers) if customers is not None else None
         store = open_store(settings.database_url, record)
-        if engine is EngineName.spark:
-            from serving.batch.spark import run_spark
+        stream = engine is EngineName.local and ids is None
+        parts = _partitioned_copy(data) if engine is EngineName.spark and ids is None else None
+        if parts is not None:  # written by `features materialize --engine spark`
+            from serving.batch.spark import run_spark_partitioned
 
             if record:
                 fail("--record: use --engine local (Spark writes files, not the store)")
-            result = run_spark(
-                snapshot,
-                decider,
-                out,
-                wave,
-                batch.spark_master,
-                ids,
-                settings.database_url if store is not None else None,
-            )
-        else:
-            with rows_progress(console) as progress, open_output(out) as sink:
-                task = progress.add_task("scoring", total=len(ids or snapshot))
-                result = score_local(
-                    snapshot,
+            with console.status(
+                f"scoring {parts.n_customers:,} customers on Spark from the snapshot's "
+                f"partitioned copy ({parts.path})"
+            ):
+                result = run_spark_partitioned(
+                    parts,
                     decider,
-                    sink,
+                    out,
                     wave,
-                    store,
-                    record,
-                    ids,
-                    batch.batch_chunk_rows,
-                    on_chunk=lambda n: progress.advance(task, n),
+                    batch.spark_master,
+                    settings.database_url if store is not None else None,
                 )
+        else:
+            with ExitStack() as stack:
+                with console.status("loading the snapshot"):
+                    snapshot = stack.enter_context(snapshot_source(data, when, stream=stream))
+                if engine is EngineName.spark:
+                    from serving.batch.spark import run_spark
+
+                    if record:
+                        fail("--record: use --engine local (Spark writes files, not the store)")
+                    assert isinstance(snapshot, Snapshot)
+                    result = run_spark(
+                        snapshot,
+                        decider,
+                        out,
+                        wave,
+                        batch.spark_master,
+                        ids,
+                        settings.database_url if store is not None else None,
+                    )
+                else:
+                    with rows_progress(console) as progress, open_output(out) as sink:
+                        task = progress.add_task("scoring", total=len(ids or snapshot))
+                        result = score_local(
+                            snapshot,
+                            decider,
+                            sink,
+                            wave,
+                            store,
+                            record,
+                            ids,
+                            batch.batch_chunk_rows,
+                            on_chunk=lambda n: progress.advance(task, n),
+                        )
     except (ServingError, FeaturesError, EngineInputError) as exc:
         fail(str(exc))
         return

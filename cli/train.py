@@ -145,6 +145,16 @@ def train(
     bags: Annotated[
         int, typer.Option(min=2, help="bootstrap bags of the response learner (uncertainty)")
     ] = 8,
+    sample_customers: Annotated[
+        int | None,
+        typer.Option(
+            "--sample-customers",
+            min=1,
+            help="fit on a seeded (--seed) sample of N customers, stratified by label x "
+            "treatment; frames are built partition by partition and every held-out row is "
+            "evaluated (for data larger than memory; the sample is logged with the run)",
+        ),
+    ] = None,
 ) -> None:
     """Train what the data supports, log the run to MLflow and register a challenger."""
     from cli.progress import stage_lines
@@ -161,11 +171,15 @@ def train(
                 cutoff=cutoff,
                 population=population,
                 model_name=model_name,
+                sample_customers=sample_customers,
             )
     except (TrainingError, FeaturesError, ModelsError) as exc:
         fail(str(exc))
         return
     _print_frames(result)
+    if "customer_sample" in result.evaluation.notes:
+        console.print(f"[bold]sample[/] {result.evaluation.notes['customer_sample']}")
+        _table("customer sample by stratum", result.evaluation.tables["customer_sample"])
     for part, why in result.skipped.items():
         console.print(f"[yellow]skipped[/] {part}: {why}", highlight=False)
     if "reactivation_not_evaluated" in result.evaluation.notes:

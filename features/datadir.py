@@ -1,8 +1,11 @@
 """Reading and writing data directories; every loader goes through validation.
 
 A data directory holds `customers`, `orders`, `contacts`, `events` and `consent`, each as
-`<name>.parquet` or `<name>.csv`, plus `offers.yaml`. `customers` and `orders` are required;
-the other tables may be absent, which means "no rows" (CDNOW has no contacts at all).
+`<name>.parquet` or `<name>.csv`, plus `offers.yaml`; or the same tables split by customer
+(`features.partitioned`: `<name>/part=NNN/*.parquet` and `partitions.json`), which
+`load_data_dir` reads whole and the streaming stages read one partition at a time.
+`customers` and `orders` are required; the other tables may be absent, which means "no rows"
+(CDNOW has no contacts at all).
 """
 
 from __future__ import annotations
@@ -129,6 +132,10 @@ def validate_data_dir(directory: Path) -> tuple[ValidationReport, DataSet | None
     report = ValidationReport(source=str(directory))
     if not directory.is_dir():
         raise DataSourceError(f"{directory}: not a directory")
+    from features.partitioned import is_partitioned, load_all_partitions
+
+    if is_partitioned(directory):  # the whole data in memory: see features.partitioned
+        return load_all_partitions(directory)
     catalog: OfferCatalog | None = None
     try:
         catalog = load_catalog(directory / c.OFFERS_FILE)

@@ -63,9 +63,17 @@ def data_end(data: DataSet) -> pd.Timestamp:
     return pd.Timestamp(max(stamps))
 
 
-def default_cutoffs(data: DataSet, horizon_days: int, n: int = 4) -> list[pd.Timestamp]:
-    """`n` rolling origins, `horizon_days` apart, the last one a full horizon before the end."""
-    last = (data_end(data) - pd.Timedelta(days=horizon_days)).normalize()
+def default_cutoffs(
+    data: DataSet, horizon_days: int, n: int = 4, end: pd.Timestamp | None = None
+) -> list[pd.Timestamp]:
+    """`n` rolling origins, `horizon_days` apart, the last one a full horizon before the end
+    (`end`, default: `data_end(data)`; a partition passes the whole data's)."""
+    return cutoffs_before(data_end(data) if end is None else end, horizon_days, n)
+
+
+def cutoffs_before(end: pd.Timestamp, horizon_days: int, n: int = 4) -> list[pd.Timestamp]:
+    """`n` origins `horizon_days` apart, the last a full horizon before `end` (at midnight)."""
+    last = (end - pd.Timedelta(days=horizon_days)).normalize()
     return [last - pd.Timedelta(days=horizon_days * k) for k in reversed(range(n))]
 
 
@@ -86,10 +94,13 @@ def reactivation_frame(
     horizon_days: int | None = None,
     feature_set: FeatureSet | None = None,
     population: str = "lapsing",
+    end: pd.Timestamp | None = None,
 ) -> Frame:
     """One row per (cutoff, customer of the population at the cutoff), with the H-day label.
 
     `population`: `lapsing` (at_risk or lapsed at the cutoff) or `all` (`POPULATION_MEANING`).
+    `end`: the data's last timestamp (default `data_end(engine.data)`); a partition of a
+    larger data set passes the whole set's, with a `feature_set` frozen for the whole set.
     """
     cfg = engine.config
     if population not in POPULATIONS:
@@ -99,8 +110,10 @@ def reactivation_frame(
     h = horizon_days or cfg.horizon_days
     if h <= 0:
         raise FeatureConfigError(f"horizon_days must be positive, got {h}")
-    cuts = sorted(to_timestamp(x, "cutoff") for x in (cutoffs or default_cutoffs(engine.data, h)))
-    end = data_end(engine.data)
+    end = data_end(engine.data) if end is None else end
+    cuts = sorted(
+        to_timestamp(x, "cutoff") for x in (cutoffs or default_cutoffs(engine.data, h, end=end))
+    )
     late = [x for x in cuts if x + pd.Timedelta(days=h) > end + pd.Timedelta(days=1)]
     if late:
         raise FeatureConfigError(
@@ -157,13 +170,17 @@ def offer_response_frame(
     engine: FeatureEngine,
     attribution_days: int | None = None,
     feature_set: FeatureSet | None = None,
+    end: pd.Timestamp | None = None,
 ) -> Frame:
-    """One row per past contact or holdout, features as of its timestamp, outcomes after it."""
+    """One row per past contact or holdout, features as of its timestamp, outcomes after it.
+
+    `end`: the data's last timestamp (see `reactivation_frame`)."""
     cfg = engine.config
     a = attribution_days or cfg.attribution_days
     contacts = engine.data.contacts.reset_index(drop=True)
     t = contacts[c.TS].to_numpy(dtype="datetime64[ns]").astype(np.int64)
-    last = pd.Timestamp(t.max()) if len(t) else data_end(engine.data)
+    end = data_end(engine.data) if end is None else end
+    last = pd.Timestamp(t.max()) if len(t) else end
     fs = resolve_feature_set(engine, last + pd.Timedelta(1, "ns"), feature_set)
     codes = engine.customer_codes(contacts[c.CUSTOMER_ID])
     matrix, _ = engine.compute(codes, t, fs)
@@ -193,7 +210,7 @@ def offer_response_frame(
     df[mf.OUTCOME_MARGIN] = range_sum(engine.p_mar, np.maximum(lo, s0), hi, s0)
     df[mf.DAYS_TO_ORDER] = np.where(converted, (first_ts - t) / NS_PER_DAY, np.nan)
     df[mf.UNSUBSCRIBED] = ((uhi > ulo) | opt_out).astype(np.int8)
-    df["window_complete"] = t_end <= data_end(engine.data).value + NS_PER_DAY
+    df["window_complete"] = t_end <= end.value + NS_PER_DAY
     spec = mf.FrameSpec(
         kind="offer_response",
         feature_set=fs.key,

@@ -10,6 +10,9 @@ Layout of a snapshot directory::
         <name>.<array>.npy          optional attachments: arrays with one row per customer,
                                     same row order, described in the manifest (e.g. the
                                     serving layer's precomputed model scores)
+        parts/part=NNN/data.parquet optional partitioned copy (the Spark engine writes it):
+                                    customer_id, the features, `state.*`, one folder per
+                                    customer partition
 
 `Snapshot` is one loaded version: `get(customer_id)` is a dict lookup plus a row view (well
 under a microsecond). `SnapshotStore` holds the live `Snapshot` and, on `refresh()`, loads a
@@ -44,6 +47,7 @@ VERSIONS_DIR = "versions"
 MANIFEST = "manifest.json"
 MATRIX = "features.npy"
 STATE = "state.parquet"
+PARTS_DIR = "parts"
 
 
 class SnapshotError(FeaturesError):
@@ -171,6 +175,40 @@ def current_version(root: Path) -> str:
         raise SnapshotError(
             f"{root}: no snapshot (run `winback features materialize DIR --out {root}`)"
         ) from None
+
+
+@dataclass(frozen=True)
+class PartitionedCopy:
+    """A version's partitioned copy (`parts/`): where it is and what its rows mean."""
+
+    version: str
+    path: Path
+    as_of: pd.Timestamp
+    feature_set: FeatureSet
+    n_customers: int
+
+
+def partitioned_copy(root: Path, version: str | None = None) -> PartitionedCopy | None:
+    """The partitioned copy of `version` (default: the current one), None when it has none.
+
+    Reads the manifest only: a Spark job reads the copy without loading the snapshot here.
+    """
+    version = version or current_version(root)
+    path = Path(root) / VERSIONS_DIR / version
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SnapshotError(f"{path}: cannot read snapshot manifest: {exc}") from None
+    folder = path / PARTS_DIR
+    if not folder.is_dir():
+        return None
+    return PartitionedCopy(
+        version=version,
+        path=folder,
+        as_of=pd.Timestamp(manifest["as_of"]),
+        feature_set=FeatureSet.from_dict(manifest["feature_set"]),
+        n_customers=int(manifest["n_customers"]),
+    )
 
 
 @dataclass(frozen=True)

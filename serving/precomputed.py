@@ -15,8 +15,9 @@ snapshot is materialised with the new model. Customers not in the snapshot are s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -43,14 +44,16 @@ def scores_attachment(
     for start in range(0, n, chunk):
         part = slice(start, min(start + chunk, n))
         p[part], v[part] = scorer.score(matrix[part])
-    return Attachment(
-        arrays={"p": p, "value": v},
-        meta={
-            "model_version": scorer.version,
-            "option_ids": list(scorer.option_ids),
-            "feature_set_key": scorer.feature_set_key,
-        },
-    )
+    return Attachment(arrays={"p": p, "value": v}, meta=scores_meta(scorer))
+
+
+def scores_meta(scorer: Scorer) -> dict[str, Any]:
+    """What the `scores` attachment records about the scorer that computed it."""
+    return {
+        "model_version": scorer.version,
+        "option_ids": list(scorer.option_ids),
+        "feature_set_key": scorer.feature_set_key,
+    }
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,7 +94,12 @@ def precomputed_scores(snapshot: Snapshot | None) -> PrecomputedScores | None:
 
 
 def _read(snapshot: Snapshot) -> PrecomputedScores | None:
-    att = snapshot.attachments.get(SCORES)
+    return scores_from_attachments(snapshot.attachments)
+
+
+def scores_from_attachments(attachments: Mapping[str, Attachment]) -> PrecomputedScores | None:
+    """The stored scores among a snapshot's (or a chunk of its rows') attachments, if any."""
+    att = attachments.get(SCORES)
     if att is None:
         return None
     p, v, meta = att.arrays.get("p"), att.arrays.get("value"), att.meta

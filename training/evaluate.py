@@ -12,6 +12,7 @@ true value from `ground_truth.parquet` and the oracle's.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,22 +115,63 @@ def reactivation_test(
     return X, model.p_reactivation(X), sub.data[mf.LABEL].to_numpy(dtype=float)
 
 
+@dataclass
+class ReactivationScores:
+    """What the reactivation metrics need of held-out rows: P(reactivation), the label and the
+    slices (value tier, lapse state) of each row; narrow, so partitions can be concatenated."""
+
+    p: np.ndarray
+    y: np.ndarray
+    groups: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def concat(cls, parts: list[ReactivationScores]) -> ReactivationScores:
+        keys = [k for k in SLICES if all(k in s.groups for s in parts)] if parts else []
+        return cls(
+            np.concatenate([s.p for s in parts]) if parts else np.zeros(0),
+            np.concatenate([s.y for s in parts]) if parts else np.zeros(0),
+            {k: np.concatenate([s.groups[k] for s in parts]) for k in keys},
+        )
+
+
+def reactivation_scores(
+    model: PolicyModel, frame: Frame, seed: int = 0
+) -> ReactivationScores | None:
+    """The model's scores on the frame's held-out rows (`reactivation_test`); None if none."""
+    test = reactivation_test_mask(model, frame, seed)
+    if not test.any():
+        return None
+    X, p, y = reactivation_test(model, frame, seed, test)
+    groups = {col: g for col in SLICES if (g := _decoded(model, X, col)) is not None}
+    return ReactivationScores(p, y, groups)
+
+
 def evaluate_reactivation(model: PolicyModel, frame: Frame, ev: Evaluation, seed: int = 0) -> None:
     """Metrics on the reactivation rows the model's training held out (`reactivation_test`)."""
-    test = reactivation_test_mask(model, frame, seed)
-    if not test.any():  # a protocol whose cutoff's labels lie beyond the data
+    report_reactivation(reactivation_scores(model, frame, seed), ev)
+
+
+def evaluate_reactivation_parts(
+    model: PolicyModel, frames: Iterable[Frame], ev: Evaluation, seed: int = 0
+) -> None:
+    """`evaluate_reactivation` over held-out rows given partition by partition: each part is
+    scored alone, and only its narrow scores are kept for the metrics."""
+    parts = [s for f in frames if (s := reactivation_scores(model, f, seed)) is not None]
+    report_reactivation(ReactivationScores.concat(parts) if parts else None, ev)
+
+
+def report_reactivation(scores: ReactivationScores | None, ev: Evaluation) -> None:
+    """The reactivation metrics, per slice too, from held-out scores (None: no held-out row)."""
+    if scores is None or not len(scores.y):  # a protocol whose cutoff's labels lie beyond the data
         ev.notes["reactivation_not_evaluated"] = (
             "no held-out rows: the data does not reach the cutoff's labels"
         )
         return
-    X, p, y = reactivation_test(model, frame, seed, test)
+    p, y = scores.p, scores.y
     overall = _binary_metrics(y, p)
     ev.metrics.update({f"reactivation_{k}": v for k, v in overall.items()})
     rows = [{"slice": "all", "group": "all", **overall}]
-    for col in SLICES:
-        groups = _decoded(model, X, col)
-        if groups is None:
-            continue
+    for col, groups in scores.groups.items():
         for g in sorted(set(groups)):
             sel = groups == g
             rows.append({"slice": col, "group": g, **_binary_metrics(y[sel], p[sel])})

@@ -290,10 +290,22 @@ def train_until(frame: Frame, train: np.ndarray) -> str | None:
     return last.isoformat() if last < first_other else None
 
 
+RESPONSE_TEST_AFTER = "response_test_after_ns"
+"""Frame note: the held-out contacts are those after this time (ns, a float's repr), computed
+over every contact of the data; frames holding a sample of the customers, or one partition,
+carry it so their split is the whole data's (`training.sampled_inputs`)."""
+RESPONSE_TRAIN_UNTIL = "response_train_until"
+"""Frame note: the latest training contact's time over the whole data (ISO 8601)."""
+
+
 def response_split(frame: Frame, seed: int, test_share: float = 0.3) -> np.ndarray:
-    """Boolean test mask: the latest contacts by time, or a seeded random share."""
+    """Boolean test mask: the latest contacts by time, or a seeded random share (the frame's
+    `RESPONSE_TEST_AFTER` note, when present, fixes the time; only for the default share)."""
     ts = pd.to_datetime(frame.data[frame.spec.time_column]).to_numpy(dtype="datetime64[ns]")
     ns = ts.astype(np.int64)
+    after = frame.spec.notes.get(RESPONSE_TEST_AFTER)
+    if after is not None and test_share == 0.3:
+        return np.asarray(ns > float(after))
     if len(np.unique(ns)) > 1:
         test = ns > np.quantile(ns, 1 - test_share)
         if 0 < test.sum() < len(test):
@@ -417,7 +429,7 @@ def fit_response(
         "support_rows": str(len(sup)),
         "decision_rule_z": str(chosen_z),
     }
-    until = train_until(frame, train)
+    until = train_until(frame, train) or frame.spec.notes.get(RESPONSE_TRAIN_UNTIL)
     if until is not None:
         split[TRAIN_UNTIL_KEY] = until
     return ResponseFit(

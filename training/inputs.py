@@ -37,6 +37,8 @@ from training.protocol import POPULATION_DEFAULT, CutoffProtocol, choose_protoco
 
 if TYPE_CHECKING:
     from features.engine import FeatureEngine
+    from features.featureset import FeatureSet
+    from training.sampled_inputs import HeldOut, SampleReport
 
 
 @dataclass
@@ -54,6 +56,11 @@ class TrainingInputs:
     """How the reactivation frame of a data directory was built (None for frame files)."""
     data_notes: dict[str, str] = field(default_factory=dict)
     """What every report built on this data must say (e.g. the assumed margin rate)."""
+    sample: SampleReport | None = None
+    """The customer sample the frames hold (`--sample-customers`), None for every customer."""
+    held_out: HeldOut | None = None
+    """With a sample: every held-out row, spilled to disk (the frames hold learnable rows of
+    the sampled customers only); the caller removes it (`HeldOut.remove`)."""
 
     def file_for(self, name: str) -> Path:
         """The file (or directory) a frame came from, for lineage."""
@@ -107,23 +114,29 @@ def _usable_reactivation(frame: Frame, skipped: dict[str, str]) -> Frame | None:
     return frame
 
 
-def protocol_frame(engine: FeatureEngine, protocol: CutoffProtocol) -> Frame:
+def protocol_frame(
+    engine: FeatureEngine,
+    protocol: CutoffProtocol,
+    feature_set: FeatureSet | None = None,
+    end: pd.Timestamp | None = None,
+) -> Frame:
     """The reactivation frame of `protocol`: its origins with the short labels, then (when the
     data reaches) the cutoff with the question's labels; one feature set, resolved at the
     cutoff, for all of them. The protocol is stored in the frame's notes (`reactivation_split`
-    reads it)."""
+    reads it). On one partition of the data, give the whole data's frozen `feature_set` and
+    `end` (`training.sampled_inputs`)."""
     from features.build import resolve_feature_set
 
     cut = protocol.cutoff_ts
-    fs = resolve_feature_set(engine, cut)
+    fs = resolve_feature_set(engine, cut, feature_set)
     origins = [*protocol.train_origins, protocol.validation_origin]
     train = reactivation_frame(
-        engine, origins, protocol.train_horizon_days, fs, population=protocol.population
+        engine, origins, protocol.train_horizon_days, fs, population=protocol.population, end=end
     )
     parts = [train.data]
     if protocol.labelled:
         test = reactivation_frame(
-            engine, [cut], protocol.horizon_days, fs, population=protocol.population
+            engine, [cut], protocol.horizon_days, fs, population=protocol.population, end=end
         )
         parts.append(test.data)
     df = pd.concat(parts, ignore_index=True)
@@ -152,18 +165,39 @@ def load_training_inputs(
     config: FeatureConfig | None = None,
     cutoff: str | pd.Timestamp | None = None,
     population: str = POPULATION_DEFAULT,
+    sample_customers: int | None = None,
+    seed: int = 0,
 ) -> TrainingInputs:
     """Read or build the frames `source` supports. Raises NothingToTrainError if none.
 
     For a data directory the reactivation frame follows `choose_protocol(data, horizon,
     cutoff, population)` (the horizon defaults to the feature config's, 90 days).
+    `sample_customers`: a data directory's frames are built partition by partition and hold
+    the learnable rows of a seeded (`seed`), stratified sample of that many customers, and
+    every held-out row is kept apart (`training.sampled_inputs`).
     """
     from features.engine import FeatureEngine  # heavy; imported only when building frames
+    from features.partitioned import is_partitioned
 
     source = Path(source)
     if not source.exists():
         raise TrainingError(f"{source}: no such file or directory")
     skipped: dict[str, str] = {}
+    is_data_dir = source.is_dir() and (
+        is_partitioned(source) or find_table(source, c.CUSTOMERS) is not None
+    )
+    if sample_customers is not None:
+        if not is_data_dir:
+            raise TrainingError(
+                f"{source}: --sample-customers needs a data directory (frames are built from "
+                "it partition by partition)"
+            )
+        try:
+            return _sampled_inputs(
+                source, sample_customers, seed, horizon_days, config, cutoff, population
+            )
+        except FeaturesError as exc:
+            raise TrainingError(str(exc)) from None
     try:
         if source.is_file():
             if source.suffix.lower() in (".csv", ".txt"):
@@ -177,7 +211,7 @@ def load_training_inputs(
             else:
                 inputs.offer_response = _usable_offer_response(frame, skipped)
                 skipped.setdefault("reactivation", f"{source.name} is an offer-response frame")
-        elif find_table(source, c.CUSTOMERS) is not None:
+        elif is_data_dir:
             data = load_data_dir(source)
             engine = FeatureEngine(data, config)
             inputs = TrainingInputs(source, data.catalog)
@@ -238,4 +272,46 @@ def load_training_inputs(
     if inputs.reactivation is None and inputs.offer_response is None:
         reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items())
         raise NothingToTrainError(f"{source}: nothing to train ({reasons})")
+    return inputs
+
+
+def _sampled_inputs(
+    source: Path,
+    n: int,
+    seed: int,
+    horizon_days: int | None,
+    config: FeatureConfig | None,
+    cutoff: str | pd.Timestamp | None,
+    population: str,
+) -> TrainingInputs:
+    from training.sampled_inputs import build_sampled_inputs, read_ground_truth
+
+    react, resp, held, report, protocol, notes = build_sampled_inputs(
+        source, n, seed, horizon_days, config, cutoff, population
+    )
+    try:
+        skipped: dict[str, str] = {}
+        catalog = load_catalog(source / c.OFFERS_FILE)
+        inputs = TrainingInputs(source, catalog, protocol=protocol, data_notes=notes)
+        inputs.sample, inputs.held_out = report, held
+        if protocol is None:
+            skipped["reactivation"] = "no cutoff protocol fits the data"
+        elif react is not None:
+            inputs.reactivation = _usable_reactivation(react, skipped)
+        if resp is not None:
+            inputs.offer_response = _usable_offer_response(resp, skipped)
+        else:
+            skipped["offer_response"] = "the data holds no past contacts (e.g. CDNOW)"
+        if held.offer_response_files:
+            ids = pd.concat(
+                [pd.read_parquet(p, columns=[c.CONTACT_ID]) for p in held.offer_response_files]
+            )[c.CONTACT_ID]
+            inputs.ground_truth = read_ground_truth(source, ids)
+        inputs.skipped = skipped
+        if inputs.reactivation is None and inputs.offer_response is None:
+            reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items())
+            raise NothingToTrainError(f"{source}: nothing to train ({reasons})")
+    except BaseException:
+        held.remove()
+        raise
     return inputs

@@ -25,7 +25,12 @@ from models.pyfunc import (
 )
 from training import plots
 from training.errors import TrackingError
-from training.evaluate import Evaluation, evaluate_reactivation, evaluate_response
+from training.evaluate import (
+    Evaluation,
+    evaluate_reactivation,
+    evaluate_reactivation_parts,
+    evaluate_response,
+)
 from training.fit import build_policy_model, fit_reactivation, fit_response
 from training.inputs import TrainingInputs, load_training_inputs
 from training.protocol import POPULATION_DEFAULT, CutoffProtocol
@@ -85,6 +90,17 @@ def fit_policy(
         assert inputs.reactivation is not None
         if "protocol" in inputs.reactivation.spec.notes:  # evaluate and promote rebuild it
             meta["protocol"] = inputs.reactivation.spec.notes["protocol"]
+    if inputs.held_out is not None:  # the fit's own frames hold no held-out row
+        rows = inputs.held_out.rows
+        if "reactivation_test_rows" in meta:
+            meta["reactivation_test_rows"] = str(rows["reactivation"])
+            n = rows["reactivation"]
+            rate = inputs.held_out.positives / n if n else float("nan")
+            meta["reactivation_test_positive_rate"] = f"{rate:.4f}" if n else ""
+        if "test_rows" in meta:
+            meta["test_rows"] = str(rows["offer_response"])
+    if inputs.sample is not None:
+        meta.update(inputs.sample.to_params())
     model = build_policy_model(
         inputs.catalog,
         resp,
@@ -99,17 +115,39 @@ def fit_policy(
         ev.notes["protocol"] = inputs.protocol.describe()
     if react is not None or resp is not None:
         log.info("evaluating on the held-out rows")
+    held = inputs.held_out
+    if held is not None:  # a customer sample: the held-out rows of every customer, kept apart
+        ev.notes["customer_sample"] = _sample_note(inputs)
+        assert inputs.sample is not None
+        ev.tables["customer_sample"] = inputs.sample.strata
     if react is not None and inputs.reactivation is not None:
-        evaluate_reactivation(model, inputs.reactivation, ev, seed)
+        if held is not None:
+            evaluate_reactivation_parts(model, held.reactivation_frames(), ev, seed)
+        else:
+            evaluate_reactivation(model, inputs.reactivation, ev, seed)
         ev.tables["feature_importance"] = react.model.feature_importances_.to_frame("gain")
-    if resp is not None and inputs.offer_response is not None:
-        evaluate_response(model, inputs.offer_response, seed, ev, inputs.ground_truth)
+    response_rows = inputs.offer_response
+    if held is not None:
+        response_rows = held.offer_response_frame()
+    if resp is not None and response_rows is not None:
+        evaluate_response(model, response_rows, seed, ev, inputs.ground_truth)
         for name, auuc in resp.auuc_by_learner.items():
             ev.metrics[f"oob_auuc_{name}"] = auuc
         ev.metrics["decision_rule_z"] = resp.z
         if resp.rule_table is not None:
             ev.tables["decision_rule_choice"] = resp.rule_table
     return model, ev
+
+
+def _sample_note(inputs: TrainingInputs) -> str:
+    sample, held = inputs.sample, inputs.held_out
+    assert sample is not None and held is not None
+    return (
+        f"fitted on a stratified (label x treatment) sample of {sample.sampled:,} of "
+        f"{sample.population:,} customers (seed {sample.seed}); evaluated on every held-out "
+        f"row ({held.rows['reactivation']:,} reactivation, {held.rows['offer_response']:,} "
+        "contacts)"
+    )
 
 
 def _log_figures(ev: Evaluation, folder: Path) -> None:
@@ -184,22 +222,46 @@ def train(
     cutoff: str | None = None,
     population: str = POPULATION_DEFAULT,
     model_name: str | None = None,
+    sample_customers: int | None = None,
 ) -> TrainResult:
     """Train on a data directory or frame(s), log everything to MLflow, register a challenger.
 
     `cutoff`, `horizon_days` and `population` set the reactivation protocol of a data
     directory (`training.protocol`); `model_name` (default `WINBACK_MODEL_NAME`) is the
-    registered model the new version joins.
+    registered model the new version joins. `sample_customers`: fit on a seeded, stratified
+    sample of that many customers, frames built partition by partition, evaluated on every
+    held-out row (`training.sampled_inputs`); the sample is logged with the run.
     """
     settings = settings or get_settings()
     registered = model_name or settings.model_name
     log.info("loading %s and building the training frames", source)
     inputs = load_training_inputs(
-        Path(source), horizon_days=horizon_days, cutoff=cutoff, population=population
+        Path(source),
+        horizon_days=horizon_days,
+        cutoff=cutoff,
+        population=population,
+        sample_customers=sample_customers,
+        seed=seed,
     )
-    # a bad tracking URI or experiment fails here, not after minutes of fitting
-    configure_tracking(settings)
-    use_experiment(experiment, settings)
+    try:
+        # a bad tracking URI or experiment fails here, not after minutes of fitting
+        configure_tracking(settings)
+        use_experiment(experiment, settings)
+        return _train_on(inputs, source, seed, settings, registered, z, n_bags)
+    finally:
+        if inputs.held_out is not None:
+            inputs.held_out.remove()
+
+
+def _train_on(
+    inputs: TrainingInputs,
+    source: Path,
+    seed: int,
+    settings: Settings,
+    registered: str,
+    z: float | None,
+    n_bags: int,
+) -> TrainResult:
     np.random.seed(seed)  # libraries that draw from the global generator stay reproducible
     model, ev = fit_policy(inputs, seed, z=z, n_bags=n_bags)
     fingerprint = data_fingerprint(Path(source))
@@ -236,6 +298,10 @@ def train(
             mlflow.log_artifact(str(folder / "feature_set.json"))
             (folder / "evaluation.json").write_text(json.dumps(ev.to_json(), indent=2, default=str))
             mlflow.log_artifact(str(folder / "evaluation.json"))
+            if inputs.sample is not None:
+                (folder / "customer_sample.json").write_text(inputs.sample.to_json())
+                mlflow.log_artifact(str(folder / "customer_sample.json"))
+                mlflow.log_metric("sample_customers", inputs.sample.sampled)
             _log_figures(ev, folder)
             model.metadata["run_id"] = run.info.run_id
             example = _input_example(model, inputs)

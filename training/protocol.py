@@ -86,12 +86,26 @@ def choose_protocol(
     population: str = POPULATION_DEFAULT,
 ) -> CutoffProtocol:
     """The protocol for `data`; without `cutoff`, the latest one whose labels the data holds."""
+    end = data_end(data)
+    first = pd.Timestamp(data.orders["order_ts"].min()) if len(data.orders) else None
+    return protocol_between(end, first, horizon_days, cutoff, population)
+
+
+def protocol_between(
+    data_end_ts: pd.Timestamp,
+    first_order: pd.Timestamp | None,
+    horizon_days: int,
+    cutoff: str | pd.Timestamp | None = None,
+    population: str = POPULATION_DEFAULT,
+) -> CutoffProtocol:
+    """`choose_protocol` for data whose last record is `data_end_ts` and first order
+    `first_order` (None: no order): what a partitioned directory's streaming pass gives."""
     if horizon_days <= 0:
         raise TrainingError(f"--horizon-days: must be positive, got {horizon_days}")
     if population not in POPULATIONS:
         raise TrainingError(f"--population: one of {', '.join(POPULATIONS)}, got {population!r}")
-    end = data_end(data).normalize()
-    first = pd.Timestamp(data.orders["order_ts"].min()) if len(data.orders) else end
+    end = data_end_ts.normalize()
+    first = first_order if first_order is not None else end
     if cutoff is None:
         cut = end + pd.Timedelta(days=1) - pd.Timedelta(days=horizon_days)
         reason = (

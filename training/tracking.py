@@ -67,6 +67,11 @@ def source_files(source: Path) -> list[Path]:
     source = Path(source)
     if source.is_file():
         return [source]
+    if (source / "partitions.json").is_file():  # a partitioned directory: every part's files
+        return sorted(
+            [*source.glob("*/part=*/*.parquet"), source / "partitions.json"]
+            + [p for p in source.iterdir() if p.suffix in (".parquet", ".yaml") and p.is_file()]
+        )
     return sorted(
         p for p in source.iterdir() if p.suffix in (".parquet", ".csv", ".yaml") and p.is_file()
     )

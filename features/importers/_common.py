@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import pandas as pd
+
+from features import constants as c
+from features.datadir import write_data_dir
 from features.errors import DataSourceError
+from features.offers import OfferCatalog
+from features.partitioned import write_partitioned
 
 
 def read_source_text(path: Path, what: str) -> str:
@@ -51,5 +57,35 @@ def prepare_out_dir(out: Path, managed: Iterable[str], overwrite: bool) -> Path:
             target = out / name
             if target.is_file():
                 target.unlink()
+        _remove_partitioned(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _remove_partitioned(out: Path) -> None:
+    """Remove a previous partitioned import's tables and manifest (`features.partitioned`)."""
+    import shutil
+
+    from features.partitioned import PARTITIONS_FILE
+
+    (out / PARTITIONS_FILE).unlink(missing_ok=True)
+    for name in c.TABLES:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+
+
+def write_tables(
+    out: Path,
+    tables: dict[str, pd.DataFrame],
+    catalog: OfferCatalog,
+    fmt: str,
+    partitions: int | None,
+) -> None:
+    """Write an import's tables: one file per table, or split into `partitions` by customer
+    (`features.partitioned`; Parquet only)."""
+    if partitions is None:
+        write_data_dir(out, tables, catalog, fmt=fmt)
+        return
+    if fmt != "parquet":
+        raise DataSourceError(f"--partitions: partitioned tables are Parquet, not '{fmt}'")
+    write_partitioned(out, tables, catalog, partitions)

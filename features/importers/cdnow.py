@@ -30,9 +30,9 @@ import pandas as pd
 
 from features import constants as c
 from features.contract import ValidationReport
-from features.datadir import validate_data_dir, write_data_dir
+from features.datadir import validate_data_dir
 from features.errors import DataContractError, DataSourceError
-from features.importers._common import prepare_out_dir, read_source_text
+from features.importers._common import prepare_out_dir, read_source_text, write_tables
 from features.offers import OfferCatalog, parse_catalog
 
 SOURCE_COLUMNS: Final = ("customer_id", "date", "number_of_cds", "dollar_value")
@@ -183,6 +183,7 @@ def import_cdnow(
     margin_rate: float = DEFAULT_MARGIN_RATE,
     fmt: str = "parquet",
     overwrite: bool = False,
+    partitions: int | None = None,
 ) -> CdnowImport:
     """Import the CDNOW purchase log into the data directory `out` and validate it.
 
@@ -192,6 +193,8 @@ def import_cdnow(
         margin_rate: share of revenue taken as margin (CDNOW has no cost data).
         fmt: table format, `parquet` or `csv`.
         overwrite: replace the data-directory files of a non-empty `out`.
+        partitions: split every table into this many customer partitions
+            (`features.partitioned`; Parquet only); None writes one file per table.
 
     Raises:
         DataSourceError: the source is missing or malformed, or `out` is not usable.
@@ -203,7 +206,7 @@ def import_cdnow(
     tables = cdnow_tables(raw, margin_rate)
     managed = [f"{t}{s}" for t in c.TABLES for s in c.TABLE_SUFFIXES]
     out = prepare_out_dir(Path(out), [*managed, c.OFFERS_FILE, c.GROUND_TRUTH_FILE], overwrite)
-    write_data_dir(out, tables, default_catalog(), fmt=fmt)
+    write_tables(out, tables, default_catalog(), fmt, partitions)
     report, _ = validate_data_dir(out)
     if not report.ok:
         raise DataContractError(report)

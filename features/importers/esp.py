@@ -106,6 +106,13 @@ def _channel(df: pd.DataFrame, default: str) -> pd.Series:
 
 
 def _known(data_dir: Path) -> pd.Series:
+    from features.partitioned import is_partitioned
+
+    if is_partitioned(data_dir):
+        raise DataSourceError(
+            f"{data_dir}: a partitioned directory; import consent and events into the "
+            "unpartitioned one, then split it (`winback partition DIR --out DIR2 --partitions N`)"
+        )
     path = find_table(data_dir, c.CUSTOMERS)
     if path is None:
         raise DataSourceError(

@@ -39,9 +39,9 @@ import yaml
 
 from features import constants as c
 from features.contract import ValidationReport
-from features.datadir import validate_data_dir, write_data_dir
+from features.datadir import validate_data_dir
 from features.errors import DataContractError, DataSourceError
-from features.importers._common import prepare_out_dir
+from features.importers._common import prepare_out_dir, write_tables
 from features.offers import OfferCatalog, parse_catalog
 
 FIELDS: Final = (
@@ -424,6 +424,7 @@ def import_transactions(
     query: str | None = None,
     fmt: str = "parquet",
     overwrite: bool = False,
+    partitions: int | None = None,
 ) -> TransactionImport:
     """Import a transaction log into the data directory `out` and validate it.
 
@@ -434,6 +435,8 @@ def import_transactions(
         query: a SQL query returning the mapped columns (with a URL as `src`).
         fmt: table format, `parquet` or `csv`.
         overwrite: replace the data-directory files of a non-empty `out`.
+        partitions: split every table into this many customer partitions
+            (`features.partitioned`; Parquet only); None writes one file per table.
 
     Raises:
         DataSourceError: the source or mapping is unusable, or `out` is not usable.
@@ -450,7 +453,7 @@ def import_transactions(
     managed = [f"{t}{s}" for t in c.TABLES for s in c.TABLE_SUFFIXES]
     extra = [c.OFFERS_FILE, c.GROUND_TRUTH_FILE, c.DATASET_FILE]
     out = prepare_out_dir(Path(out), [*managed, *extra], overwrite)
-    write_data_dir(out, tables, default_catalog(), fmt=fmt)
+    write_tables(out, tables, default_catalog(), fmt, partitions)
     orders = tables[c.ORDERS]
     dropped = {
         k: counts[k]

@@ -9,6 +9,7 @@ beside them as `ground_truth.parquet`, which nothing in training may read.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,18 @@ _POP_EVENT = np.array([c.EVENT_TYPES.index(t) for t in (*FRICTION_TYPES, "visit"
 MAX_CUSTOMERS = 50_000_000
 
 
+@dataclass(frozen=True)
+class IdStart:
+    """Where a world's id sequences start, and how many customers the whole world has (the
+    customer id width): a block of a world generated in blocks continues its sequences."""
+
+    customer: int = 0
+    order: int = 0
+    contact: int = 0
+    event: int = 0
+    total_customers: int = 0
+
+
 @dataclass
 class SyntheticWorld:
     """A generated world: tables, catalog, answer key and the model that produced it."""
@@ -64,7 +77,7 @@ def _customers(pop: Population, cid: pa.Array) -> pd.DataFrame:
     )
 
 
-def _orders(pop: Population, hist: CampaignHistory, cid: pa.Array) -> pd.DataFrame:
+def _orders(pop: Population, hist: CampaignHistory, cid: pa.Array, start: int = 0) -> pd.DataFrame:
     cust = np.concatenate([pop.order_cust, hist.orders.get("cust", np.int32)])
     gross = np.concatenate([pop.order_gross, hist.orders.get("gross", np.float64)])
     disc = np.concatenate([pop.order_discount, hist.orders.get("discount", np.float64)])
@@ -75,7 +88,9 @@ def _orders(pop: Population, hist: CampaignHistory, cid: pa.Array) -> pd.DataFra
     return pd.DataFrame(
         {
             c.ORDER_ID: arrow_column(
-                fixed_width_ids("o", np.arange(len(cust)), id_width(len(cust), 9))
+                fixed_width_ids(
+                    "o", np.arange(start, start + len(cust)), id_width(start + len(cust), 9)
+                )
             ),
             c.CUSTOMER_ID: arrow_column(cid.take(pa.array(cust))),
             c.ORDER_TS: seconds_to_datetime(ts),
@@ -88,11 +103,15 @@ def _orders(pop: Population, hist: CampaignHistory, cid: pa.Array) -> pd.DataFra
 
 
 def _contacts(
-    hist: CampaignHistory, cid: pa.Array, model: TrueResponseModel, waves: np.ndarray
+    hist: CampaignHistory,
+    cid: pa.Array,
+    model: TrueResponseModel,
+    waves: np.ndarray,
+    start: int = 0,
 ) -> tuple[pd.DataFrame, pa.Array]:
     rows = hist.contacts
     n = len(rows.get("cust", np.int32))
-    kid = fixed_width_ids("k", np.arange(n), id_width(n, 8))
+    kid = fixed_width_ids("k", np.arange(start, start + n), id_width(start + n, 8))
     wave_names = [f"winback-{str(np.datetime64(int(t), 's'))[:10]}" for t in waves]
     frame = pd.DataFrame(
         {
@@ -110,7 +129,12 @@ def _contacts(
 
 
 def _events(
-    pop: Population, hist: CampaignHistory, cid: pa.Array, kid: pa.Array, end_s: int
+    pop: Population,
+    hist: CampaignHistory,
+    cid: pa.Array,
+    kid: pa.Array,
+    end_s: int,
+    start: int = 0,
 ) -> pd.DataFrame:
     left = pop.opt_out_s[:, 0] < end_s  # organic email unsubscribes leave an event too
     unsub_cust = np.flatnonzero(left).astype(np.int32)
@@ -137,7 +161,9 @@ def _events(
     return pd.DataFrame(
         {
             c.EVENT_ID: arrow_column(
-                fixed_width_ids("e", np.arange(len(cust)), id_width(len(cust), 9))
+                fixed_width_ids(
+                    "e", np.arange(start, start + len(cust)), id_width(start + len(cust), 9)
+                )
             ),
             c.CUSTOMER_ID: arrow_column(cid.take(pa.array(cust))),
             c.TS: seconds_to_datetime(ts),
@@ -192,9 +218,15 @@ def _ground_truth(
 
 
 def generate_world(
-    n_customers: int, seed: int, catalog: OfferCatalog | None = None
+    n_customers: int,
+    seed: int,
+    catalog: OfferCatalog | None = None,
+    ids: IdStart | None = None,
 ) -> SyntheticWorld:
     """Draw a complete world of `n_customers` from `seed` (same seed, same world).
+
+    `ids` (default: every sequence from 0) numbers the ids of a block of a larger world
+    (`generate_partitioned`); the draws do not depend on it.
 
     Raises:
         FeaturesError: when `n_customers` is not a positive number within limits.
@@ -209,13 +241,18 @@ def generate_world(
     pop = simulate_population(rng, conf)
     model = TrueResponseModel(catalog)
     hist = simulate_campaigns(rng, pop, catalog, model, conf)
-    cid = fixed_width_ids("c", np.arange(n_customers), id_width(n_customers))
-    contacts, kid = _contacts(hist, cid, model, conf.wave_times())
+    ids = ids or IdStart()
+    cid = fixed_width_ids(
+        "c",
+        np.arange(ids.customer, ids.customer + n_customers),
+        id_width(max(n_customers, ids.total_customers)),
+    )
+    contacts, kid = _contacts(hist, cid, model, conf.wave_times(), ids.contact)
     tables = {
         c.CUSTOMERS: _customers(pop, cid),
-        c.ORDERS: _orders(pop, hist, cid),
+        c.ORDERS: _orders(pop, hist, cid, ids.order),
         c.CONTACTS: contacts,
-        c.EVENTS: _events(pop, hist, cid, kid, conf.end_s),
+        c.EVENTS: _events(pop, hist, cid, kid, conf.end_s, ids.event),
         c.CONSENT: _consent(pop, hist, cid, conf.end_s),
     }
     truth = _ground_truth(contacts, hist, model)
@@ -231,6 +268,10 @@ def write_world(world: SyntheticWorld, out: Path, fmt: str = "parquet") -> Path:
     if fmt not in ("parquet", "csv"):
         raise FeaturesError(f"format: must be 'parquet' or 'csv', got '{fmt}'")
     out = Path(out)
+    (out / "partitions.json").unlink(missing_ok=True)  # a previous partitioned world
+    for name in (*c.TABLES, "ground_truth"):
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
     for name in c.TABLES:  # a previous world in the other format would make two copies
         for suffix in c.TABLE_SUFFIXES:
             stale = out / f"{name}{suffix}"
@@ -258,11 +299,17 @@ def load_world(data_dir: Path) -> SyntheticWorld:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         n, seed = int(manifest["customers"]), int(manifest["seed"])
+        block = int(manifest.get("block_customers") or n)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise FeaturesError(
             f"{path}: cannot read the world's manifest ({exc}); only a directory written by "
             "`winback generate` has one (generate the world again)"
         ) from None
+    if n > block:
+        raise FeaturesError(
+            f"{path}: a world of {n:,} customers generated in blocks of {block:,} cannot be "
+            "regenerated in memory; generate one of at most that many customers to play it"
+        )
     return generate_world(n, seed)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from features.build import build_customer_view
 from features.config import FeatureConfig
 from features.datadir import load_data_dir
 from features.offers import load_catalog
+from features.partitioned import is_partitioned
 from features.snapshot import CURRENT_FILE, Snapshot, write_snapshot
+from features.snapshot_stream import SnapshotStream
 from serving.batch.errors import BatchError
 from serving.decide import Decider
 from serving.engine import OptionSet
@@ -44,6 +47,32 @@ def load_snapshot(data: Path, at: datetime, config: FeatureConfig | None = None)
     with tempfile.TemporaryDirectory(prefix="winback-score-") as tmp:
         write_snapshot(view, Path(tmp), config)
         return Snapshot.load(Path(tmp))
+
+
+@contextmanager
+def snapshot_source(
+    data: Path, at: datetime, config: FeatureConfig | None = None, stream: bool = False
+) -> Iterator[Snapshot | SnapshotStream]:
+    """DATA as what the scorer reads, for the duration of the block.
+
+    `stream` opens a snapshot as a `SnapshotStream` (read chunk by chunk: the memory of a
+    chunk, for a pass over every customer) instead of loading it. A partitioned data
+    directory is materialised partition by partition into a temporary snapshot first
+    (`features.streaming`); an unpartitioned one as `load_snapshot` does.
+    """
+    data = Path(data)
+    if (data / CURRENT_FILE).is_file():
+        yield SnapshotStream.open(data) if stream else Snapshot.load(data)
+        return
+    if not is_partitioned(data):
+        yield load_snapshot(data, at, config)
+        return
+    from features.streaming import materialize_partitioned
+
+    with tempfile.TemporaryDirectory(prefix="winback-score-") as tmp:
+        log.info("materialising the features of %s as of %s", data, at)
+        materialize_partitioned(data, at, Path(tmp), config)
+        yield SnapshotStream.open(Path(tmp)) if stream else Snapshot.load(Path(tmp))
 
 
 def load_decider(

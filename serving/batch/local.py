@@ -30,13 +30,14 @@ from rich.progress import (
 from rich.text import Text
 
 from features.snapshot import Snapshot
+from features.snapshot_stream import SnapshotStream
 from serving.batch.columns import decision_table, wave_decision_ids
 from serving.batch.errors import BatchError
 from serving.batch.output import TableSink
 from serving.batch.record import RECORD_BATCH, RecordCounts, record_rows
 from serving.batch.summary import Summary
 from serving.decide import Decided, Decider, decide_rows, decision_key, gather_rows
-from serving.precomputed import precomputed_scores
+from serving.precomputed import PrecomputedScores, precomputed_scores, scores_from_attachments
 from serving.store import ContactCaps, Store
 
 DEFAULT_CHUNK_ROWS = 100_000
@@ -90,6 +91,30 @@ def chunks(
         yield np.asarray(part, dtype=object), matrix, rows
 
 
+def _blocks(
+    snapshot: Snapshot | SnapshotStream, customers: Sequence[str] | None, chunk_rows: int
+) -> Iterator[
+    tuple[
+        npt.NDArray[np.object_],
+        npt.NDArray[np.float64],
+        npt.NDArray[np.int64],
+        PrecomputedScores | None,
+    ]
+]:
+    """(ids, feature rows, rows into `stored`, stored scores) per chunk. A `SnapshotStream`
+    is read chunk by chunk (memory: one chunk), its stored scores with it."""
+    if isinstance(snapshot, SnapshotStream):
+        if customers is not None:
+            raise BatchError("--customers: needs the snapshot loaded, not streamed")
+        for chunk in snapshot.chunks(chunk_rows):
+            rows = np.arange(len(chunk.ids), dtype=np.int64)
+            yield chunk.ids, chunk.matrix, rows, scores_from_attachments(chunk.attachments)
+        return
+    stored = precomputed_scores(snapshot)
+    for ids, matrix, rows in chunks(snapshot, customers, chunk_rows):
+        yield ids, matrix, rows, stored
+
+
 def _record(
     store: Store,
     table: pa.Table,
@@ -106,7 +131,7 @@ def _record(
 
 
 def score_local(
-    snapshot: Snapshot,
+    snapshot: Snapshot | SnapshotStream,
     decider: Decider,
     sink: TableSink,
     wave: Wave,
@@ -119,7 +144,8 @@ def score_local(
     """Decide for every customer of `snapshot` (or of `customers`) and write to `sink`.
 
     Args:
-        snapshot: the serving snapshot (features as of its `as_of`).
+        snapshot: the serving snapshot (features as of its `as_of`), loaded, or opened as a
+            `SnapshotStream` to read it chunk by chunk (every customer, no `customers`).
         decider: options, policy, scorer and caps (as the API loads them).
         sink: receives one output table per chunk (see `serving.batch.output`).
         wave: wave id, decision time and channel.
@@ -137,8 +163,7 @@ def score_local(
     started = time.perf_counter()
     result = BatchResult(recorded=RecordCounts() if record else None)
     as_of = snapshot.as_of.to_pydatetime()
-    stored = precomputed_scores(snapshot)
-    for ids, matrix, rows in chunks(snapshot, customers, chunk_rows):
+    for ids, matrix, rows, stored in _blocks(snapshot, customers, chunk_rows):
         decided = decide_rows(
             decider,
             matrix,

@@ -1,11 +1,12 @@
 """The Spark engine: the same decision step, applied to each partition of a Parquet input.
 
 The snapshot is exported as Parquet (`customer_id`, `_known`, then the feature set's
-columns), read by Spark, and each partition's Arrow batches go through
-`serving.decide.decide_rows` and `columns.decision_table`, exactly as a chunk of the local
-engine does; the decider (policy, options, scorer with its boosters) travels to the executors
-pickled inside the function. Executors read the live overlay from the store when they are
-given its URL. pyspark is imported only here (the `spark` extra).
+columns), or, when the snapshot version has a partitioned copy (`features materialize
+--engine spark` writes one), that copy is read as it is. Spark reads it, and each partition's
+Arrow batches go through `serving.decide.decide_rows` and `columns.decision_table`, exactly
+as a chunk of the local engine does; the decider (policy, options, scorer with its boosters)
+travels to the executors pickled inside the function. Executors read the live overlay from
+the store when they are given its URL. pyspark is imported only here (the `spark` extra).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from features.featureset import FeatureSet
-from features.snapshot import Snapshot
+from features.snapshot import PartitionedCopy, Snapshot
 from serving.batch.columns import SCHEMA, decision_table, wave_decision_ids
 from serving.batch.errors import BatchError
 from serving.batch.local import BatchResult, Wave, chunks
@@ -162,7 +163,6 @@ def run_spark(
     write the decisions to `out` (one file, atomically) and summarize them."""
     started = time.perf_counter()
     session = spark or spark_session(master)
-    result = BatchResult()
     work = Path(tempfile.mkdtemp(prefix="winback-spark-", dir=Path(out).parent))
     try:
         export_snapshot(snapshot, work / "input.parquet", customers)
@@ -176,13 +176,56 @@ def run_spark(
             wave,
             database_url,
         )
-        with open_output(out) as sink:
-            dataset = pads.dataset(work / "decisions", format="parquet", schema=SCHEMA)
-            for rb in dataset.to_batches():
-                table = pa.Table.from_batches([rb], schema=SCHEMA)
-                result.summary.add(table)
-                sink.write(table)
-                result.rows += table.num_rows
+        result = _collect(work / "decisions", out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if spark is None:
+            session.stop()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _collect(decisions: Path, out: Path) -> BatchResult:
+    """Spark's decision files written to `out` (one file, atomically) and summarized."""
+    result = BatchResult()
+    with open_output(out) as sink:
+        dataset = pads.dataset(decisions, format="parquet", schema=SCHEMA)
+        for rb in dataset.to_batches():
+            table = pa.Table.from_batches([rb], schema=SCHEMA)
+            result.summary.add(table)
+            sink.write(table)
+            result.rows += table.num_rows
+    return result
+
+
+def run_spark_partitioned(
+    parts: PartitionedCopy,
+    decider: Decider,
+    out: Path,
+    wave: Wave,
+    master: str = "local[*]",
+    database_url: str | None = None,
+    spark: SparkSession | None = None,
+) -> BatchResult:
+    """`winback score --engine spark` on a snapshot with a partitioned copy (written by
+    `features materialize --engine spark`): Spark reads the copy's `part=NNN/` files as they
+    are (every customer of the snapshot, so every row is known); nothing is exported or loaded
+    on this machine but the manifest."""
+    from pyspark.sql import functions
+
+    started = time.perf_counter()
+    session = spark or spark_session(master)
+    work = Path(tempfile.mkdtemp(prefix="winback-spark-", dir=Path(out).parent))
+    try:
+        columns = [functions.col(f"`{name}`") for name in parts.feature_set.columns]
+        frame = session.read.parquet(str(parts.path)).select(
+            functions.col("customer_id"), functions.lit(True).alias(KNOWN), *columns
+        )
+        fn = partition_scorer(
+            decider, parts.feature_set, parts.as_of.to_pydatetime(), wave, database_url
+        )
+        frame.mapInArrow(fn, SPARK_SCHEMA).write.mode("overwrite").parquet(str(work / "d"))
+        result = _collect(work / "d", out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if spark is None:

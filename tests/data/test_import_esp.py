@@ -79,3 +79,15 @@ def test_esp_import_needs_the_customers_first(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataSourceError, match="import the transactions first"):
         import_consent(src, tmp_path / "empty", {"customer_id": "id", "status": "s"}, as_of="2024")
+
+
+def test_esp_import_refuses_a_partitioned_directory(shop: Path, tmp_path: Path) -> None:
+    from features.partitioned import partition_data_dir
+
+    partition_data_dir(shop, tmp_path / "parts", 2)
+    src = tmp_path / "list.csv"
+    pd.DataFrame({"id": ["a"], "s": ["subscribed"]}).to_csv(src, index=False)
+    before = sorted(p.name for p in (tmp_path / "parts").iterdir())
+    with pytest.raises(DataSourceError, match="partitioned"):
+        import_consent(src, tmp_path / "parts", {"customer_id": "id", "status": "s"}, as_of="2024")
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == before

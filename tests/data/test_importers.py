@@ -286,3 +286,30 @@ def test_real_files_through_cli(shared_data: Path, tmp_path: Path) -> None:
     assert "1.253%" in hs.output
     assert (tmp_path / "h" / FRAME_FILE).is_file()
     assert (tmp_path / "h" / c.OFFERS_FILE).is_file()
+
+
+def test_cdnow_import_writes_partitions_when_asked(tmp_path: Path) -> None:
+    from features.partitioned import is_partitioned, read_layout
+
+    body = "".join(f" {i:05d} 1997010{1 + i % 9}  1   {10 + i}.50\r\n" for i in range(1, 40))
+    src = _write(tmp_path / "cdnow.txt", CDNOW_HEADER + body)
+    flat = import_cdnow(src, tmp_path / "flat")
+    part = import_cdnow(src, tmp_path / "part", partitions=4)
+    assert part.report.ok and is_partitioned(tmp_path / "part")
+    assert read_layout(tmp_path / "part").row_counts[c.ORDERS] == flat.orders == 39
+    a, b = load_data_dir(tmp_path / "flat"), load_data_dir(tmp_path / "part")
+    key = [c.ORDER_ID]
+    pd.testing.assert_frame_equal(
+        a.orders.sort_values(key).reset_index(drop=True),
+        b.orders.sort_values(key).reset_index(drop=True),
+    )
+    # overwriting with an unpartitioned import removes the partitions
+    import_cdnow(src, tmp_path / "part", overwrite=True)
+    assert not is_partitioned(tmp_path / "part") and not (tmp_path / "part" / c.ORDERS).is_dir()
+    with pytest.raises(DataSourceError, match="Parquet"):
+        import_cdnow(src, tmp_path / "csv", fmt="csv", partitions=2)
+    res = CliRunner().invoke(
+        app, ["import", "cdnow", str(src), "--out", str(tmp_path / "cli"), "--partitions", "3"]
+    )
+    assert res.exit_code == 0, res.output
+    assert read_layout(tmp_path / "cli").n_partitions == 3

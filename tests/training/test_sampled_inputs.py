@@ -1,0 +1,146 @@
+"""Training on a customer sample, frames built partition by partition (`--sample-customers`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from features import constants as c
+from features import modeling_frame as mf
+from features.datadir import load_data_dir
+from features.partitioned import write_partitioned
+from features.settings import get_settings
+from features.synthetic.generate import generate_world, write_world
+from training.fit import response_split
+from training.inputs import load_training_inputs
+from training.pipeline import fit_policy, train
+from training.sampled_inputs import allocate, strata
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def worlds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One small world, unpartitioned and split into 3 partitions (ground truth beside both)."""
+    root = tmp_path_factory.mktemp("world")
+    write_world(generate_world(2500, seed=4), root / "flat")
+    data = load_data_dir(root / "flat")
+    raw = {name: pd.read_parquet(root / "flat" / f"{name}.parquet") for name in c.TABLES}
+    write_partitioned(root / "part", raw, data.catalog, 3)
+    truth = root / "flat" / c.GROUND_TRUTH_FILE
+    (root / "part" / c.GROUND_TRUTH_FILE).write_bytes(truth.read_bytes())
+    return root / "flat", root / "part"
+
+
+def test_allocation_is_proportional_and_sums_to_n() -> None:
+    pop = pd.Series({"0|none": 700, "1|none": 200, "0|pct10": 99, "1|pct10": 1})
+    got = allocate(pop, 100)
+    assert got.sum() == 100 and got.to_dict() == {
+        "0|none": 70,
+        "1|none": 20,
+        "0|pct10": 10,
+        "1|pct10": 0,
+    }
+    assert allocate(pop, 5000).equals(pop)  # more than the population: everyone
+
+
+def test_strata_label_and_latest_treatment() -> None:
+    react = pd.DataFrame({c.CUSTOMER_ID: ["a", "a", "b"], mf.LABEL: [0, 1, 0]})
+    resp = pd.DataFrame(
+        {
+            c.CUSTOMER_ID: ["a", "a", "c"],
+            c.TS: pd.to_datetime(["2024-02-01", "2024-01-01", "2024-01-01"]),
+            c.OFFER_ID: ["pct10", "guide", "holdout"],
+            mf.CONVERTED: [0, 0, 1],
+        }
+    )
+    s = strata(react, resp).sort_index()
+    assert s.to_dict("index") == {
+        "a": {"label": 1, "treatment": "pct10"},  # bought again at an origin; latest offer
+        "b": {"label": 0, "treatment": "none"},  # never contacted
+        "c": {"label": 1, "treatment": "holdout"},  # no origin row: converted after a contact
+    }
+
+
+def test_sampling_everyone_fits_and_evaluates_as_the_whole_data(worlds: tuple[Path, Path]) -> None:
+    flat, _ = worlds
+    whole = load_training_inputs(flat)
+    sampled = load_training_inputs(flat, sample_customers=10**9, seed=0)
+    try:
+        assert sampled.sample is not None and sampled.held_out is not None
+        assert sampled.sample.sampled == sampled.sample.population
+        _, ev_whole = fit_policy(whole, seed=0, n_bags=2)
+        _, ev_sampled = fit_policy(sampled, seed=0, n_bags=2)
+    finally:
+        sampled.held_out.remove()  # type: ignore[union-attr]
+    assert ev_whole.metrics.keys() <= ev_sampled.metrics.keys()
+    for key, value in ev_whole.metrics.items():
+        assert ev_sampled.metrics[key] == pytest.approx(value, rel=1e-9, nan_ok=True), key
+
+
+def test_a_partitioned_sample_is_stratified_seeded_and_evaluated_on_every_held_out_row(
+    worlds: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flat, part = worlds
+    whole = load_training_inputs(flat)
+    inputs = load_training_inputs(part, sample_customers=400, seed=5)
+    again = load_training_inputs(part, sample_customers=400, seed=5)
+    other = load_training_inputs(part, sample_customers=400, seed=6)
+    try:
+        sample, held = inputs.sample, inputs.held_out
+        assert sample is not None and held is not None
+        assert sample.sampled == 400 == int(sample.strata["sampled"].sum())
+        assert (sample.strata["sampled"] == sample.strata["target"]).all()
+        assert len(sample.strata) > 4  # several labels x treatments
+        assert again.sample is not None and again.sample.strata.equals(sample.strata)
+        ids = set(inputs.offer_response.data[c.CUSTOMER_ID])  # type: ignore[union-attr]
+        react_ids = set(inputs.reactivation.data[c.CUSTOMER_ID])  # type: ignore[union-attr]
+        assert len(ids | react_ids) <= 400
+        assert set(again.reactivation.data[c.CUSTOMER_ID]) == react_ids  # type: ignore[union-attr]
+        assert set(other.reactivation.data[c.CUSTOMER_ID]) != react_ids  # type: ignore[union-attr]
+
+        # held out: exactly the rows the whole data's split holds out, of every customer
+        assert whole.offer_response is not None and whole.reactivation is not None
+        wtest = whole.offer_response.data[response_split(whole.offer_response, 0)]
+        held_resp = held.offer_response_frame()
+        assert held_resp is not None
+        assert sorted(held_resp.data[c.CONTACT_ID]) == sorted(wtest[c.CONTACT_ID])
+        cut = pd.Timestamp(inputs.protocol.cutoff)  # type: ignore[union-attr]
+        wreact = whole.reactivation.data
+        held_react = pd.concat([f.data for f in held.reactivation_frames()])
+        assert len(held_react) == int((wreact[mf.CUTOFF] == cut).sum())
+        clean = ~held_react[mf.CONTACTED_IN_WINDOW].astype(bool)
+        assert held.rows["reactivation"] == int(clean.sum()) < len(held_react)
+        assert not (inputs.reactivation.data[mf.CUTOFF] == cut).any()  # type: ignore[union-attr]
+        assert inputs.ground_truth is not None
+        assert set(inputs.ground_truth[c.CONTACT_ID]) == set(wtest[c.CONTACT_ID])
+    finally:
+        for x in (inputs, again, other):
+            if x.held_out is not None:
+                x.held_out.remove()
+    assert not held.folder.exists()
+
+    # the whole command: fitted on the sample, evaluated on all, the sample in the run
+    monkeypatch.setenv("WINBACK_MLRUNS_DIR", str(tmp_path / "mlruns"))
+    get_settings.cache_clear()
+    result = train(part, seed=5, n_bags=2, sample_customers=400)
+    metrics = result.evaluation.metrics
+    assert metrics["response_test_rows"] == len(wtest)
+    assert metrics["reactivation_test_cutoff_rows"] == int(clean.sum())
+    assert result.metadata["reactivation_test_rows"] == str(int(clean.sum()))
+    assert "learned_share_of_oracle" in metrics
+    run = mlflow.get_run(result.run_id)
+    assert run.data.params["meta.sample.customers"] == "400"
+    assert run.data.params["meta.sample.seed"] == "5"
+    assert run.data.metrics["sample_customers"] == 400
+    local = mlflow.artifacts.download_artifacts(
+        run_id=result.run_id, artifact_path="customer_sample.json", dst_path=str(tmp_path)
+    )
+    logged = json.loads(Path(local).read_text())
+    assert sum(s["sampled"] for s in logged["strata"]) == 400
+    assert np.isfinite(metrics["reactivation_auc"])

@@ -1,0 +1,463 @@
+"""Training inputs built partition by partition, fitted on a seeded, stratified customer sample.
+
+`winback train DATA --sample-customers N` for data larger than memory. DATA is a partitioned
+data directory (`features.partitioned`; an unpartitioned one is read whole and handled as one
+partition). The run:
+
+1. freezes what must be the same for every partition, from a streaming pass over a few
+   columns (`features.frozen`): the cutoff protocol (data end, first order), the feature sets'
+   category vocabularies, and the time after which contacts are held out (the 70% quantile of
+   every contact's time, the split `training.fit.response_split` makes on the whole data);
+2. builds both frames of each partition with the local code (`training.inputs.protocol_frame`,
+   `features.frames.offer_response_frame`), one partition in memory at a time, and splits
+   them: rows the model may learn from (the protocol's origins; contacts up to the held-out
+   time) and held-out rows (the cutoff's customers; later contacts). Held-out rows are written
+   to Parquet in a scratch folder, never sampled;
+3. gives each customer with learnable rows a stratum, `label x treatment`: label 1 when the
+   customer bought again at any training origin (without a reactivation frame: converted after
+   any training contact), treatment the offer of the customer's latest training contact
+   (`none` when never contacted), and a uniform number from a seeded hash of the customer id
+   (`sample:<seed>:<id>`, the same on every machine and partition);
+4. takes from each stratum its share of N (largest remainders, so the strata sum to N): the
+   customers with the smallest hash numbers. While the partitions stream by, only candidates
+   are kept: a number below a bound a little above N / population, or among the few smallest
+   of their stratum so far; memory holds about 1.25 N customers' learnable rows, never the
+   population's. A stratum could in principle end short of its share (a customer needed at
+   the end was dropped earlier); the report's `target` and `sampled` columns say so;
+5. fits on the sampled customers' rows (every row of a chosen customer) and evaluates on all
+   held-out rows (`training.pipeline`): the reactivation metrics partition by partition, the
+   held-out contacts together (the bootstrap intervals resample all of them).
+
+What was used (N, seed, population, per-stratum population / target / sampled counts) is
+`SampleReport`, logged with the MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from features import constants as c
+from features import modeling_frame as mf
+from features.config import FeatureConfig
+from features.datadir import DataSet
+from features.frames import Frame, offer_response_frame
+from features.partitions import partition_dir_name
+from training.errors import TrainingError
+from training.fit import RESPONSE_TEST_AFTER, RESPONSE_TRAIN_UNTIL
+from training.protocol import CutoffProtocol, protocol_between
+
+log = logging.getLogger("winback.training")
+
+KEEP_MARGIN = 1.25
+"""Customers kept while streaming: hash number below KEEP_MARGIN x N / population (+ a little),
+so every stratum can still be filled to its share at the end."""
+NO_TREATMENT = "none"
+RESPONSE_TEST_SHARE = 0.3  # as training.fit.response_split
+
+
+@dataclass
+class SampleReport:
+    """The customer sample a run was fitted on."""
+
+    requested: int
+    seed: int
+    population: int
+    """Customers with at least one row the model may learn from."""
+    sampled: int
+    strata: pd.DataFrame
+    """Index (label, treatment); columns population, target, sampled."""
+
+    def to_params(self) -> dict[str, str]:
+        return {
+            "sample.customers_requested": str(self.requested),
+            "sample.customers": str(self.sampled),
+            "sample.population": str(self.population),
+            "sample.seed": str(self.seed),
+            "sample.stratified_by": "label x treatment",
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                **self.to_params(),
+                "strata": json.loads(self.strata.reset_index().to_json(orient="records")),
+            },
+            indent=2,
+        )
+
+
+@dataclass
+class HeldOut:
+    """Held-out rows of every partition, spilled to Parquet (one file per partition)."""
+
+    folder: Path
+    reactivation_spec: mf.FrameSpec | None = None
+    offer_response_spec: mf.FrameSpec | None = None
+    reactivation_files: list[Path] = field(default_factory=list)
+    offer_response_files: list[Path] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=lambda: {"reactivation": 0, "offer_response": 0})
+    """Held-out rows evaluated: the cutoff's customers not contacted in its label window (as
+    `training.fit.reactivation_split` tests), and the later contacts."""
+    positives: int = 0
+    """Held-out reactivation rows labelled 1."""
+
+    def reactivation_frames(self) -> Iterator[Frame]:
+        """The held-out reactivation rows, one partition at a time."""
+        assert self.reactivation_spec is not None
+        for path in self.reactivation_files:
+            yield Frame(pd.read_parquet(path), self.reactivation_spec)
+
+    def offer_response_frame(self) -> Frame | None:
+        """Every held-out contact in one frame."""
+        if self.offer_response_spec is None or not self.offer_response_files:
+            return None
+        df = pd.concat([pd.read_parquet(p) for p in self.offer_response_files], ignore_index=True)
+        return Frame(df, self.offer_response_spec)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _hash_numbers(ids: pd.Series, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per customer id, from a seeded, fixed-key hash."""
+    salted = f"sample:{seed}:" + ids.astype(str)
+    h = pd.util.hash_pandas_object(salted, index=False).to_numpy(np.uint64)
+    return (h >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
+def strata(react_fit: pd.DataFrame | None, resp_fit: pd.DataFrame | None) -> pd.DataFrame:
+    """Per customer with learnable rows: label (0/1) and treatment (latest training offer)."""
+    parts = []
+    if react_fit is not None and len(react_fit):
+        parts.append(react_fit.groupby(c.CUSTOMER_ID, sort=False)[mf.LABEL].max().astype(int))
+    conv = None
+    treat = None
+    if resp_fit is not None and len(resp_fit):
+        g = resp_fit.sort_values(c.TS, kind="stable").groupby(c.CUSTOMER_ID, sort=False)
+        treat = g[c.OFFER_ID].last().astype(str)
+        conv = g[mf.CONVERTED].max().astype(int)
+    label = parts[0] if parts else conv
+    if label is None:
+        return pd.DataFrame(columns=["label", "treatment"])
+    if parts and conv is not None:  # contacted customers without a reactivation row
+        label = label.combine_first(conv)
+    ids = label.index.union(treat.index) if treat is not None else label.index
+    out = pd.DataFrame(index=ids.astype(str))
+    out["label"] = label.reindex(out.index).fillna(0).astype(int).to_numpy()
+    tr = treat.reindex(out.index) if treat is not None else pd.Series(index=out.index)
+    out["treatment"] = tr.fillna(NO_TREATMENT).astype(str).to_numpy()
+    return out
+
+
+def allocate(population: pd.Series, n: int) -> pd.Series:
+    """Proportional allocation of `n` over strata of sizes `population`, largest remainders."""
+    total = int(population.sum())
+    if n >= total:
+        return population.copy()
+    exact = population * n / total
+    base = np.floor(exact).astype(int)
+    rest = n - int(base.sum())
+    order = (exact - base).sort_values(ascending=False, kind="stable").index[:rest]
+    base[order] += 1
+    return base
+
+
+@dataclass
+class _Frozen:
+    protocol: CutoffProtocol | None
+    end: pd.Timestamp
+    fs_react: object
+    fs_offer: object
+    test_after: float | None
+    train_until: str | None
+    customers: int
+
+
+def _contact_times(times: np.ndarray) -> tuple[float | None, str | None]:
+    """(held-out time, latest training contact) of `training.fit.response_split` on all."""
+    if len(np.unique(times)) <= 1:
+        return None, None
+    after = float(np.quantile(times, 1 - RESPONSE_TEST_SHARE))
+    train = times[times <= after]
+    if not len(train) or len(train) == len(times):
+        return None, None
+    return after, pd.Timestamp(int(train.max())).isoformat()
+
+
+def _freeze_partitioned(
+    directory: Path,
+    horizon: int,
+    cutoff: str | pd.Timestamp | None,
+    population: str,
+    cfg: FeatureConfig,
+) -> _Frozen:
+    from features import frozen
+    from features.partitioned import read_layout, scan_column
+
+    end = frozen.data_end(directory)
+    first = None
+    times: list[np.ndarray] = []
+    # the columns as validation coerces them (UTC, tz-naive), like the in-memory path reads them
+    for _, raw in scan_column(directory, c.ORDERS, (c.ORDER_TS,)):
+        s = frozen._coerced(c.ORDERS, raw, (c.ORDER_TS,))[c.ORDER_TS]
+        if s.notna().any():
+            m = pd.Timestamp(s.min())
+            first = m if first is None or m < first else first
+    for _, raw in scan_column(directory, c.CONTACTS, (c.TS,)):
+        ts = frozen._coerced(c.CONTACTS, raw, (c.TS,))[c.TS].dropna()
+        times.append(ts.to_numpy(dtype="datetime64[ns]").astype(np.int64))
+    try:
+        protocol = protocol_between(end, first, horizon, cutoff, population)
+    except TrainingError:
+        if cutoff is not None:
+            raise
+        protocol = None
+    fs_react = (
+        frozen.resolve_feature_set(directory, protocol.cutoff_ts, None, cfg) if protocol else None
+    )
+    last = frozen.last_contact_ts(directory)
+    fs_offer = frozen.resolve_feature_set(
+        directory, (last or end) + pd.Timedelta(1, "ns"), None, cfg
+    )
+    allt = np.concatenate(times) if times else np.zeros(0, np.int64)
+    after, until = _contact_times(allt)
+    customers = read_layout(directory).row_counts.get(c.CUSTOMERS, 0)
+    return _Frozen(protocol, end, fs_react, fs_offer, after, until, customers)
+
+
+def _freeze_whole(
+    data: DataSet,
+    engine: object,
+    horizon: int,
+    cutoff: str | pd.Timestamp | None,
+    population: str,
+) -> _Frozen:
+    from features.build import resolve_feature_set
+    from features.frames import data_end
+
+    end = data_end(data)
+    first = pd.Timestamp(data.orders[c.ORDER_TS].min()) if len(data.orders) else None
+    try:
+        protocol = protocol_between(end, first, horizon, cutoff, population)
+    except TrainingError:
+        if cutoff is not None:
+            raise
+        protocol = None
+    fs_react = resolve_feature_set(engine, protocol.cutoff_ts) if protocol else None  # type: ignore[arg-type]
+    times = data.contacts[c.TS].to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    last = pd.Timestamp(times.max()) if len(times) else end
+    fs_offer = resolve_feature_set(engine, last + pd.Timedelta(1, "ns"))  # type: ignore[arg-type]
+    after, until = _contact_times(times)
+    return _Frozen(protocol, end, fs_react, fs_offer, after, until, len(data.customers))
+
+
+def _candidates(pool: pd.DataFrame, counts: pd.Series, rate: float, bound: float) -> pd.DataFrame:
+    """The customers that may still be drawn: hash number below `bound`, or among the
+    ceil(rate x seen) + 2 smallest numbers of their stratum so far (a small stratum's share
+    can exceed what the bound keeps of it)."""
+    if not len(pool):
+        return pool
+    rank = pool.groupby("stratum", sort=False)["u"].rank(method="first")
+    room = np.ceil(rate * pool["stratum"].map(counts).to_numpy(dtype=float)) + 2
+    return pool[(pool["u"].to_numpy() < bound) | (rank.to_numpy() <= room)]
+
+
+def _spill(df: pd.DataFrame, folder: Path, part: int) -> Path:
+    path = folder / f"{partition_dir_name(part)}.parquet"
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path)
+    return path
+
+
+def build_sampled_inputs(
+    source: Path,
+    n_customers: int,
+    seed: int,
+    horizon_days: int | None = None,
+    config: FeatureConfig | None = None,
+    cutoff: str | pd.Timestamp | None = None,
+    population: str = "all",
+) -> tuple[
+    Frame | None, Frame | None, HeldOut, SampleReport, CutoffProtocol | None, dict[str, str]
+]:
+    """The pass described in the module docstring.
+
+    Returns (reactivation fit frame, offer-response fit frame, held-out rows, sample report,
+    protocol, data notes). Raises TrainingError when `n_customers` < 1.
+    """
+    from features.datadir import load_data_dir
+    from features.engine import FeatureEngine
+    from features.partitioned import is_partitioned, iter_partitions, read_layout
+    from training.inputs import protocol_frame
+
+    if n_customers < 1:
+        raise TrainingError(f"--sample-customers: must be at least 1, got {n_customers}")
+    cfg = config or FeatureConfig()
+    h = horizon_days or cfg.horizon_days
+    source = Path(source)
+    partitioned = is_partitioned(source)
+    whole_engine = None
+    if partitioned:
+        frozen = _freeze_partitioned(source, h, cutoff, population, cfg)
+        n_parts = read_layout(source).n_partitions
+        datasets: Iterator[DataSet] = (p.data for p in iter_partitions(source))
+    else:
+        data = load_data_dir(source)
+        whole_engine = FeatureEngine(data, cfg)
+        frozen = _freeze_whole(data, whole_engine, h, cutoff, population)
+        n_parts = 1
+        datasets = iter([data])
+    rate = min(1.0, n_customers / max(frozen.customers, 1))
+    bound = min(1.0, KEEP_MARGIN * rate + 1e-3)
+    held = HeldOut(Path(tempfile.mkdtemp(prefix="winback-held-out-")))
+    kept_react: list[pd.DataFrame] = []
+    kept_resp: list[pd.DataFrame] = []
+    cand = pd.DataFrame(columns=["label", "treatment", "u", "stratum"])
+    counts: pd.Series = pd.Series(dtype=np.int64)
+    react_spec = resp_spec = None
+    margin_assumed = 0
+    n_orders = 0
+    assumed_rate = None
+    started = time.perf_counter()
+    done_rows = 0
+    try:
+        for part, data in enumerate(datasets):
+            engine = whole_engine or FeatureEngine(data, cfg)
+            margin_assumed += data.orders_margin_assumed
+            n_orders += len(data.orders)
+            assumed_rate = assumed_rate or data.assumed_margin_rate
+            react_fit = resp_fit = None
+            if frozen.protocol is not None:
+                frame = protocol_frame(engine, frozen.protocol, frozen.fs_react, frozen.end)  # type: ignore[arg-type]
+                react_spec = frame.spec
+                test = (frame.data[mf.CUTOFF] == frozen.protocol.cutoff_ts).to_numpy()
+                if test.any():
+                    rows = frame.data[test]
+                    held.reactivation_files.append(_spill(rows, held.folder, part))
+                    clean = ~rows[mf.CONTACTED_IN_WINDOW].astype(bool)  # as the split tests
+                    held.rows["reactivation"] += int(clean.sum())
+                    held.positives += int(rows.loc[clean, mf.LABEL].sum())
+                react_fit = frame.data[~test]
+                done_rows += len(frame.data)
+            if len(data.contacts):
+                oframe = offer_response_frame(engine, feature_set=frozen.fs_offer, end=frozen.end)  # type: ignore[arg-type]
+                resp_spec = oframe.spec
+                if frozen.test_after is None:
+                    raise TrainingError(
+                        "--sample-customers: the contacts carry a single time, so no contacts "
+                        "are held out by time; train without --sample-customers"
+                    )
+                ns = oframe.data[c.TS].to_numpy(dtype="datetime64[ns]").astype(np.int64)
+                test = ns > frozen.test_after
+                if test.any():
+                    spilled = _spill_resp(oframe.data[test], held.folder, part)
+                    held.offer_response_files.append(spilled)
+                    held.rows["offer_response"] += int(test.sum())
+                resp_fit = oframe.data[~test]
+                done_rows += len(oframe.data)
+            st = strata(react_fit, resp_fit)
+            st["u"] = _hash_numbers(pd.Series(st.index, dtype=object), seed)
+            st["stratum"] = st["label"].astype(str) + "|" + st["treatment"]
+            counts = counts.add(st["stratum"].value_counts(), fill_value=0)
+            cand = _candidates(pd.concat([cand, st]), counts, rate, bound)
+            ids = set(st.index[st.index.isin(cand.index)])
+            if react_fit is not None:
+                kept_react.append(react_fit[react_fit[c.CUSTOMER_ID].astype(str).isin(ids)])
+            if resp_fit is not None:
+                kept_resp.append(resp_fit[resp_fit[c.CUSTOMER_ID].astype(str).isin(ids)])
+            del engine, data
+            secs = time.perf_counter() - started
+            log.info(
+                "partition %d/%d: %s frame rows, %s rows/s",
+                part + 1,
+                n_parts,
+                f"{done_rows:,}",
+                f"{done_rows / secs:,.0f}" if secs > 0 else "-",
+            )
+    except BaseException:
+        held.remove()
+        raise
+    held.reactivation_spec = react_spec
+    if resp_spec is not None:
+        held.offer_response_spec = replace(resp_spec, notes=_resp_notes(resp_spec, frozen))
+    population_n = counts.astype(int)
+    target = allocate(population_n, n_customers)
+    chosen_parts = []
+    for stratum, want in target.items():
+        pool = cand[cand["stratum"] == stratum].sort_values("u", kind="stable")
+        chosen_parts.append(pool.iloc[: int(want)])
+    chosen = pd.concat(chosen_parts) if chosen_parts else cand.iloc[:0]
+    table = pd.DataFrame(
+        {
+            "population": population_n,
+            "target": target,
+            "sampled": chosen["stratum"].value_counts().reindex(population_n.index).fillna(0),
+        }
+    ).astype(int)
+    table.index = pd.MultiIndex.from_tuples(
+        [tuple(str(k).split("|", 1)) for k in table.index], names=["label", "treatment"]
+    )
+    report = SampleReport(
+        n_customers, seed, int(population_n.sum()), len(chosen), table.sort_index()
+    )
+    ids = set(chosen.index)
+    react = None
+    if react_spec is not None and kept_react:
+        df = pd.concat(kept_react, ignore_index=True)
+        chosen_rows = df[c.CUSTOMER_ID].astype(str).isin(ids)
+        react = Frame(df[chosen_rows].reset_index(drop=True), react_spec)
+    resp = None
+    if resp_spec is not None and kept_resp:
+        df = pd.concat(kept_resp, ignore_index=True)
+        spec = replace(resp_spec, notes=_resp_notes(resp_spec, frozen))
+        resp = Frame(df[df[c.CUSTOMER_ID].astype(str).isin(ids)].reset_index(drop=True), spec)
+    notes: dict[str, str] = {}
+    if assumed_rate is not None:
+        notes["margin_assumed"] = (
+            f"{margin_assumed:,} of {n_orders:,} orders carry an assumed margin of "
+            f"{assumed_rate:g} x revenue (no margin in the data)"
+        )
+    return react, resp, held, report, frozen.protocol, notes
+
+
+def _spill_resp(df: pd.DataFrame, folder: Path, part: int) -> Path:
+    sub = folder / "offer_response"
+    sub.mkdir(exist_ok=True)
+    return _spill(df, sub, part)
+
+
+def _resp_notes(spec: mf.FrameSpec, frozen: _Frozen) -> dict[str, str]:
+    notes = dict(spec.notes)
+    if frozen.test_after is not None:
+        notes[RESPONSE_TEST_AFTER] = repr(frozen.test_after)
+    if frozen.train_until is not None:
+        notes[RESPONSE_TRAIN_UNTIL] = frozen.train_until
+    return notes
+
+
+def read_ground_truth(source: Path, contact_ids: pd.Series) -> pd.DataFrame | None:
+    """The ground truth rows of `contact_ids` (a file or a partitioned folder), None if absent."""
+    path = Path(source) / c.GROUND_TRUTH_FILE
+    folder = Path(source) / Path(c.GROUND_TRUTH_FILE).stem
+    where = path if path.exists() else folder if folder.is_dir() else None
+    if where is None:
+        return None
+    try:
+        ds = pads.dataset(where, format="parquet", partitioning="hive")
+        wanted = pa.array(contact_ids.astype(str).unique(), pa.string())
+        table = ds.to_table(filter=pads.field(c.CONTACT_ID).isin(wanted))
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise TrainingError(f"{where}: cannot read ground truth: {exc}") from None
+    return table.to_pandas()
