@@ -70,8 +70,20 @@ class SparkRun:
     """The snapshot version written, or the frame folder."""
 
 
-def spark_session(master: str = "local[*]", app_name: str = "winback-features") -> SparkSession:
-    """A local or cluster session configured as batch scoring's (`serving.batch.spark`)."""
+def spark_session(
+    master: str = "local[*]",
+    app_name: str = "winback-features",
+    conf: dict[str, str] | None = None,
+) -> SparkSession:
+    """A local or cluster session for winback's Spark jobs (features here, batch scoring in
+    `serving.batch.spark`), with Arrow transfers on and Spark's UI and console bar off.
+
+    Python workers run this interpreter unless `PYSPARK_PYTHON` says otherwise (on a cluster,
+    point it at an environment with winback installed).
+
+    Raises:
+        FeaturesError: pyspark is not installed.
+    """
     import os
     import sys
 
@@ -81,15 +93,19 @@ def spark_session(master: str = "local[*]", app_name: str = "winback-features") 
         raise FeaturesError(
             "--engine spark: pyspark is not installed (pip install 'winback[spark]')"
         ) from None
+    # pyspark starts its local Python workers with PYSPARK_PYTHON (default `python3`, which
+    # may lack winback's dependencies): default it to this interpreter.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    return (
+    builder = (
         SparkSession.builder.master(master)
         .appName(app_name)
         .config("spark.ui.enabled", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")  # our own bar shows partitions done
-        .getOrCreate()
     )
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
 
 
 def _write_part(table: pa.Table, staging: str, part: int) -> None:

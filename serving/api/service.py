@@ -240,22 +240,12 @@ def decide_once(
     """
     fingerprint = request_fingerprint(endpoint, body)
     ids = [keyed_decision_id(key, cid) for cid in customer_ids]
+    args = (customer_ids, channel, requested, campaign_id, candidate_offer_ids)
     try:
         at = decision_time(rt, requested, dry_run=False)
     except ApiError:
         # out of the clock's tolerance: refused unless it repeats a recorded request
-        return _repeat(
-            rt,
-            endpoint,
-            fingerprint,
-            key,
-            ids,
-            customer_ids,
-            channel,
-            requested,
-            campaign_id,
-            candidate_offer_ids,
-        )
+        return _repeat(rt, endpoint, fingerprint, key, ids, *args)
     try:
         outcomes = decide_and_record(
             rt,
@@ -269,18 +259,7 @@ def decide_once(
             claim=IdempotencyClaim(key, fingerprint, endpoint, at),
         )
     except IdempotencyKeyTakenError:
-        return _repeat(
-            rt,
-            endpoint,
-            fingerprint,
-            key,
-            ids,
-            customer_ids,
-            channel,
-            requested,
-            campaign_id,
-            candidate_offer_ids,
-        )
+        return _repeat(rt, endpoint, fingerprint, key, ids, *args)
     return _from_log_where_duplicate(rt, ids, dict(enumerate(outcomes)), {})
 
 

@@ -11,9 +11,7 @@ the store when they are given its URL. pyspark is imported only here (the `spark
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,28 +42,18 @@ SPARK_SCHEMA = ", ".join(f"{f.name} {_SPARK_TYPES[f.type]}" for f in SCHEMA)
 
 
 def spark_session(master: str = "local[*]", app_name: str = "winback-score") -> SparkSession:
-    """A SparkSession on `master` with Arrow transfer on and the UI off.
+    """A local (`local[*]`) or cluster session, the one `features.spark_features` starts.
 
-    Python workers run this interpreter unless `PYSPARK_PYTHON` says otherwise (on a cluster,
-    point it at an environment with winback installed).
+    Raises:
+        BatchError: pyspark is not installed.
     """
+    from features.errors import FeaturesError
+    from features.spark_features import spark_session as session
+
     try:
-        from pyspark.sql import SparkSession
-    except ImportError:
-        raise BatchError(
-            "--engine spark: pyspark is not installed (pip install 'winback[spark]')"
-        ) from None
-    # pyspark starts its local Python workers with PYSPARK_PYTHON (default `python3`, which
-    # may lack winback's dependencies): default it to this interpreter.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    return (
-        SparkSession.builder.master(master)
-        .appName(app_name)
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.sql.shuffle.partitions", "8")
-        .getOrCreate()
-    )
+        return session(master, app_name, {"spark.sql.shuffle.partitions": "8"})
+    except FeaturesError as exc:
+        raise BatchError(str(exc)) from None
 
 
 def export_snapshot(snapshot: Snapshot, path: Path, customers: Sequence[str] | None = None) -> None:
