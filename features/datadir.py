@@ -11,6 +11,7 @@ A data directory holds `customers`, `orders`, `contacts`, `events` and `consent`
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,25 +145,39 @@ def validate_data_dir(directory: Path) -> tuple[ValidationReport, DataSet | None
             report.problems.append(Problem(c.OFFERS_FILE, "", "offer_catalog", 1, (), line))
     raw, problems = _read_raw(directory)
     report.problems += problems
-    offer_ids = catalog.offer_ids if catalog else ()
-    meta = read_dataset_meta(directory)
+    return report, check_tables(raw, catalog, read_dataset_meta(directory), directory, report)
+
+
+def check_tables(
+    raw: dict[str, pd.DataFrame],
+    catalog: OfferCatalog | None,
+    meta: dict[str, Any],
+    directory: Path,
+    report: ValidationReport,
+    more_problems: Callable[[dict[str, pd.DataFrame]], list[Problem]] | None = None,
+) -> DataSet | None:
+    """Validate raw tables into `report` (every problem, the row counts); the `DataSet` when
+    they and the catalog are valid, else None. `more_problems` adds checks on the validated
+    tables (a partition's placement rule)."""
     rate = margin_rate_of(meta)
+    offer_ids = catalog.offer_ids if catalog else ()
     tables, problems = validate_tables(raw, offer_ids, margin_rate=rate)
     if catalog is None:  # contacts cannot be checked against a catalog we could not read
         problems = [p for p in problems if not (p.table == c.CONTACTS and p.column == c.OFFER_ID)]
     report.problems += problems
+    if more_problems is not None:
+        report.problems += more_problems(tables)
     report.row_counts = {name: len(df) for name, df in tables.items()}
     if not report.ok or catalog is None:
-        return report, None
+        return None
     assumed = bool(tables[c.ORDERS][c.MARGIN_ASSUMED].any())
-    data = DataSet(
+    return DataSet(
         **tables,
         catalog=catalog,
         source=str(directory),
         meta=meta,
         assumed_margin_rate=rate if assumed else None,
     )
-    return report, data
 
 
 def load_data_dir(directory: Path) -> DataSet:

@@ -209,8 +209,8 @@ def validate_partition(
     are checked within the partition here; `features.frozen.check_unique_keys` checks them
     across partitions.
     """
-    from features.datadir import DataSet, margin_rate_of, read_dataset_meta
-    from features.validation import empty_table, validate_tables
+    from features.datadir import check_tables, read_dataset_meta
+    from features.validation import empty_table
 
     directory = Path(directory)
     layout = layout or read_layout(directory)
@@ -222,7 +222,6 @@ def validate_partition(
         catalog, catalog_problems = _catalog_problems(directory)
     report.problems += catalog_problems
     meta = read_dataset_meta(directory) if meta is None else meta
-    rate = margin_rate_of(meta)
     raw: dict[str, pd.DataFrame] = {}
     for name, schema in SCHEMAS.items():
         df = read_partition_table(directory, name, part)
@@ -231,22 +230,13 @@ def validate_partition(
         report.problems.append(
             Problem(c.CUSTOMERS, "", "missing_table", 0, (), "customers/part=NNN/ needed")
         )
-    offer_ids = catalog.offer_ids if catalog else ()
-    tables, problems = validate_tables(raw, offer_ids, margin_rate=rate)
-    if catalog is None:
-        problems = [p for p in problems if not (p.table == c.CONTACTS and p.column == c.OFFER_ID)]
-    report.problems += problems
-    report.problems += _misplaced(tables, part, layout.n_partitions)
-    report.row_counts = {name: len(df) for name, df in tables.items()}
-    if not report.ok or catalog is None:
-        return Partition(part, report, None)
-    assumed = bool(tables[c.ORDERS][c.MARGIN_ASSUMED].any())
-    data = DataSet(
-        **tables,
-        catalog=catalog,
-        source=str(directory),
-        meta=meta,
-        assumed_margin_rate=rate if assumed else None,
+    data = check_tables(
+        raw,
+        catalog,
+        meta,
+        directory,
+        report,
+        more_problems=lambda tables: _misplaced(tables, part, layout.n_partitions),
     )
     return Partition(part, report, data)
 

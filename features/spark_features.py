@@ -316,50 +316,25 @@ def frames_spark(
     the last contact); the driver appends the staged parts in partition order.
 
     Returns the run and {file name: (spec, rows)}."""
-    from features import frozen
     from features.engine import FeatureEngine
-    from features.frames import (
-        OFFER_RESPONSE_FILE,
-        REACTIVATION_FILE,
-        FeatureConfigError,
-        cutoffs_before,
-        offer_response_frame,
-        reactivation_frame,
-    )
     from features.partition_view import _empty_data
-    from features.streaming import _append_parts
+    from features.streaming import _append_parts, frame_plan
 
     started = time.perf_counter()
     directory = Path(directory)
     n = _require_partitioned(directory)
     cfg = config or FeatureConfig()
-    h = horizon_days or cfg.horizon_days
-    if h <= 0:
-        raise FeatureConfigError(f"horizon_days must be positive, got {h}")
-    end = frozen.data_end(directory)
-    cuts = sorted(to_timestamp(x, "cutoff") for x in (cutoffs or cutoffs_before(end, h)))
-    fs_react = frozen.resolve_feature_set(directory, cuts[-1], None, cfg)
-    last = frozen.last_contact_ts(directory)
-    fs_offer = frozen.resolve_feature_set(
-        directory, (last if last is not None else end) + pd.Timedelta(1, "ns"), None, cfg
-    )
+    plan = frame_plan(directory, cutoffs, horizon_days, cfg)
 
     def work(data: Any) -> dict[str, pa.Table]:
-        engine = FeatureEngine(data, cfg)
-        react = reactivation_frame(engine, cuts, h, fs_react, end=end)
-        offer = offer_response_frame(engine, None, fs_offer, end=end)
         return {
-            REACTIVATION_FILE: pa.Table.from_pandas(react.data, preserve_index=False),
-            OFFER_RESPONSE_FILE: pa.Table.from_pandas(offer.data, preserve_index=False),
+            name: pa.Table.from_pandas(frame.data, preserve_index=False)
+            for name, frame in plan.frames(FeatureEngine(data, cfg)).items()
         }
 
     # the specs as a partition's frames carry them (the same for every partition)
     empty = FeatureEngine(_empty_data(_catalog(directory)), cfg)
-    specs = {
-        REACTIVATION_FILE: reactivation_frame(empty, cuts, h, fs_react, end=end).spec,
-        OFFER_RESPONSE_FILE: offer_response_frame(empty, None, fs_offer, end=end).spec,
-    }
-    specs = {k: replace(v, source=str(directory)) for k, v in specs.items()}
+    specs = {k: replace(f.spec, source=str(directory)) for k, f in plan.frames(empty).items()}
     staging = Path(tempfile.mkdtemp(prefix=".spark-", dir=Path(out).parent))
     written: dict[str, tuple[mf.FrameSpec, int]] = {}
     try:

@@ -35,6 +35,7 @@ from features.featureset import FeatureSet
 from features.frames import (
     OFFER_RESPONSE_FILE,
     REACTIVATION_FILE,
+    Frame,
     cutoffs_before,
     offer_response_frame,
     reactivation_frame,
@@ -148,6 +149,52 @@ def _append_parts(parts: list[Path], spec: mf.FrameSpec, path: Path) -> int:
     return rows
 
 
+@dataclass(frozen=True)
+class FramePlan:
+    """The values frozen for a partitioned directory's training frames before any partition
+    is built: horizon, the data's end, the cutoffs, and the vocabularies frozen at the last
+    cutoff (reactivation) and after the last contact (offer response). The local and the
+    Spark engine (`features.spark_features`) build every partition's frames from one plan."""
+
+    horizon_days: int
+    end: pd.Timestamp
+    cutoffs: list[pd.Timestamp]
+    fs_react: FeatureSet | None
+    fs_offer: FeatureSet
+
+    def frames(self, engine: FeatureEngine) -> dict[str, Frame]:
+        """Both frames of the customers `engine` holds, keyed by file name."""
+        h, end = self.horizon_days, self.end
+        return {
+            REACTIVATION_FILE: reactivation_frame(engine, self.cutoffs, h, self.fs_react, end=end),
+            OFFER_RESPONSE_FILE: offer_response_frame(engine, None, self.fs_offer, end=end),
+        }
+
+
+def frame_plan(
+    directory: Path,
+    cutoffs: Sequence[pd.Timestamp | datetime | str] | None,
+    horizon_days: int | None,
+    config: FeatureConfig,
+) -> FramePlan:
+    """The frozen values of `directory`'s frames, from one streaming pass over a few columns.
+
+    Raises:
+        FeatureConfigError: the horizon is not positive.
+    """
+    h = horizon_days or config.horizon_days
+    if h <= 0:
+        raise FeatureConfigError(f"horizon_days must be positive, got {h}")
+    end = frozen.data_end(directory)
+    cuts = sorted(to_timestamp(x, "cutoff") for x in (cutoffs or cutoffs_before(end, h)))
+    fs_react = frozen.resolve_feature_set(directory, cuts[-1], None, config) if cuts else None
+    last = frozen.last_contact_ts(directory)
+    fs_offer = frozen.resolve_feature_set(
+        directory, (last if last is not None else end) + pd.Timedelta(1, "ns"), None, config
+    )
+    return FramePlan(h, end, cuts, fs_react, fs_offer)
+
+
 def write_frames_partitioned(
     directory: Path,
     out: Path,
@@ -163,25 +210,13 @@ def write_frames_partitioned(
     """
     directory = Path(directory)
     cfg = config or FeatureConfig()
-    h = horizon_days or cfg.horizon_days
-    if h <= 0:
-        raise FeatureConfigError(f"horizon_days must be positive, got {h}")
-    end = frozen.data_end(directory)
-    cuts = sorted(to_timestamp(x, "cutoff") for x in (cutoffs or cutoffs_before(end, h)))
-    fs_react = frozen.resolve_feature_set(directory, cuts[-1], None, cfg) if cuts else None
-    last = frozen.last_contact_ts(directory)
-    fs_offer = frozen.resolve_feature_set(
-        directory, (last if last is not None else end) + pd.Timedelta(1, "ns"), None, cfg
-    )
+    plan = frame_plan(directory, cutoffs, horizon_days, cfg)
     specs: dict[str, mf.FrameSpec] = {}
     files: dict[str, list[Path]] = {REACTIVATION_FILE: [], OFFER_RESPONSE_FILE: []}
     with tempfile.TemporaryDirectory(prefix=".frames-", dir=Path(out).parent) as tmp:
         for p in iter_partitions(directory):
             engine = FeatureEngine(p.data, cfg)
-            frames = {
-                REACTIVATION_FILE: reactivation_frame(engine, cuts, h, fs_react, end=end),
-                OFFER_RESPONSE_FILE: offer_response_frame(engine, None, fs_offer, end=end),
-            }
+            frames = plan.frames(engine)
             for name, frame in frames.items():
                 specs[name] = frame.spec
                 part = Path(tmp) / f"{name}.{p.index:03d}.parquet"
