@@ -14,7 +14,7 @@ from typing import Any, Final
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 
-from serving.reporting.report import group_rows
+from serving.reporting.metrics import group_rows
 
 COLORS: Final = {
     "positive": "#1a9850",

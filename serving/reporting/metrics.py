@@ -244,6 +244,11 @@ def group_table(
     return rows
 
 
+def group_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The overall row then every group row: the table the CSV output holds."""
+    return [summary["overall"], *(r for rows in summary["groups"].values() for r in rows)]
+
+
 def intention_to_treat(
     outcomes: pd.DataFrame,
     *,

@@ -251,17 +251,12 @@ def report_summary(
     return build_report(load_frames(source, f), f, options)
 
 
-def group_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The overall row then every group row: the table the CSV output holds."""
-    return [summary["overall"], *(r for rows in summary["groups"].values() for r in rows)]
-
-
 def to_json(summary: dict[str, Any]) -> str:
     return json.dumps(summary, indent=2, sort_keys=False) + "\n"
 
 
 def to_csv(summary: dict[str, Any]) -> str:
-    rows = group_rows(summary)
+    rows = m.group_rows(summary)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()

@@ -11,13 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from features.constants import CHANNELS, NO_INCENTIVE
 from serving.policy import FrequencyCaps
-
-if TYPE_CHECKING:  # records imports this module; the type is only needed for hints
-    from serving.store.records import Preferences
+from serving.store.records import PastContact, Preferences
 
 # Reason codes of a blocked contact (stable: they end up in the decision log and the API).
 CAP_ACROSS_CHANNELS: Final = "cap_across_channels"
@@ -84,15 +82,6 @@ class ContactCaps:
         """How far back contacts matter for these caps."""
         days = max([w.days for w in self.windows] + [self.no_repeat_offer_days, 0])
         return max(timedelta(days=days), self.min_gap)
-
-
-@dataclass(frozen=True)
-class PastContact:
-    """What the cap check needs to know about a contact that still counts."""
-
-    ts: datetime
-    channel: str
-    offer_id: str | None
 
 
 def check_caps(

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from serving.store.caps import PastContact
 from serving.store.models import CONTACT_ACTIONS
 
 
@@ -118,6 +117,15 @@ class ConsentEntry:
     status: str
     ts: datetime
     source: str
+
+
+@dataclass(frozen=True)
+class PastContact:
+    """What the cap check needs to know about a contact that still counts."""
+
+    ts: datetime
+    channel: str
+    offer_id: str | None
 
 
 @dataclass(frozen=True)

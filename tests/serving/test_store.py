@@ -43,10 +43,11 @@ from serving.store import (
     create_store_engine,
     upgrade_database,
 )
-from serving.store.caps import CAP_CHANNEL, CAP_MIN_GAP, CAP_REPEAT_OFFER, PastContact
+from serving.store.caps import CAP_CHANNEL, CAP_MIN_GAP, CAP_REPEAT_OFFER
 from serving.store.engine import WriteGate, _switch_to_wal, write_gate
 from serving.store.migrate import current_revision
 from serving.store.models import Base, Contact, Decision
+from serving.store.records import PastContact
 
 T0 = datetime(2026, 3, 1, 12, 0)
 CAP_ONE = ContactCaps(windows=(CapWindow(1, 7),))
