@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from cli.output import console, fail, print_validation
+from cli.progress import JobsOption
 from features.errors import FeaturesError
 
 app = typer.Typer(no_args_is_help=True)
@@ -16,6 +17,7 @@ app = typer.Typer(no_args_is_help=True)
 @app.command()
 def validate(
     directory: Annotated[Path, typer.Argument(help="data directory to check")],
+    jobs: JobsOption = 1,
 ) -> None:
     """Check a data directory against the data contract; exit 1 if anything is wrong.
 
@@ -33,7 +35,7 @@ def validate(
             layout = read_layout(directory)
             total = layout.row_counts.get("customers")
             with partition_bar(console, "validating", total, layout.n_partitions) as on_part:
-                report = validate_partitioned(directory, on_part)
+                report = validate_partitioned(directory, on_part, jobs)
         else:
             report, _ = validate_data_dir(directory)
     except FeaturesError as exc:

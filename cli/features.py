@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from cli.output import console, fail
+from cli.progress import JobsOption
 from features.errors import FeaturesError
 from features.featureset import DEFAULT_FEATURE_SET, FeatureSet, get_feature_set
 
@@ -181,6 +182,7 @@ def materialize(
         ),
     ] = True,
     engine: EngineOption = EngineName.local,
+    jobs: JobsOption = 1,
 ) -> None:
     """Write the current features of every customer as a new snapshot version."""
     import numpy as np
@@ -212,7 +214,7 @@ def materialize(
         config = _config()
         if is_partitioned(directory) or engine is EngineName.spark:
             _materialize_partitioned(
-                directory, when, root, config, fs, scorer if scores else None, engine
+                directory, when, root, config, fs, scorer if scores else None, engine, jobs
             )
             return
         data = load_data_dir(directory)
@@ -249,6 +251,7 @@ def _materialize_partitioned(
     fs: FeatureSet | None,
     scorer: PolicyScorer | None,
     engine: EngineName = EngineName.local,
+    jobs: int = 1,
 ) -> None:
     """`materialize` of a partitioned directory: one partition at a time into the snapshot
     (on Spark: one task per partition, then the same writer)."""
@@ -292,7 +295,9 @@ def _materialize_partitioned(
     layout = read_layout(directory)
     total = layout.row_counts.get("customers")
     with partition_bar(console, "materializing", total, layout.n_partitions) as on_part:
-        result = materialize_partitioned(directory, when, root, config, fs, attach, meta, on_part)
+        result = materialize_partitioned(
+            directory, when, root, config, fs, attach, meta, on_part, jobs
+        )
     console.print(
         f"[green]snapshot[/] {root} version {result.version}: {result.n_customers:,} customers, "
         f"{result.feature_set.key}, as of {result.as_of}{stored} "

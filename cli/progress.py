@@ -13,7 +13,9 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Annotated
 
+import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -27,6 +29,16 @@ from rich.progress import (
 )
 from rich.status import Status
 from rich.text import Text
+
+JobsOption = Annotated[
+    int,
+    typer.Option(
+        "--jobs",
+        min=1,
+        help="worker processes over the partitions of a partitioned directory (each holds one "
+        "partition in memory); same result for any number",
+    ),
+]
 
 
 @contextmanager

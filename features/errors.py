@@ -47,3 +47,7 @@ class DataContractError(FeaturesError):
         n = len(report.problems)
         first = report.problems[0].message() if report.problems else ""
         super().__init__(f"{n} data contract problem(s) in {report.source}; first: {first}")
+
+    def __reduce__(self) -> tuple[type[DataContractError], tuple[ValidationReport]]:
+        # rebuilt from its report, not its message (raised in a worker process, then here)
+        return (type(self), (self.report,))

@@ -31,10 +31,10 @@ The contract:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -46,6 +46,8 @@ from features.contract import SCHEMAS, Problem, ValidationReport
 from features.errors import DataContractError, DataSourceError, OfferCatalogError
 from features.offers import OfferCatalog, dump_catalog, load_catalog
 from features.partitions import PARTITION_HASH, partition_dir_name, partition_of
+
+T = TypeVar("T")
 
 PARTITIONS_FILE = "partitions.json"
 LAYOUT = "winback-partitioned-v1"
@@ -265,6 +267,30 @@ def iter_partitions(
         if strict and p.data is None:
             raise DataContractError(p.report)
         yield p
+
+
+def map_partitions(fn: Callable[[int], T], parts: Sequence[int], jobs: int = 1) -> Iterator[T]:
+    """`fn(part)` for each of `parts`, yielded in order.
+
+    With `jobs` > 1 the calls run in that many worker processes (joblib's loky backend, so a
+    worker never inherits the caller's threads), at most 2 x `jobs` partitions dispatched
+    ahead of the one being consumed: peak memory is a few partitions, never the data. `fn`
+    must be picklable (a module-level function, or a `functools.partial` of one), and so
+    must what it returns; an exception in a worker is raised here with its own type.
+
+    Raises:
+        ValueError: `jobs` is not a positive integer.
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs: must be a positive integer, got {jobs!r}")
+    if jobs == 1 or len(parts) <= 1:
+        for part in parts:
+            yield fn(part)
+        return
+    from joblib import Parallel, delayed
+
+    run = Parallel(n_jobs=min(jobs, len(parts)), return_as="generator", pre_dispatch="2*n_jobs")
+    yield from run(delayed(fn)(part) for part in parts)
 
 
 class PartitionWriter:

@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from features.build import CustomerView, engine_view, to_timestamp
 from features.config import FeatureConfig, FeatureConfigError
 from features.contract import ValidationReport
 from features.engine import FeatureEngine
+from features.errors import DataContractError
 from features.featureset import FeatureSet
 from features.frames import (
     OFFER_RESPONSE_FILE,
@@ -40,7 +42,13 @@ from features.frames import (
     offer_response_frame,
     reactivation_frame,
 )
-from features.partitioned import iter_partitions
+from features.partitioned import (
+    Partition,
+    iter_partitions,
+    map_partitions,
+    read_layout,
+    validate_partition,
+)
 from features.snapshot_stream import SnapshotWriter
 
 OnPartition = Callable[[int, int], None]
@@ -48,12 +56,13 @@ Attach = Callable[[CustomerView], Mapping[str, Mapping[str, np.ndarray]]]
 
 
 def validate_partitioned(
-    directory: Path, on_partition: OnPartition | None = None
+    directory: Path, on_partition: OnPartition | None = None, jobs: int = 1
 ) -> ValidationReport:
     """Validate every partition (types, keys, references, placement), then the keys that
-    must be unique across partitions. Memory: one partition."""
+    must be unique across partitions. Memory: one partition per job (`jobs` processes)."""
     report = ValidationReport(source=str(directory))
-    for p in iter_partitions(directory, strict=False):
+    parts = range(read_layout(directory).n_partitions)
+    for p in map_partitions(partial(_partition_report, Path(directory)), parts, jobs):
         report.problems += p.report.problems
         for name, n in p.report.row_counts.items():
             report.row_counts[name] = report.row_counts.get(name, 0) + n
@@ -64,6 +73,26 @@ def validate_partitioned(
         q for q in frozen.check_unique_keys(directory) if (q.table, q.column, q.rule) not in seen
     ]
     return report
+
+
+def _partition_report(directory: Path, part: int) -> Partition:
+    """One partition's validation report, without its data (run in a worker process)."""
+    p = validate_partition(directory, part)
+    return Partition(p.index, p.report, None)
+
+
+def _partition_view(
+    directory: Path, config: FeatureConfig, when: pd.Timestamp, fs: FeatureSet, part: int
+) -> CustomerView:
+    """One valid partition's features as of `when` (run in a worker process).
+
+    Raises:
+        DataContractError: the partition is not valid (its report).
+    """
+    p = validate_partition(directory, part)
+    if p.data is None:
+        raise DataContractError(p.report)
+    return engine_view(FeatureEngine(p.data, config), when, fs)
 
 
 @dataclass(frozen=True)
@@ -83,12 +112,15 @@ def materialize_partitioned(
     attach: Attach | None = None,
     attachment_meta: Mapping[str, Mapping[str, Any]] | None = None,
     on_partition: OnPartition | None = None,
+    jobs: int = 1,
 ) -> MaterializeResult:
     """Write a snapshot version of every customer's features as of `as_of`, partition by
     partition (`features.snapshot_stream.SnapshotWriter`).
 
     `attach(view)` returns the attachment arrays of one partition's view (e.g. the model's
-    scores), stored with `attachment_meta`.
+    scores), stored with `attachment_meta`; it runs in this process, while with `jobs` > 1
+    the partitions' features are computed in that many worker processes (the snapshot is
+    the same: partitions are written in order).
     """
     directory = Path(directory)
     cfg = config or FeatureConfig()
@@ -96,13 +128,14 @@ def materialize_partitioned(
     fs = frozen.resolve_feature_set(directory, when, feature_set, cfg)
     n_rows = frozen.customers_before(directory, when)
     writer = SnapshotWriter(Path(root), fs, when, n_rows, cfg)
+    parts = range(read_layout(directory).n_partitions)
+    views = map_partitions(partial(_partition_view, directory, cfg, when, fs), parts, jobs)
     try:
-        for p in iter_partitions(directory):
-            view = engine_view(FeatureEngine(p.data, cfg), when, fs)
+        for part, view in zip(parts, views, strict=True):
             writer.add(view, attach(view) if attach is not None else {})
             if on_partition is not None:
-                on_partition(p.index, len(view.features))
-            del view, p
+                on_partition(part, len(view.features))
+            del view
         version = writer.commit(attachment_meta)
     except BaseException:
         shutil.rmtree(writer.tmp, ignore_errors=True)

@@ -323,3 +323,24 @@ def test_snapshot_stream_reads_what_was_written(tmp_path: Path) -> None:
     assert [snap.row_of[i] for i in ids] == list(range(len(snap)))
     np.testing.assert_array_equal(matrix, snap.matrix)
     assert Attachment  # the stored format is features.snapshot's
+
+
+def test_worker_processes_give_the_same_report_snapshot_and_errors(tmp_path: Path) -> None:
+    """`--jobs 2` computes partitions in worker processes; the results are the same."""
+    _, part = _both_ways(tmp_path, 700, 3)
+    materialize_partitioned(part, AS_OF, tmp_path / "one")
+    materialize_partitioned(part, AS_OF, tmp_path / "two", jobs=2)
+    one, two = Snapshot.load(tmp_path / "one"), Snapshot.load(tmp_path / "two")
+    assert one.row_of == two.row_of and len(one) > 0  # same ids in the same rows
+    np.testing.assert_array_equal(one.matrix, two.matrix)
+    for name, col in one.state_columns.items():
+        assert col.tolist() == two.state_columns[name].tolist(), name
+    other = pd.read_parquet(next((part / c.ORDERS / partition_dir_name(1)).glob("*.parquet")))
+    _rewrite(part, c.ORDERS, 0, lambda df: pd.concat([df, other.head(2)], ignore_index=True))
+    serial, parallel = validate_partitioned(part), validate_partitioned(part, jobs=2)
+    assert not serial.ok
+    assert parallel.problems == serial.problems and parallel.row_counts == serial.row_counts
+    with pytest.raises(DataContractError):  # raised in a worker, with its type
+        materialize_partitioned(part, AS_OF, tmp_path / "bad", jobs=2)
+    with pytest.raises(ValueError, match="jobs"):
+        validate_partitioned(part, jobs=0)
