@@ -8,7 +8,7 @@ negative quantity). About 5 lines per invoice, 200,000 customers over two years.
 Bar: under a minute and under 4 GB. The baseline in the same run is reading the same file with
 a plain `pandas.read_csv` of the mapped columns (no parsing, no reduction), in a child process.
 
-Run: .venv/bin/python bench/bench_import.py [--lines 5000000] [--keep]
+Run: .venv/bin/python bench/bench_import.py [--lines 5000000] [--partitions 8] [--keep]
 """
 
 from __future__ import annotations
@@ -91,6 +91,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lines", type=int, default=5_000_000)
     ap.add_argument("--keep", action="store_true", help="keep the generated file and output")
+    ap.add_argument(
+        "--partitions",
+        type=int,
+        default=0,
+        help="also import into this many customer partitions (streamed: one chunk, then one "
+        "partition in memory) and print its time and peak beside the one-file import",
+    )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_import_"))
     src = tmp / "invoices.csv"
@@ -117,6 +124,17 @@ def main() -> None:
     )
     ok = wall < 60 and peak < 4
     print(f"bar: < 60 s and < 4 GB -> {'PASS' if ok else 'FAIL'}")
+    if args.partitions:
+        part_argv = [*argv, "--partitions", str(args.partitions)]
+        part_argv[part_argv.index(str(tmp / "out"))] = str(tmp / "out-partitioned")
+        code = f"sys.argv = ['winback', *{part_argv!r}]; from cli.main import main; main()"
+        p_wall, p_peak, p_out = _child(code)
+        print(p_out.strip().splitlines()[-1] if p_out.strip() else "")
+        print(
+            f"winback import transactions --partitions {args.partitions}: {p_wall:.1f}s "
+            f"({p_wall / wall:.2f}x the one-file import), peak RSS {p_peak:.2f} GiB "
+            f"({p_peak / peak:.2f}x)"
+        )
     if not args.keep:
         import shutil
 

@@ -34,7 +34,8 @@ Partitions = Annotated[
         min=1,
         max=1000,
         help="split every table by customer into OUT/<table>/part=NNN/ (Parquet), for the "
-        "partition-by-partition stages",
+        "partition-by-partition stages; `import transactions` then streams: one chunk of the "
+        "source, then one partition, in memory",
     ),
 ]
 

@@ -20,13 +20,18 @@ in `dataset.json`, so the loader fills them and flags them `margin_assumed`
 (`features.validation.fill_assumed_margin`) and reports say so. Category: mapped, or `unknown`.
 
 The source is read in chunks and reduced to partial orders per chunk, so memory follows the
-number of orders, not the number of lines (bench/bench_import.py: 5,000,000 lines).
+number of orders, not the number of lines (bench/bench_import.py: 5,000,000 lines). With
+`partitions`, each chunk's partial orders are set aside by customer partition and each
+partition is then finished and written on its own, so memory follows one chunk and one
+partition, not the source (`_write_streamed`).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -43,6 +48,8 @@ from features.datadir import validate_data_dir
 from features.errors import DataContractError, DataSourceError
 from features.importers._common import prepare_out_dir, write_tables
 from features.offers import OfferCatalog, parse_catalog
+from features.partitioned import PartitionWriter
+from features.partitions import partition_dir_name, partition_of
 
 FIELDS: Final = (
     "customer_id",
@@ -381,7 +388,17 @@ def transaction_tables(
     if not counts["rows_read"]:
         raise DataSourceError(f"{src}: no rows in the source")
     orders = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-    if len(parts) > 1 and "order_id" in mapping.columns:  # an order may span two chunks
+    tables = _contract_tables(src, orders, mapping, len(parts) > 1)
+    if not len(tables[c.ORDERS]):
+        raise DataSourceError(f"{src}: no order left after dropping the rows counted above")
+    return tables, counts
+
+
+def _contract_tables(
+    src: str, orders: pd.DataFrame, mapping: TransactionMapping, several_chunks: bool
+) -> dict[str, pd.DataFrame]:
+    """Partial orders (`_reduce_chunk`'s rows, of every chunk) -> customers and orders."""
+    if several_chunks and "order_id" in mapping.columns:  # an order may span two chunks
         orders = _orders_of(orders)
     shared = orders[c.ORDER_ID].duplicated(keep=False)
     if shared.any():
@@ -391,8 +408,6 @@ def transaction_tables(
             f"more than one customer (e.g. {ex}); map order_id to a column unique per order"
         )
     orders = orders.drop(columns="_top")
-    if not len(orders):
-        raise DataSourceError(f"{src}: no order left after dropping the rows counted above")
     orders = orders.sort_values([c.ORDER_TS, c.ORDER_ID], kind="stable").reset_index(drop=True)
     if c.MARGIN not in orders.columns:
         orders[c.MARGIN] = np.nan  # filled and flagged on load from dataset.json's rate
@@ -414,7 +429,74 @@ def transaction_tables(
     customers = customers.sort_values(c.CUSTOMER_ID).reset_index(drop=True)
     order_cols = [c.ORDER_ID, c.CUSTOMER_ID, c.ORDER_TS, c.REVENUE, c.MARGIN, c.CATEGORY]
     orders = orders[[*order_cols, c.DISCOUNT_AMOUNT]]
-    return {c.CUSTOMERS: customers, c.ORDERS: orders}, counts
+    return {c.CUSTOMERS: customers, c.ORDERS: orders}
+
+
+@dataclass
+class _Written:
+    """What was written, for the import's summary."""
+
+    customers: int = 0
+    orders: int = 0
+    revenue: float = 0.0
+    first_order: pd.Timestamp | None = None
+    last_order: pd.Timestamp | None = None
+
+    def add(self, tables: dict[str, pd.DataFrame]) -> None:
+        orders = tables[c.ORDERS]
+        self.customers += len(tables[c.CUSTOMERS])
+        self.orders += len(orders)
+        if not len(orders):
+            return
+        self.revenue += float(orders[c.REVENUE].sum())
+        lo, hi = orders[c.ORDER_TS].min(), orders[c.ORDER_TS].max()
+        self.first_order = lo if self.first_order is None else min(self.first_order, lo)
+        self.last_order = hi if self.last_order is None else max(self.last_order, hi)
+
+
+def _write_streamed(
+    src: str, out: Path, mapping: TransactionMapping, query: str | None, n_partitions: int
+) -> tuple[_Written, Counter[str]]:
+    """The import into `n_partitions` customer partitions, never holding the whole source.
+
+    Each chunk's partial orders go to a scratch file of their customers' partition; then each
+    partition's partial orders are combined (an order, like its customer, lies in one
+    partition) and shaped by the same `_contract_tables` as the in-memory import, and written.
+    Peak memory: one chunk, then one partition's orders. An order id shared by customers of
+    two partitions is found by the validation that follows (the `unique` rule).
+    """
+    counts: Counter[str] = Counter()
+    scratch = Path(tempfile.mkdtemp(prefix=".import-", dir=out))
+    written = _Written()
+    try:
+        n_chunks = 0
+        for k, chunk in enumerate(read_chunks(src, mapping.columns.values(), mapping.sep, query)):
+            orders = _reduce_chunk(chunk, mapping, counts["rows_read"], counts)
+            part = partition_of(orders[c.CUSTOMER_ID], n_partitions)
+            for p in np.unique(part):
+                folder = scratch / partition_dir_name(int(p))
+                folder.mkdir(exist_ok=True)
+                rows = orders[part == p].reset_index(drop=True)
+                rows.to_parquet(folder / f"chunk-{k:06d}.parquet", index=False)
+            n_chunks = k + 1
+        if not counts["rows_read"]:
+            raise DataSourceError(f"{src}: no rows in the source")
+        writer = PartitionWriter(out, n_partitions)
+        writer.clear()
+        for p in range(n_partitions):
+            files = sorted((scratch / partition_dir_name(p)).glob("*.parquet"))
+            if not files:
+                continue
+            orders = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+            tables = _contract_tables(src, orders, mapping, n_chunks > 1)
+            writer.write(tables, f"import-{p:03d}")
+            written.add(tables)
+        if not written.orders:
+            raise DataSourceError(f"{src}: no order left after dropping the rows counted above")
+        writer.close(default_catalog())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return written, counts
 
 
 def import_transactions(
@@ -449,12 +531,19 @@ def import_transactions(
         raise DataSourceError(f"{src}: a database URL needs --query 'SELECT ...'")
     if query is not None and not _is_url(src):
         raise DataSourceError(f"{src}: --query needs a SQLAlchemy URL as the source")
-    tables, counts = transaction_tables(src, mapping, query)
+    if partitions is not None and fmt != "parquet":
+        raise DataSourceError(f"--partitions: partitioned tables are Parquet, not '{fmt}'")
     managed = [f"{t}{s}" for t in c.TABLES for s in c.TABLE_SUFFIXES]
     extra = [c.OFFERS_FILE, c.GROUND_TRUTH_FILE, c.DATASET_FILE]
-    out = prepare_out_dir(Path(out), [*managed, *extra], overwrite)
-    write_tables(out, tables, default_catalog(), fmt, partitions)
-    orders = tables[c.ORDERS]
+    if partitions is None:
+        tables, counts = transaction_tables(src, mapping, query)
+        out = prepare_out_dir(Path(out), [*managed, *extra], overwrite)
+        write_tables(out, tables, default_catalog(), fmt, partitions)
+        written = _Written()
+        written.add(tables)
+    else:
+        out = prepare_out_dir(Path(out), [*managed, *extra], overwrite)
+        written, counts = _write_streamed(src, out, mapping, query, partitions)
     dropped = {
         k: counts[k]
         for k in ("missing_customer_id", "bad_timestamp", "bad_amount", "missing_order_id")
@@ -474,20 +563,26 @@ def import_transactions(
     if mapping.margin_assumed:
         meta["assumed_margin_rate"] = mapping.margin_rate
     (out / c.DATASET_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    report, _ = validate_data_dir(out)
+    if partitions is None:
+        report, _ = validate_data_dir(out)
+    else:  # partition by partition, never the whole data in memory
+        from features.streaming import validate_partitioned
+
+        report = validate_partitioned(out)
     if not report.ok:
         raise DataContractError(report)
+    assert written.first_order is not None and written.last_order is not None
     return TransactionImport(
         out=out,
         rows_read=counts["rows_read"],
         dropped=dropped,
         return_lines=counts["return_lines"],
         return_value=return_value,
-        customers=len(tables[c.CUSTOMERS]),
-        orders=len(orders),
-        revenue=round(float(orders[c.REVENUE].sum()), 2),
-        first_order=orders[c.ORDER_TS].min(),
-        last_order=orders[c.ORDER_TS].max(),
+        customers=written.customers,
+        orders=written.orders,
+        revenue=round(written.revenue, 2),
+        first_order=written.first_order,
+        last_order=written.last_order,
         margin_rate=mapping.margin_rate if mapping.margin_assumed else None,
         report=report,
     )

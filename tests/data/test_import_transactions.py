@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 
 from features import constants as c
 from features.datadir import load_data_dir
-from features.errors import DataSourceError
+from features.errors import DataContractError, DataSourceError
 from features.importers import transactions as tx
 from features.importers.transactions import TransactionMapping, import_transactions
+from features.partitions import partition_of
 
 INVOICE_MAP = {
     "customer_id": "CustomerID",
@@ -55,11 +56,12 @@ def _csv(tmp_path: Path, sep: str = ",", df: pd.DataFrame = LINES) -> Path:
 
 
 def _import(src: Path | str, out: Path, **kw: object) -> tx.TransactionImport:
+    partitions = kw.pop("partitions", None)
     mapping = TransactionMapping(
         columns=dict(kw.pop("columns", INVOICE_MAP)),  # type: ignore[arg-type]
         **kw,  # type: ignore[arg-type]
     )
-    return import_transactions(src, out, mapping)
+    return import_transactions(src, out, mapping, partitions=partitions)  # type: ignore[arg-type]
 
 
 def test_lines_become_orders_and_every_dropped_row_is_counted(tmp_path: Path) -> None:
@@ -203,3 +205,71 @@ def test_cli_prints_what_it_did(tmp_path: Path) -> None:
     assert "margin: assumed 0.25" in out
     bad = CliRunner().invoke(app, [*args[:5], "--map", "ts"])
     assert bad.exit_code != 0 and "FIELD=COLUMN" in bad.output
+
+
+def _many_lines(n_customers: int = 300, seed: int = 3) -> pd.DataFrame:
+    """Invoice lines of many customers: orders of several lines, returns, a bad row or two."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for order in range(n_customers * 4):
+        cust = f"k{rng.integers(n_customers):04d}"
+        day = pd.Timestamp("2023-01-01") + pd.Timedelta(int(rng.integers(0, 600)), "D")
+        for _ in range(int(rng.integers(1, 4))):
+            qty = int(rng.integers(-1, 5))
+            rows.append(
+                {
+                    "InvoiceNo": f"N{order:05d}",
+                    "Quantity": str(qty),
+                    "UnitPrice": f"{rng.uniform(1, 40):.2f}",
+                    "InvoiceDate": day.strftime("%Y-%m-%d %H:%M"),
+                    "CustomerID": cust,
+                    "Category": str(rng.choice(["toys", "books", "garden"])),
+                    "Country": str(rng.choice(["FR", "DE"])),
+                }
+            )
+    df = pd.DataFrame(rows)
+    df.loc[5, "CustomerID"] = ""
+    df.loc[9, "InvoiceDate"] = "not a date"
+    return df
+
+
+def test_partitioned_import_streams_and_equals_the_in_memory_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--partitions`: chunks set aside by partition, each partition finished on its own; the
+    same customers and orders (orders spanning chunks merged) and the same summary."""
+    src = _csv(tmp_path, df=_many_lines())
+    monkeypatch.setattr(tx, "CHUNK_ROWS", 700)  # orders span chunks
+    flat = _import(src, tmp_path / "flat")
+
+    def whole_source(*args: object, **kw: object) -> None:
+        raise AssertionError("the partitioned import read the whole source into memory")
+
+    monkeypatch.setattr(tx, "transaction_tables", whole_source)
+    part = _import(src, tmp_path / "part", partitions=4)
+    assert (tmp_path / "part" / "partitions.json").is_file()
+    assert not list((tmp_path / "part").glob(".import-*"))  # the scratch folder is gone
+    a, b = load_data_dir(tmp_path / "flat"), load_data_dir(tmp_path / "part")
+    for name in ("orders", "customers"):
+        key = c.ORDER_ID if name == "orders" else c.CUSTOMER_ID
+        x = getattr(a, name).sort_values(key).reset_index(drop=True)
+        y = getattr(b, name).sort_values(key).reset_index(drop=True)
+        assert len(x) > 100
+        pd.testing.assert_frame_equal(x, y, check_like=True)
+    for field in ("rows_read", "dropped", "return_lines", "customers", "orders", "revenue"):
+        assert getattr(flat, field) == getattr(part, field), field
+    assert (flat.first_order, flat.last_order) == (part.first_order, part.last_order)
+
+
+def test_partitioned_import_refuses_an_order_id_of_customers_in_two_partitions(
+    tmp_path: Path,
+) -> None:
+    lines = _many_lines(40)
+    owners = lines[lines["CustomerID"] != ""].groupby("CustomerID")["InvoiceNo"].first()
+    where = dict(zip(owners.index, partition_of(owners.index.to_series(), 8), strict=True))
+    a = owners.index[0]
+    b = next(x for x in owners.index if where[x] != where[a])  # another partition
+    lines.loc[lines["CustomerID"] == b, "InvoiceNo"] = owners[a]  # b's orders take a's id
+    with pytest.raises(DataContractError, match=r"order_id") as err:
+        _import(_csv(tmp_path, df=lines), tmp_path / "p", partitions=8)
+    assert [(p.table, p.rule) for p in err.value.report.problems] == [("orders", "unique")]
