@@ -74,6 +74,19 @@ class PartitionLayout:
         )
 
 
+def update_row_counts(directory: Path, added: dict[str, int]) -> PartitionLayout:
+    """Add `added` rows per table to the manifest's row counts (after rows were appended)."""
+    layout = read_layout(directory)
+    counts = dict(layout.row_counts)
+    for name, n in added.items():
+        counts[name] = counts.get(name, 0) + n
+    layout = PartitionLayout(layout.n_partitions, layout.hash, counts)
+    tmp = Path(directory) / (PARTITIONS_FILE + ".tmp")
+    tmp.write_text(layout.to_json() + "\n", encoding="utf-8")
+    tmp.replace(Path(directory) / PARTITIONS_FILE)
+    return layout
+
+
 def check_n_partitions(n: object) -> int:
     """`n` as a partition count (1..1000); anything else is a DataSourceError naming it."""
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_PARTITIONS:

@@ -13,17 +13,29 @@ Added to a data directory that already holds the customers (`winback import tran
 Rows are counted and dropped, never guessed: without a customer id, of a customer the data
 directory does not know, with a timestamp or status/event that does not parse. Existing rows
 of the directory are kept; re-importing the same export adds nothing twice (the tables' keys).
+
+Into a partitioned directory (`features.partitioned`) the export is streamed: rows are set aside
+by their customer's partition, then each partition's new rows are added as one more file per
+table and partition (`_import_partitioned`).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Final
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from features import constants as c
 from features.contract import SCHEMAS, ValidationReport
@@ -76,9 +88,7 @@ class EspImport:
     report: ValidationReport
 
 
-def _read(
-    src: str, columns: Mapping[str, str], fields: tuple[str, ...], sep: str, query: str | None
-) -> pd.DataFrame:
+def _check_mapping(columns: Mapping[str, str], fields: tuple[str, ...]) -> None:
     unknown = sorted(set(columns) - set(fields))
     if unknown:
         raise DataSourceError(
@@ -87,6 +97,11 @@ def _read(
     for need in ("customer_id", fields[1]):
         if need not in columns:
             raise DataSourceError(f"mapping: field '{need}' is required (--map {need}=COLUMN)")
+
+
+def _read(
+    src: str, columns: Mapping[str, str], fields: tuple[str, ...], sep: str, query: str | None
+) -> pd.DataFrame:
     parts = list(read_chunks(src, columns.values(), sep, query))
     if not parts:
         raise DataSourceError(f"{src}: no rows in the source")
@@ -106,13 +121,6 @@ def _channel(df: pd.DataFrame, default: str) -> pd.Series:
 
 
 def _known(data_dir: Path) -> pd.Series:
-    from features.partitioned import is_partitioned
-
-    if is_partitioned(data_dir):
-        raise DataSourceError(
-            f"{data_dir}: a partitioned directory; import consent and events into the "
-            "unpartitioned one, then split it (`winback partition DIR --out DIR2 --partitions N`)"
-        )
     path = find_table(data_dir, c.CUSTOMERS)
     if path is None:
         raise DataSourceError(
@@ -167,7 +175,14 @@ def _append(data_dir: Path, table: str, new: pd.DataFrame) -> int:
 
 
 def _finish(out: Path, rows: int, counts: Counter[str], added: dict[str, int]) -> EspImport:
-    report, _ = validate_data_dir(out)
+    from features.partitioned import is_partitioned
+
+    if is_partitioned(out):  # partition by partition, never the whole data in memory
+        from features.streaming import validate_partitioned
+
+        report = validate_partitioned(out)
+    else:
+        report, _ = validate_data_dir(out)
     if not report.ok:
         raise DataContractError(report)
     dropped = {k: v for k, v in counts.items() if v}
@@ -200,12 +215,15 @@ def import_consent(
     bad_words = sorted({v for v in words.values()} - set(c.CONSENT_STATUSES))
     if bad_words:
         raise DataSourceError(f"--status: statuses are opted_in or opted_out, got {bad_words}")
-    df = _read(str(src), columns, CONSENT_FIELDS, sep, query)
-    counts: Counter[str] = Counter()
-    n = len(df)
-    if "ts" not in df:
-        df["ts"] = as_of
-    df = _keep(df, _known(data_dir), ts_format, counts)
+    fill = {} if "ts" in columns else {"ts": as_of}
+    shape = partial(_consent_rows, words=words, channel=channel)
+    return _import(str(src), data_dir, columns, CONSENT_FIELDS, sep, query, ts_format, shape, fill)
+
+
+def _consent_rows(
+    df: pd.DataFrame, counts: Counter[str], words: Mapping[str, str], channel: str
+) -> dict[str, pd.DataFrame]:
+    """Kept consent-list rows -> new `consent` rows."""
     status = _words(df["status"], words)
     chan = _channel(df, channel)
     ok = status.notna() & chan.isin(c.CHANNELS)
@@ -219,8 +237,7 @@ def import_consent(
             c.UPDATED_TS: df["ts"],
         }
     )[ok.to_numpy()]
-    added = _append(data_dir, c.CONSENT, consent)
-    return _finish(data_dir, n, counts, {c.CONSENT: added})
+    return {c.CONSENT: consent}
 
 
 def import_esp_events(
@@ -239,10 +256,14 @@ def import_esp_events(
     if "ts" not in columns:
         raise DataSourceError("mapping: field 'ts' is required (--map ts=COLUMN)")
     words = {**EVENT_WORDS, **{k.lower(): v for k, v in (event_words or {}).items()}}
-    df = _read(str(src), columns, EVENT_FIELDS, sep, query)
-    counts: Counter[str] = Counter()
-    n = len(df)
-    df = _keep(df, _known(data_dir), ts_format, counts)
+    shape = partial(_event_rows, words=words, channel=channel)
+    return _import(str(src), data_dir, columns, EVENT_FIELDS, sep, query, ts_format, shape, {})
+
+
+def _event_rows(
+    df: pd.DataFrame, counts: Counter[str], words: Mapping[str, str], channel: str
+) -> dict[str, pd.DataFrame]:
+    """Kept event-log rows -> new `contacts` (sends), `events` and `consent` (opt-outs)."""
     kind = _words(df["event"], words)
     counts["unrecognised_event"] += int(kind.isna().sum())
     chan = _channel(df, channel)
@@ -292,9 +313,137 @@ def import_esp_events(
             c.UPDATED_TS: unsub[c.TS],
         }
     )
-    added = {
-        c.CONTACTS: _append(data_dir, c.CONTACTS, contacts),
-        c.EVENTS: _append(data_dir, c.EVENTS, events),
-        c.CONSENT: _append(data_dir, c.CONSENT, consent),
-    }
+    return {c.CONTACTS: contacts, c.EVENTS: events, c.CONSENT: consent}
+
+
+Shape = Callable[[pd.DataFrame, Counter[str]], dict[str, pd.DataFrame]]
+
+
+def _import(
+    src: str,
+    data_dir: Path,
+    columns: Mapping[str, str],
+    fields: tuple[str, ...],
+    sep: str,
+    query: str | None,
+    ts_format: str | None,
+    shape: Shape,
+    fill: Mapping[str, str | None],
+) -> EspImport:
+    """Read, keep the rows of known customers, shape them and add them to the directory."""
+    _check_mapping(columns, fields)
+    from features.partitioned import is_partitioned
+
+    counts: Counter[str]
+    if is_partitioned(data_dir):
+        n, counts, added = _import_partitioned(
+            src, data_dir, columns, sep, query, ts_format, shape, fill
+        )
+    else:
+        df = _read(src, columns, fields, sep, query).assign(**fill)
+        counts = Counter()
+        n = len(df)
+        df = _keep(df, _known(data_dir), ts_format, counts)
+        added = {table: _append(data_dir, table, rows) for table, rows in shape(df, counts).items()}
     return _finish(data_dir, n, counts, added)
+
+
+def _import_partitioned(
+    src: str,
+    data_dir: Path,
+    columns: Mapping[str, str],
+    sep: str,
+    query: str | None,
+    ts_format: str | None,
+    shape: Shape,
+    fill: Mapping[str, str | None],
+) -> tuple[int, Counter[str], dict[str, int]]:
+    """The import into a partitioned directory, never holding the source or the data whole.
+
+    Each chunk's rows are set aside by their customer's partition in a scratch folder; then
+    each partition's rows are checked against that partition's customers (a customer's rows
+    all lie in its partition), shaped, and added as one more file per table and partition,
+    without the rows whose key the partition already holds. Peak memory: one chunk, then
+    one partition's new rows and keys.
+    """
+    from features.partitioned import read_layout, read_partition_table, update_row_counts
+    from features.partitions import partition_dir_name, partition_of
+
+    layout = read_layout(data_dir)
+    counts: Counter[str] = Counter()
+    added: Counter[str] = Counter()
+    n = 0
+    scratch = Path(tempfile.mkdtemp(prefix=".import-", dir=data_dir))
+    stamp = f"esp-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    try:
+        for k, raw in enumerate(read_chunks(src, columns.values(), sep, query)):
+            df = pd.DataFrame({f: raw[col] for f, col in columns.items()}).assign(**fill)
+            n += len(df)
+            cid = text_column(df["customer_id"])
+            present = cid.notna().to_numpy(dtype=bool)
+            counts["missing_customer_id"] += int((~present).sum())
+            df, cid = df[present].reset_index(drop=True), cid[present].reset_index(drop=True)
+            part = partition_of(cid.astype(str), layout.n_partitions)
+            for p in np.unique(part):
+                folder = scratch / partition_dir_name(int(p))
+                folder.mkdir(exist_ok=True)
+                df[part == p].to_parquet(folder / f"chunk-{k:06d}.parquet", index=False)
+        if not n:
+            raise DataSourceError(f"{src}: no rows in the source")
+        for p in range(layout.n_partitions):
+            files = sorted((scratch / partition_dir_name(p)).glob("*.parquet"))
+            if not files:
+                continue
+            df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+            customers = read_partition_table(data_dir, c.CUSTOMERS, p, [c.CUSTOMER_ID])
+            known = text_column(
+                customers[c.CUSTOMER_ID] if customers is not None else pd.Series([], dtype=str)
+            )
+            kept = _keep(df, known, ts_format, counts)
+            for table, rows in shape(kept, counts).items():
+                added[table] += _append_partition(data_dir, table, p, rows, stamp)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    update_row_counts(data_dir, dict(added))
+    return n, counts, dict(added)
+
+
+def _append_partition(data_dir: Path, table: str, part: int, new: pd.DataFrame, name: str) -> int:
+    """Add `new` rows of partition `part` to `table` as one more file (`name`.parquet): rows
+    whose key the partition already holds, or that repeat within `new`, are left out. The file
+    takes the column types of the table's existing files. Returns the rows added."""
+    from features.partitioned import read_partition_table
+    from features.partitions import partition_dir_name
+
+    schema = SCHEMAS[table]
+    key = list(schema.key)
+    as_text = dict.fromkeys(key, "string")
+    new = new[list(schema.names)].astype(as_text).drop_duplicates(key)
+    old = read_partition_table(data_dir, table, part, key)
+    if old is not None and len(old) and len(new):
+        held = pd.MultiIndex.from_frame(old[key].astype(as_text))
+        new = new[~pd.MultiIndex.from_frame(new[key]).isin(held)]
+    if not len(new):
+        return 0
+    arrow = pa.Table.from_pandas(new.reset_index(drop=True), preserve_index=False)
+    ref = _reference_schema(data_dir, table)
+    if ref is not None:
+        arrow = arrow.select(ref.names).cast(ref)
+    else:  # no file of this table anywhere yet: all-missing columns stored as text
+        arrow = arrow.cast(
+            pa.schema(
+                [f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in arrow.schema]
+            )
+        )
+    folder = data_dir / table / partition_dir_name(part)
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(arrow, folder / f"{name}.parquet")
+    return len(new)
+
+
+def _reference_schema(data_dir: Path, table: str) -> pa.Schema | None:
+    """The column types of `table`'s first existing file (any partition), or None."""
+    for folder in sorted((data_dir / table).glob("part=*")):
+        for path in sorted(folder.glob("*.parquet")):
+            return pq.read_schema(path).remove_metadata()
+    return None

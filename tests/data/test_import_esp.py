@@ -81,13 +81,55 @@ def test_esp_import_needs_the_customers_first(tmp_path: Path) -> None:
         import_consent(src, tmp_path / "empty", {"customer_id": "id", "status": "s"}, as_of="2024")
 
 
-def test_esp_import_refuses_a_partitioned_directory(shop: Path, tmp_path: Path) -> None:
-    from features.partitioned import partition_data_dir
+def test_esp_import_into_a_partitioned_directory_equals_the_flat_one(tmp_path: Path) -> None:
+    """Streamed into partitions: the same rows added, dropped and counted as into one file
+    per table; a re-import adds nothing; the manifest's row counts follow."""
+    from features.importers import transactions as tx
+    from features.partitioned import partition_data_dir, read_layout
 
-    partition_data_dir(shop, tmp_path / "parts", 2)
-    src = tmp_path / "list.csv"
-    pd.DataFrame({"id": ["a"], "s": ["subscribed"]}).to_csv(src, index=False)
-    before = sorted(p.name for p in (tmp_path / "parts").iterdir())
-    with pytest.raises(DataSourceError, match="partitioned"):
-        import_consent(src, tmp_path / "parts", {"customer_id": "id", "status": "s"}, as_of="2024")
-    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == before
+    ids = [f"k{i:03d}" for i in range(60)]
+    orders = tmp_path / "orders.csv"
+    pd.DataFrame({"cust": ids, "day": ["2024-01-01"] * 60, "amount": ["10"] * 60}).to_csv(
+        orders, index=False
+    )
+    mapping = TransactionMapping(columns={"customer_id": "cust", "ts": "day", "revenue": "amount"})
+    import_transactions(orders, tmp_path / "flat", mapping)
+    partition_data_dir(tmp_path / "flat", tmp_path / "part", 4)
+    consent = tmp_path / "list.csv"
+    pd.DataFrame(
+        {"id": [*ids[:40], "", "zz"], "Status": ["subscribed", "unsubscribed"] * 20 + ["x", "y"]}
+    ).to_csv(consent, index=False)
+    events = tmp_path / "events.csv"
+    pd.DataFrame(
+        {
+            "who": [i for i in ids for _ in range(3)] + ["zz"],
+            "what": ["sent", "opened", "unsubscribed"] * 60 + ["sent"],
+            "when": ["2024-02-01 09:00"] * 181,
+        }
+    ).to_csv(events, index=False)
+    event_map = {"customer_id": "who", "event": "what", "ts": "when"}
+    results = {}
+    for name in ("flat", "part"):
+        a = import_consent(
+            consent, tmp_path / name, {"customer_id": "id", "status": "Status"}, as_of="2024-02-01"
+        )
+        b = import_esp_events(events, tmp_path / name, event_map)
+        results[name] = (a.dropped, a.added, b.dropped, b.added)
+    assert results["flat"] == results["part"]
+    assert results["part"][3] == {c.CONTACTS: 60, c.EVENTS: 120, c.CONSENT: 60}
+    flat, part = load_data_dir(tmp_path / "flat"), load_data_dir(tmp_path / "part")
+    for table, key in (
+        (c.CONTACTS, [c.CONTACT_ID]),
+        (c.EVENTS, [c.EVENT_ID]),
+        (c.CONSENT, [c.CUSTOMER_ID, c.CHANNEL, c.UPDATED_TS]),
+    ):
+        x = getattr(flat, table).sort_values(key).reset_index(drop=True)
+        y = getattr(part, table).sort_values(key).reset_index(drop=True)
+        assert len(x) > 0
+        pd.testing.assert_frame_equal(x, y, check_dtype=False)
+    counts = read_layout(tmp_path / "part").row_counts
+    assert (counts[c.CONTACTS], counts[c.EVENTS]) == (60, 120)
+    again = import_esp_events(events, tmp_path / "part", event_map)
+    assert again.added == {c.CONTACTS: 0, c.EVENTS: 0, c.CONSENT: 0}
+    assert not list((tmp_path / "part").glob(".import-*"))  # the scratch folder is gone
+    assert tx  # the transactions importer wrote the shop
