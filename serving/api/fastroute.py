@@ -44,7 +44,7 @@ def _body_model(endpoint: Callable[..., Any]) -> type[BaseModel]:
         raise TypeError(
             f"DecisionRoute: {endpoint.__name__} must take (body: <model>, rt: ClientRuntime)"
         )
-    return hints["body"]  # type: ignore[no-any-return]
+    return hints["body"]
 
 
 class DecisionRoute(APIRoute):
