@@ -67,12 +67,41 @@ class Decided:
 
 
 def decode(
-    codes: npt.NDArray[np.int64], known: npt.NDArray[np.bool_], vocabulary: Sequence[str]
+    codes: npt.NDArray[np.int64],
+    known: npt.NDArray[np.bool_],
+    vocabulary: Sequence[str] | npt.NDArray[np.object_],
 ) -> npt.NDArray[np.object_]:
-    """Category names of integer `codes` (None where unknown, out of range or not `known`)."""
-    names = np.array([*vocabulary, None], dtype=object)
-    ok = known & (codes >= 0) & (codes < len(vocabulary))
-    return names[np.where(ok, codes, len(vocabulary))]
+    """Category names of integer `codes` (None where unknown, out of range or not `known`).
+
+    `vocabulary`: the names, or `segment_names` of them (the names plus a final None).
+    """
+    names = (
+        vocabulary
+        if isinstance(vocabulary, np.ndarray)
+        else np.array([*vocabulary, None], dtype=object)
+    )
+    size = len(names) - 1
+    ok = known & (codes >= 0) & (codes < size)
+    return names[np.where(ok, codes, size)]
+
+
+_SEGMENTS: dict[int, tuple[FeatureSet, npt.NDArray[np.object_], npt.NDArray[np.object_]]] = {}
+
+
+def segment_names(fs: FeatureSet) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.object_]]:
+    """The value-tier and lapse-state names of `fs` plus a final None, as `decode` takes
+    them (cached by identity: a feature set is immutable and serves every request)."""
+    hit = _SEGMENTS.get(id(fs))
+    if hit is not None and hit[0] is fs:
+        return hit[1], hit[2]
+    tiers, states = (
+        np.array([*fs.feature(name).vocabulary, None], dtype=object)
+        for name in ("value_tier", "lapse_state")
+    )
+    if len(_SEGMENTS) > 32:
+        _SEGMENTS.clear()
+    _SEGMENTS[id(fs)] = (fs, tiers, states)
+    return tiers, states
 
 
 def decision_key(
@@ -218,12 +247,13 @@ def decide_rows(
         candidate_offer_ids=candidate_offer_ids,
         budget_usage=budget_usage,
     )
+    tiers, states = segment_names(fs)
     return Decided(
         result,
         live,
         scores is not None,
-        value_tier=decode(batch.value_tier, batch.known, fs.feature("value_tier").vocabulary),
-        lapse_state=decode(batch.lapse_state, batch.known, fs.feature("lapse_state").vocabulary),
+        value_tier=decode(batch.value_tier, batch.known, tiers),
+        lapse_state=decode(batch.lapse_state, batch.known, states),
     )
 
 

@@ -53,3 +53,6 @@ def configure_logging(level: str = "info") -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+    # nor the caller's file and line (`findCaller` walks the stack on every record; the
+    # logging module documents setting `_srcfile` to None for exactly this)
+    logging._srcfile = None

@@ -17,12 +17,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
 from features.offers import OfferCatalog, load_catalog
 from features.snapshot import Snapshot, SnapshotError, SnapshotStore
 from serving.api.metrics import Metrics
+from serving.decide import Decider
 from serving.engine import OptionSet
 from serving.errors import ServingError
 from serving.policy import Policy, load_policy
@@ -115,6 +117,17 @@ class Runtime:
     @property
     def model_version(self) -> str | None:
         return self.scorer.version if self.scorer is not None else None
+
+    @cached_property
+    def decider(self) -> Decider:
+        """What the engine needs besides the customers (built once per runtime)."""
+        return Decider(self.options, self.policy, self.scorer, self.base_caps)
+
+    @cached_property
+    def budgeted_offers(self) -> tuple[str, ...]:
+        """The offers with a budget (their usage is read for every decision)."""
+        opts = self.options
+        return tuple(o for o, b in zip(opts.offer_ids, opts.budgets, strict=True) if b)
 
 
 def build_runtime(

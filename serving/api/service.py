@@ -33,7 +33,7 @@ from features.snapshot import Snapshot
 from serving.api.decision_log import decision_from_row, get_decision, get_decisions
 from serving.api.errors import ApiError
 from serving.api.runtime import Runtime
-from serving.decide import Decider, decide_rows, decision_fields, decision_key, gather_rows
+from serving.decide import decide_rows, decision_fields, decision_key, gather_rows
 from serving.engine import Decision
 from serving.engine.decision import NONE
 from serving.errors import DuplicateDecisionError, IdempotencyKeyTakenError
@@ -350,11 +350,11 @@ def decide_and_record(
     snapshot = rt.snapshot()
     matrix, pos, rows = _features(snapshot, ids)
     as_of = snapshot.as_of.to_pydatetime() if snapshot is not None else at
-    budgeted = [o for o, b in zip(rt.options.offer_ids, rt.options.budgets, strict=True) if b]
+    budgeted = rt.budgeted_offers
     # cached for a second: see `Store.budget_usage_cached`
     usage = rt.store.budget_usage_cached(budgeted, at.date()) if budgeted else None
     decided = decide_rows(
-        Decider(rt.options, rt.policy, rt.scorer, rt.base_caps),
+        rt.decider,
         matrix,
         pos >= 0,
         ids,

@@ -63,21 +63,51 @@ class Scores:
     model_version: str
 
 
-_TABLES: dict[tuple[int, int], tuple[OptionSet, Policy, npt.NDArray[np.bool_]]] = {}
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    """What `decide` derives from (options, policy, channel) alone, built once per triple:
+    the channels tried and their indices, the stage x offer-type table, the names the result
+    arrays are indexed into. Per-request work is then only the arrays that change."""
+
+    channels: tuple[str, ...]
+    channel_idx: npt.NDArray[np.int64]
+    channel_names: npt.NDArray[np.object_]  # channels plus None (no contact)
+    stage_table: npt.NDArray[np.bool_]
+    stage_names: tuple[str, ...]
+    all_candidates: npt.NDArray[np.bool_]
+    no_budget_block: npt.NDArray[np.bool_]
 
 
-def _stage_table(options: OptionSet, policy: Policy) -> npt.NDArray[np.bool_]:
-    """`stage_type_table`, cached by the identity of (options, policy): both are immutable
-    and loaded once, and this keeps per-request work to the arrays that change."""
-    key = (id(options), id(policy))
-    hit = _TABLES.get(key)
+_ACTION_NAMES = np.array([OFFER, MESSAGE, NONE, HOLDOUT], dtype=object)
+_PLANS: dict[tuple[int, int, str], tuple[OptionSet, Policy, _Plan]] = {}
+
+
+def _plan(options: OptionSet, policy: Policy, channel: str) -> _Plan:
+    """The `_Plan` of (options, policy, channel), cached by the identity of options and
+    policy: both are immutable and loaded once (hashing them would cost more than a
+    decision); an invalid channel raises here every time, as it is never cached."""
+    key = (id(options), id(policy), channel)
+    hit = _PLANS.get(key)
     if hit is not None and hit[0] is options and hit[1] is policy:
         return hit[2]
-    table = stage_type_table(options, policy.journey)
-    if len(_TABLES) > 32:
-        _TABLES.clear()
-    _TABLES[key] = (options, policy, table)
-    return table
+    channels = resolve_channels(channel, policy)
+    k = len(options)
+    plan = _Plan(
+        channels=channels,
+        channel_idx=np.array([CHANNELS.index(c) for c in channels], dtype=np.int64),
+        channel_names=np.array([*channels, None], dtype=object),
+        stage_table=stage_type_table(options, policy.journey),
+        stage_names=tuple(s.name for s in policy.journey.stages),
+        all_candidates=np.ones(k, dtype=bool),
+        no_budget_block=np.zeros(k, dtype=bool),
+    )
+    for a in (plan.channel_idx, plan.channel_names, plan.stage_table, plan.all_candidates):
+        a.flags.writeable = False
+    plan.no_budget_block.flags.writeable = False
+    if len(_PLANS) > 64:
+        _PLANS.clear()
+    _PLANS[key] = (options, policy, plan)
+    return plan
 
 
 def resolve_channels(channel: str, policy: Policy) -> tuple[str, ...]:
@@ -118,25 +148,23 @@ def decide(
     """
     n, k = len(batch), len(options)
     day = to_days(now)
-    channels = resolve_channels(channel, policy)
-    channel_idx = np.array([CHANNELS.index(c) for c in channels], dtype=np.int64)
+    plan = _plan(options, policy, channel)
+    channels = plan.channels
     ids = batch.customer_ids
     candidates = (
-        np.ones(k, dtype=bool)
-        if candidate_offer_ids is None
-        else options.mask_of(candidate_offer_ids)
+        plan.all_candidates if candidate_offer_ids is None else options.mask_of(candidate_offer_ids)
     )
-    budget = budget_exhausted(options, budget_usage) if budget_usage else np.zeros(k, dtype=bool)
+    budget = budget_exhausted(options, budget_usage) if budget_usage else plan.no_budget_block
     codes, journey = evaluate(
         batch,
         options,
         policy,
         day,
         channels,
-        channel_idx,
+        plan.channel_idx,
         candidates,
         budget,
-        stage_table=_stage_table(options, policy),
+        stage_table=plan.stage_table,
     )
     ok = codes == 0
     allowed = ok.any(axis=2)
@@ -172,10 +200,11 @@ def decide(
     rows = np.arange(n)
     safe = np.where(sent, chosen, 0)
     incentive = options.is_incentive[safe]
-    action = np.where(sent, np.where(incentive, OFFER, MESSAGE), NONE).astype(object)
-    action[holdout] = HOLDOUT
-    channel_names = np.array([*channels, None], dtype=object)
-    chan = channel_names[np.where(sent, first_channel[rows, safe], len(channels))]
+    # indices into _ACTION_NAMES: offer, message, none, holdout
+    kind = np.where(sent, np.where(incentive, 0, 1), 2)
+    kind[holdout] = 3
+    action = _ACTION_NAMES[kind]
+    chan = plan.channel_names[np.where(sent, first_channel[rows, safe], len(channels))]
 
     choice = np.where(
         picked.explored,
@@ -196,7 +225,7 @@ def decide(
     return DecisionBatch(
         customer_ids=ids,
         options=options,
-        stage_names=tuple(s.name for s in policy.journey.stages),
+        stage_names=plan.stage_names,
         action=action,
         chosen=chosen,
         channel=chan,

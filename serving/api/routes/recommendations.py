@@ -7,6 +7,7 @@ from fastapi import APIRouter, Response
 from serving.api import schemas
 from serving.api.deps import ClientKey, ClientRuntime, RuntimeDep
 from serving.api.errors import ApiError
+from serving.api.fastroute import DecisionRoute
 from serving.api.present import decision_out, json_response
 from serving.api.runtime import Runtime
 from serving.api.service import Outcome, decide_and_record, decide_once, decision_time
@@ -14,7 +15,6 @@ from serving.api.service import Outcome, decide_and_record, decide_once, decisio
 router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
 
 
-@router.post("", response_model=schemas.Decision)
 async def recommend(body: schemas.RecommendationRequest, rt: ClientRuntime) -> Response:
     """Decide offer, channel and stage (or no contact) for one customer, and log it."""
     # Runs on the event loop, not in the thread pool: one decision is about a millisecond of
@@ -22,6 +22,16 @@ async def recommend(body: schemas.RecommendationRequest, rt: ClientRuntime) -> R
     # much. The response is serialised once here instead of validated again by FastAPI.
     [outcome] = _decide(rt, "recommendations", body, [body.customer_id])
     return json_response(decision_out(rt, outcome))
+
+
+# FastAPI's route with a short path for plain JSON requests (`serving.api.fastroute`)
+router.add_api_route(
+    "",
+    recommend,
+    methods=["POST"],
+    response_model=schemas.Decision,
+    route_class_override=DecisionRoute,
+)
 
 
 def _decide(
