@@ -273,6 +273,7 @@ class ResponseFit:
     support: AssignmentSupport | None = None
     z: float = 1.96
     rule_table: pd.DataFrame | None = None
+    crossfit: str | None = None
 
 
 TRAIN_UNTIL_KEY = "response_train_until"
@@ -312,6 +313,26 @@ def response_split(frame: Frame, seed: int, test_share: float = 0.3) -> np.ndarr
             return np.asarray(test)
     rng = np.random.default_rng(seed)
     return np.asarray(rng.random(len(ts)) < test_share)
+
+
+CROSSFIT_KEY = "response_crossfit"
+"""Model metadata of a cross-fitted response model: `<groups>:<salt>` of `crossfit_groups`,
+with which evaluation and promotion score any contact out of fold."""
+CROSSFIT_GROUPS = 2
+CROSSFIT_SALT = "crossfit"
+
+
+def crossfit_groups(ids: pd.Series, spec: str = f"{CROSSFIT_GROUPS}:{CROSSFIT_SALT}") -> np.ndarray:
+    """The cross-fitting group (0..G-1) of each row by a salted hash of its customer id.
+
+    `spec` is `<groups>:<salt>` as recorded under `CROSSFIT_KEY`. The salt is fixed, not the
+    training seed, so every model trained on a growing log puts a customer in the same group
+    and a customer's contacts never straddle groups (no customer informs their own score).
+    """
+    n, _, salt = spec.partition(":")
+    salted = f"{salt}:" + ids.astype(str)
+    h = pd.util.hash_pandas_object(salted, index=False).to_numpy()
+    return np.asarray(h % np.uint64(int(n)), dtype=np.int64)
 
 
 def logged_propensity(frame: Frame) -> np.ndarray:
@@ -356,6 +377,7 @@ def fit_response(
     selection_limit: int | None = None,
     support_limit: int | None = None,
     z: float | None = None,
+    crossfit: bool = False,
 ) -> ResponseFit:
     """Choose the learner and z on validation contacts; fit the chosen learner on all contacts.
 
@@ -370,10 +392,28 @@ def fit_response(
     decision compares options with one another. A given `z` fixes z; only the learner is
     then chosen. The assignment-support model is fitted on `support_limit` (default
     `SUPPORT_ROWS`) training contacts.
+
+    `crossfit`: train on every contact, the latest included, in `crossfit_groups` by customer:
+    each bag leaves one group out, so every contact has out-of-fold predictions. The rule
+    (learner, z) and the default option are then judged on the out-of-fold values of all
+    training contacts (not only the latest quarter, which in a retraining loop is one greedy
+    policy's log), and evaluation and promotion score the held-out rows of
+    `response_split` out of fold (`CROSSFIT_KEY` in the metadata). Without it, the latest
+    contacts are held out and never trained on: a model retrained right after a played wave
+    would not learn from that wave.
     """
     enc = encode_features(frame)
     spec, df = frame.spec, frame.data
     test = response_split(frame, seed)
+    groups: np.ndarray | None = None
+    if crossfit:
+        if n_bags % CROSSFIT_GROUPS or n_bags < 2 * CROSSFIT_GROUPS:
+            raise TrainingError(
+                f"n_bags: cross-fitting in {CROSSFIT_GROUPS} groups needs an even number of "
+                f"bags, at least {2 * CROSSFIT_GROUPS} (got {n_bags})"
+            )
+        groups = crossfit_groups(df[spec.id_column])
+        test = np.zeros(len(df), dtype=bool)
     train = ~test
     t = df[spec.treatment_column].astype(str).to_numpy()[train]
     y = df[mf.CONVERTED].astype(int).to_numpy()[train]
@@ -396,28 +436,39 @@ def fit_response(
         categorical_features=list(enc.categorical), random_state=seed, n_jobs=LGBM_THREADS
     ).fit(Xtr.iloc[sup], t[sup])
     train_frame = Frame(df[train].reset_index(drop=True), spec)
-    val = _validation_rows(train_frame, seed)
+    g = None if groups is None else groups[train]
+    # cross-fitted: every training contact fits (other groups' bags) and judges (out of fold)
+    val = (
+        np.zeros(len(train_frame.data), dtype=bool)
+        if crossfit
+        else _validation_rows(train_frame, seed)
+    )
     fit_rows = np.flatnonzero(~val)
     limit = SELECTION_ROWS if selection_limit is None else selection_limit
     sel = fit_rows[sample_rows(len(fit_rows), seed, limit)]
     if spec.control_value not in set(t[sel]):
         sel = fit_rows  # a sample without control rows cannot score uplift
-    val_rows = np.flatnonzero(val)
+    val_rows = sel if crossfit else np.flatnonzero(val)
     val_rows = val_rows[sample_rows(len(val_rows), seed + 2, VALIDATION_ROWS)]
     scores: dict[str, float] = {}
     fitted: dict[str, BaggedOptionLearner] = {}
     for name, kind in kinds.items():
-        learner = kind(**common).fit(Xtr.iloc[sel], t[sel], y[sel], propensity=e[sel])
+        learner = kind(**common).fit(
+            Xtr.iloc[sel], t[sel], y[sel], propensity=e[sel], groups=None if g is None else g[sel]
+        )
         oob = learner.oob_proba_options_
         ok = np.isfinite(oob.to_numpy()).all(axis=1)
         scores[name] = _mean_auuc(oob[ok], t[sel][ok], y[sel][ok], spec.control_value)
         fitted[name] = learner
     zs = Z_GRID if z is None else (z,)
     best, chosen_z, table = _choose_rule(
-        fitted, catalog, support, train_frame, sel, val_rows, seed, zs
+        fitted, catalog, support, train_frame, sel, val_rows, seed, zs, g
     )
+    if crossfit and len(sel) == len(Xtr):
+        chosen = fitted[best]  # already fitted on every training contact
+    else:
+        chosen = kinds[best](**common).fit(Xtr, t, y, propensity=e, groups=g)
     del fitted
-    chosen = kinds[best](**common).fit(Xtr, t, y, propensity=e)
     oob = chosen.oob_proba_options_
     ok = np.isfinite(oob.to_numpy()).all(axis=1)
     calibrator = OptionCalibrator().fit(oob[ok], t[ok], y[ok], e[ok])
@@ -430,10 +481,28 @@ def fit_response(
         "decision_rule_z": str(chosen_z),
     }
     until = train_until(frame, train) or frame.spec.notes.get(RESPONSE_TRAIN_UNTIL)
+    crossfit_spec = None
+    if crossfit:
+        crossfit_spec = f"{CROSSFIT_GROUPS}:{CROSSFIT_SALT}"
+        split[CROSSFIT_KEY] = crossfit_spec
+        # every contact trained the model: `winback simulate` judges it on later ones only
+        until = pd.to_datetime(df[spec.time_column]).max().isoformat()
+        split["test_rows"] = str(int(response_split(frame, seed).sum()))
+        split["test_scoring"] = "out of fold (cross-fitted by customer)"
     if until is not None:
         split[TRAIN_UNTIL_KEY] = until
     return ResponseFit(
-        chosen, best, calibrator, train, test, scores, split, support, chosen_z, table
+        chosen,
+        best,
+        calibrator,
+        train,
+        test,
+        scores,
+        split,
+        support,
+        chosen_z,
+        table,
+        crossfit_spec,
     )
 
 
@@ -451,8 +520,10 @@ def _choose_rule(
     val_rows: np.ndarray,
     seed: int,
     zs: Sequence[float],
+    groups: np.ndarray | None = None,
 ) -> tuple[str, float, pd.DataFrame]:
-    """Each fitted learner as a PolicyModel, judged by `choose_rule` on the validation rows."""
+    """Each fitted learner as a PolicyModel, judged by `choose_rule` on the validation rows
+    (out of fold when the learners were cross-fitted: `groups` of the training rows)."""
     spec = train_frame.spec
     fit_frame = Frame(train_frame.data.iloc[fit_rows].reset_index(drop=True), spec)
     val_df = train_frame.data.iloc[val_rows].reset_index(drop=True)
@@ -470,7 +541,7 @@ def _choose_rule(
         everything = np.ones(len(fit_rows), dtype=bool)
         fit = ResponseFit(learner, name, cal, everything, ~everything, {}, support=support)
         model = build_policy_model(catalog, fit, None, fit_frame, None, {})
-        bags, values = model.option_bags(Xv)
+        bags, values = model.option_bags(Xv, None if groups is None else groups[val_rows])
         allowed = model.supported(Xv) & np.isfinite(values).all(axis=0)
         candidates.append(RuleCandidate(name, values, model.default_option, allowed))
         q_parts.append(bags.mean(axis=0))
