@@ -8,6 +8,11 @@ earlier contacts and is tested on the latest quarter of them (a random split onl
 contact has the same timestamp, as in a single randomized experiment such as Hillstrom).
 Customers we contacted inside a reactivation label window are left out of the reactivation
 training rows, so the baseline label is not contaminated by our own contacts.
+
+`fit_response(crossfit=True)` (`winback train --crossfit`) trains the response model on every
+contact instead, the latest included, with bags cross-fitted by a hash of the customer id; the
+held-out contacts are then scored out of fold (`CROSSFIT_KEY`), so a retraining after a played
+wave learns from that wave and is still judged on predictions that never saw a customer.
 """
 
 from __future__ import annotations
@@ -395,12 +400,14 @@ def fit_response(
 
     `crossfit`: train on every contact, the latest included, in `crossfit_groups` by customer:
     each bag leaves one group out, so every contact has out-of-fold predictions. The rule
-    (learner, z) and the default option are then judged on the out-of-fold values of all
-    training contacts (not only the latest quarter, which in a retraining loop is one greedy
-    policy's log), and evaluation and promotion score the held-out rows of
-    `response_split` out of fold (`CROSSFIT_KEY` in the metadata). Without it, the latest
-    contacts are held out and never trained on: a model retrained right after a played wave
-    would not learn from that wave.
+    (learner, z) is chosen as without it (on the latest quarter of the training contacts,
+    by learners fitted on the earlier ones); only the registered learner then trains on
+    every contact, and its default option is judged out of fold on all of them. Evaluation
+    and promotion score the held-out rows of `response_split` out of fold (`CROSSFIT_KEY` in
+    the metadata). Without it, the latest contacts are held out and never trained on: a model
+    retrained right after a played wave would not learn from that wave. (Judging the rule
+    out of fold, on every contact or on the latest quarter, was measured in the loop bench and
+    chose worse rules: bench/README.md.)
     """
     enc = encode_features(frame)
     spec, df = frame.spec, frame.data
@@ -437,37 +444,30 @@ def fit_response(
     ).fit(Xtr.iloc[sup], t[sup])
     train_frame = Frame(df[train].reset_index(drop=True), spec)
     g = None if groups is None else groups[train]
-    # cross-fitted: every training contact fits (other groups' bags) and judges (out of fold)
-    val = (
-        np.zeros(len(train_frame.data), dtype=bool)
-        if crossfit
-        else _validation_rows(train_frame, seed)
-    )
+    # the rule is chosen as without cross-fitting: learners fitted on the earlier contacts,
+    # judged on the latest quarter they did not see; cross-fitting changes only the final fit
+    val = _validation_rows(train_frame, seed)
     fit_rows = np.flatnonzero(~val)
     limit = SELECTION_ROWS if selection_limit is None else selection_limit
     sel = fit_rows[sample_rows(len(fit_rows), seed, limit)]
     if spec.control_value not in set(t[sel]):
         sel = fit_rows  # a sample without control rows cannot score uplift
-    val_rows = sel if crossfit else np.flatnonzero(val)
+    val_rows = np.flatnonzero(val)
     val_rows = val_rows[sample_rows(len(val_rows), seed + 2, VALIDATION_ROWS)]
     scores: dict[str, float] = {}
     fitted: dict[str, BaggedOptionLearner] = {}
     for name, kind in kinds.items():
-        learner = kind(**common).fit(
-            Xtr.iloc[sel], t[sel], y[sel], propensity=e[sel], groups=None if g is None else g[sel]
-        )
+        learner = kind(**common).fit(Xtr.iloc[sel], t[sel], y[sel], propensity=e[sel])
         oob = learner.oob_proba_options_
         ok = np.isfinite(oob.to_numpy()).all(axis=1)
         scores[name] = _mean_auuc(oob[ok], t[sel][ok], y[sel][ok], spec.control_value)
         fitted[name] = learner
     zs = Z_GRID if z is None else (z,)
     best, chosen_z, table = _choose_rule(
-        fitted, catalog, support, train_frame, sel, val_rows, seed, zs, g
+        fitted, catalog, support, train_frame, sel, val_rows, seed, zs
     )
-    if crossfit and len(sel) == len(Xtr):
-        chosen = fitted[best]  # already fitted on every training contact
-    else:
-        chosen = kinds[best](**common).fit(Xtr, t, y, propensity=e, groups=g)
+    # cross-fitted, every contact (the latest too) trains the model that is registered
+    chosen = kinds[best](**common).fit(Xtr, t, y, propensity=e, groups=g)
     del fitted
     oob = chosen.oob_proba_options_
     ok = np.isfinite(oob.to_numpy()).all(axis=1)
@@ -520,10 +520,8 @@ def _choose_rule(
     val_rows: np.ndarray,
     seed: int,
     zs: Sequence[float],
-    groups: np.ndarray | None = None,
 ) -> tuple[str, float, pd.DataFrame]:
-    """Each fitted learner as a PolicyModel, judged by `choose_rule` on the validation rows
-    (out of fold when the learners were cross-fitted: `groups` of the training rows)."""
+    """Each fitted learner as a PolicyModel, judged by `choose_rule` on the validation rows."""
     spec = train_frame.spec
     fit_frame = Frame(train_frame.data.iloc[fit_rows].reset_index(drop=True), spec)
     val_df = train_frame.data.iloc[val_rows].reset_index(drop=True)
@@ -541,7 +539,7 @@ def _choose_rule(
         everything = np.ones(len(fit_rows), dtype=bool)
         fit = ResponseFit(learner, name, cal, everything, ~everything, {}, support=support)
         model = build_policy_model(catalog, fit, None, fit_frame, None, {})
-        bags, values = model.option_bags(Xv, None if groups is None else groups[val_rows])
+        bags, values = model.option_bags(Xv)
         allowed = model.supported(Xv) & np.isfinite(values).all(axis=0)
         candidates.append(RuleCandidate(name, values, model.default_option, allowed))
         q_parts.append(bags.mean(axis=0))
@@ -671,7 +669,11 @@ def build_policy_model(
         cols = [col for col in logged if col and col in response_frame.data]
         train_rows = Frame(response_frame.data.loc[train, cols].reset_index(drop=True), spec)
         model.default_option = oob_default_option(
-            model, response.learner, response.calibrator, enc.X.to_numpy(float)[train], train_rows
+            model,
+            response.learner,
+            response.calibrator,
+            enc.X.to_numpy(float)[train],
+            train_rows,
         )
     return model
 
