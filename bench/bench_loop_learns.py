@@ -4,8 +4,10 @@ Starting from the rules-only policy, round 0 plays one wave on a generated world
 (`serving.world.play.play_wave`: decisions recorded through the batch/API path, outcomes drawn
 from the world's true model and posted through the events path). Each later round exports the
 store's log merged with the world's data (`serving.learning.export_log`, as `winback
-export-log --base` does), trains on it (`training.pipeline.train`, what `winback train` calls:
-logged to a temporary MLflow store, registered as the challenger), promotes it
+export-log --base` does), trains on it (`training.pipeline.train`, what `winback train
+--crossfit` calls by default, so the wave just played trains too; `--no-crossfit`: what
+`winback train` calls, which holds the latest contacts out; logged to a temporary MLflow
+store, registered as the challenger), promotes it
 (`training.promote.promote`, what `winback promote` calls: the first model becomes champion,
 since the rules-only policy has no model to compare with; later ones only if their doubly
 robust value on the held-out contacts beats the champion's with confidence) and plays the next
@@ -17,11 +19,17 @@ allowed option, holdouts excluded; no contact is worth 0) and the oracle's on th
 customers (the best allowed option by true incremental margin, or no contact when none is
 positive), and the share; beside it the share the same policy would reach without exploration
 (its greedy choice, from the truth), and the share of the oracle played with the policy's
-exploration (the ceiling of a perfect model under epsilon-greedy). Bar: the played policy's
-figure rises round over round, and the last round reaches at least 80% of the oracle.
+exploration (the ceiling: a perfect model's values under the same exploration, through the
+engine's own `exploration_probabilities`). Bar: the played policy's figure rises round over
+round, and the last round reaches at least 80% of the oracle.
+
+The policy explores with epsilon 0.2 `among: positive` with `floor` 0.02 by default (only the
+floor is spread over every allowed option; the rest over the options the model values above no
+contact); `--among allowed` is the uniform epsilon-greedy of earlier runs.
 
 Run: .venv/bin/python bench/bench_loop_learns.py [--customers 20000] [--world-seed 11]
-     [--rounds 3] [--days-between 35] [--bags 8] [--seed 0]
+     [--rounds 3] [--days-between 35] [--bags 8] [--seed 0] [--no-crossfit]
+     [--epsilon 0.2] [--among positive|allowed] [--floor 0.02]
 """
 
 from __future__ import annotations
