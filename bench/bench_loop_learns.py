@@ -4,8 +4,10 @@ Starting from the rules-only policy, round 0 plays one wave on a generated world
 (`serving.world.play.play_wave`: decisions recorded through the batch/API path, outcomes drawn
 from the world's true model and posted through the events path). Each later round exports the
 store's log merged with the world's data (`serving.learning.export_log`, as `winback
-export-log --base` does), trains on it (`training.pipeline.train`, what `winback train` calls:
-logged to a temporary MLflow store, registered as the challenger), promotes it
+export-log --base` does), trains on it (`training.pipeline.train`, what `winback train
+--crossfit` calls by default, so the wave just played trains too; `--no-crossfit`: what
+`winback train` calls, which holds the latest contacts out; logged to a temporary MLflow
+store, registered as the challenger), promotes it
 (`training.promote.promote`, what `winback promote` calls: the first model becomes champion,
 since the rules-only policy has no model to compare with; later ones only if their doubly
 robust value on the held-out contacts beats the champion's with confidence) and plays the next
@@ -17,11 +19,17 @@ allowed option, holdouts excluded; no contact is worth 0) and the oracle's on th
 customers (the best allowed option by true incremental margin, or no contact when none is
 positive), and the share; beside it the share the same policy would reach without exploration
 (its greedy choice, from the truth), and the share of the oracle played with the policy's
-exploration (the ceiling of a perfect model under epsilon-greedy). Bar: the played policy's
-figure rises round over round, and the last round reaches at least 80% of the oracle.
+exploration (the ceiling: a perfect model's values under the same exploration, through the
+engine's own `exploration_probabilities`). Bar: the played policy's figure rises round over
+round, and the last round reaches at least 80% of the oracle.
+
+The policy explores with epsilon 0.2 `among: positive` with `floor` 0.02 by default (only the
+floor is spread over every allowed option; the rest over the options the model values above no
+contact); `--among allowed` is the uniform epsilon-greedy of earlier runs.
 
 Run: .venv/bin/python bench/bench_loop_learns.py [--customers 20000] [--world-seed 11]
-     [--rounds 3] [--days-between 35] [--bags 8] [--seed 0]
+     [--rounds 3] [--days-between 35] [--bags 8] [--seed 0] [--no-crossfit]
+     [--epsilon 0.2] [--among positive|allowed] [--floor 0.02]
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from models.pyfunc import load_policy_model
 from serving.batch.local import Wave, snapshot_ids
 from serving.decide import Decider, decide_rows
 from serving.engine import OptionSet
+from serving.engine.choose import exploration_probabilities
 from serving.learning import export_log
 from serving.model_scorer import PolicyScorer
 from serving.policy import Exploration, parse_policy
@@ -68,7 +77,7 @@ journey:
 frequency:
   across_channels: [{{max_contacts: 1, days: 7}}]
 holdout: {{share: 0.1, salt: loop}}
-exploration: {{epsilon: 0.2}}
+exploration: EXPLORATION
 eligibility:
   lapse_states: [at_risk, lapsed]
   channels: [email, sms, push]
@@ -115,10 +124,19 @@ def oracle_and_eligible(world, data, decider, store, at, folder):  # type: ignor
     values = np.where(allowed, true_im, -np.inf)
     top = values.max(axis=1)
     best = np.where(eligible, np.maximum(top, 0.0), 0.0)
-    # epsilon-greedy among the customers contacted: epsilon spread evenly over the allowed
-    eps = decider.policy.exploration.epsilon
-    spread = np.where(allowed, true_im, 0.0).sum(axis=1) / np.maximum(allowed.sum(axis=1), 1)
-    explored = np.where(eligible & (top > 0), (1 - eps) * top + eps * spread, 0.0)
+    # the policy's exploration among the customers contacted, as the engine computes it, with
+    # the true values in place of the model's
+    ex = decider.policy.exploration
+    probs = exploration_probabilities(
+        allowed,
+        np.where(allowed, true_im, np.nan),
+        np.argmax(values, axis=1),
+        ex.epsilon,
+        ex.floor,
+        ex.among == "positive",
+    )
+    spread = (probs * np.where(allowed, true_im, 0.0)).sum(axis=1)
+    explored = np.where(eligible & (top > 0), spread, 0.0)
     chosen = d.chosen
     mine = np.where(chosen >= 0, true_im[np.arange(len(ids)), np.maximum(chosen, 0)], 0.0)
     return best[eligible], explored[eligible], mine[eligible]
@@ -132,6 +150,15 @@ def main() -> None:
     ap.add_argument("--days-between", type=int, default=35)
     ap.add_argument("--bags", type=int, default=8, help="as `winback train`'s default")
     ap.add_argument("--seed", type=int, default=0, help="of train and promote (their default)")
+    ap.add_argument(
+        "--crossfit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train with `winback train --crossfit` (the latest, played contacts train too)",
+    )
+    ap.add_argument("--epsilon", type=float, default=0.2)
+    ap.add_argument("--among", choices=("allowed", "positive"), default="positive")
+    ap.add_argument("--floor", type=float, default=0.02)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="winback-loop-") as tmp:
         folder = Path(tmp)
@@ -141,7 +168,12 @@ def main() -> None:
         url = f"sqlite:///{folder / 'store.db'}"
         upgrade_database(url)
         store = Store.from_url(url)
-        policy = parse_policy(POLICY)
+        floor = args.floor if args.among == "positive" else 0.0
+        policy = parse_policy(
+            POLICY.replace(
+                "EXPLORATION", f"{{epsilon: {args.epsilon}, among: {args.among}, floor: {floor}}}"
+            )
+        )
         options = OptionSet.from_catalog(world.catalog, policy.offer_budget_defaults)
         decider = Decider(options, policy, None, ContactCaps.from_policy(policy.frequency))
         data = load_data_dir(base)
@@ -150,7 +182,8 @@ def main() -> None:
         print(
             f"{args.customers:,} customers, world seed {args.world_seed}, "
             f"{args.rounds} rounds, waves {args.days_between} days apart, {args.bags} bags, "
-            f"epsilon {policy.exploration.epsilon}, holdout {policy.holdout.share}"
+            f"exploration {policy.exploration!r}, holdout {policy.holdout.share}, "
+            f"crossfit {args.crossfit}"
         )
         print(
             f"{'round':>5} {'model':>18} {'contacts':>9} {'true/contact':>13} "
@@ -165,7 +198,9 @@ def main() -> None:
             if r > 0:
                 out = folder / f"export-{r}"
                 export_log(store, out, base=base)
-                trained = train(out, seed=args.seed, settings=settings, n_bags=args.bags)
+                trained = train(
+                    out, seed=args.seed, settings=settings, n_bags=args.bags, crossfit=args.crossfit
+                )
                 promoted = promote(out, seed=args.seed, settings=settings)
                 champion = get_alias(CHAMPION, settings.model_name)
                 assert champion is not None
@@ -178,7 +213,12 @@ def main() -> None:
                 )
                 kept = "" if promoted.promoted else f" kept v{champion.version}"
                 label = f"v{trained.version}{kept}"
-                print(f"      promote v{trained.version}: {promoted.reason}", flush=True)
+                print(
+                    f"      promote v{trained.version}: {promoted.reason}; champion "
+                    f"v{champion.version}: {model.metadata.get('response_learner')}, "
+                    f"z {model.z}, default {model.default_option}",
+                    flush=True,
+                )
             oracle, ceiling, greedy = oracle_and_eligible(
                 world, data, decider, store, at, folder / "oracle-snapshot"
             )

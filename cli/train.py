@@ -155,6 +155,15 @@ def train(
             "evaluated (for data larger than memory; the sample is logged with the run)",
         ),
     ] = None,
+    crossfit: Annotated[
+        bool,
+        typer.Option(
+            "--crossfit",
+            help="train the response model on every contact, the latest too, cross-fitted by "
+            "customer (evaluation and promote score held-out contacts out of fold): for "
+            "retraining after each played wave, which otherwise would not learn from it",
+        ),
+    ] = False,
 ) -> None:
     """Train what the data supports, log the run to MLflow and register a challenger."""
     from cli.progress import stage_lines
@@ -172,6 +181,7 @@ def train(
                 population=population,
                 model_name=model_name,
                 sample_customers=sample_customers,
+                crossfit=crossfit,
             )
     except (TrainingError, FeaturesError, ModelsError) as exc:
         fail(str(exc))

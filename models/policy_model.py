@@ -228,21 +228,56 @@ class PolicyModel:
             return np.full(X.shape[0], np.nan)
         return self.reactivation.predict_proba_numpy(X[:, self._reactivation_cols])
 
-    def option_bags(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per bag, (n_bags, n, k) P(convert | option) and expected incremental margin."""
+    def option_bags(
+        self, X: np.ndarray, groups: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per bag, (n_bags, n, k) P(convert | option) and expected incremental margin
+        (with `groups`, out of fold: see `score`)."""
         X = self._check(X)
         revenue, margin = self.economics(X)
-        return self._option_bags(X, revenue, margin)
+        return self._option_bags(X, revenue, margin, groups)
 
     def _option_bags(
-        self, X: np.ndarray, revenue: np.ndarray, margin: np.ndarray
+        self,
+        X: np.ndarray,
+        revenue: np.ndarray,
+        margin: np.ndarray,
+        groups: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         bags = self._bags(X)
+        if groups is not None:
+            bags = self._out_of_fold(bags, groups)
         control = self.options.index(self.control)
         return bags, incremental_margin(bags, margin, self.cost_matrix(revenue), control)
 
-    def score(self, X: np.ndarray) -> Scores:
-        """Score a (n, d) matrix in feature-set column order."""
+    @property
+    def cross_fitted(self) -> bool:
+        """Whether the response bags were cross-fitted by group (`score(X, groups=...)`)."""
+        return getattr(self.response, "bag_groups_", None) is not None
+
+    def _out_of_fold(self, bags: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        """(n_bags / G, n, k): for each row, only the bags that left its group out."""
+        bag_groups = getattr(self.response, "bag_groups_", None)
+        if bag_groups is None:
+            raise InvalidInputError("groups: this model's response bags were not cross-fitted")
+        g = np.asarray(groups, dtype=np.int64).ravel()
+        n_groups = int(bag_groups.max()) + 1
+        if g.shape[0] != bags.shape[1] or (g < 0).any() or (g >= n_groups).any():
+            raise InvalidInputError(f"groups: need one group in 0..{n_groups - 1} per row")
+        per = len(bag_groups) // n_groups
+        out = np.empty((per, *bags.shape[1:]))
+        for grp in range(n_groups):
+            rows = g == grp
+            out[:, rows] = bags[np.flatnonzero(bag_groups == grp)][:, rows]
+        return out
+
+    def score(self, X: np.ndarray, groups: np.ndarray | None = None) -> Scores:
+        """Score a (n, d) matrix in feature-set column order.
+
+        `groups` (one cross-fitting group per row, as training assigned them; only for a
+        cross-fitted model) scores each row out of fold: with only the bags that never saw a
+        row of its group, so a training row is scored as honestly as a new customer.
+        """
         X = self._check(X)
         n, k = X.shape[0], len(self.options)
         revenue, margin = self.economics(X)
@@ -250,7 +285,7 @@ class PolicyModel:
         if self.response is None:
             nan = np.full((n, k), np.nan)
             return Scores(nan, nan.copy(), nan.copy(), p_react, revenue, margin)
-        bags, values = self._option_bags(X, revenue, margin)
+        bags, values = self._option_bags(X, revenue, margin, groups)
         control = self.options.index(self.control)
         p = bags.mean(axis=0)
         value = values.mean(axis=0)

@@ -107,7 +107,10 @@ class BaggedOptionLearner(BaseEstimator):
         best_option_: the option with the highest observed rate (the best single arm).
         models_: per bag, the fitted model(s).
         oob_proba_options_: out-of-bag P(convert | option) per training row (NaN where no
-            bag that left the row out predicted it; see max_oob_rows).
+            bag that left the row out predicted it; see max_oob_rows). Fitted with `groups`:
+            out-of-fold, each row's mean over the bags that left its whole group out.
+        bag_groups_: fitted with `groups`, the group each bag left out (bag b leaves out group
+            b mod the number of groups); None without groups.
     """
 
     def __init__(
@@ -135,6 +138,10 @@ class BaggedOptionLearner(BaseEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.max_oob_rows = max_oob_rows
+
+    # whether `fit(groups=...)` keeps every left-out row out of a bag (the DR learner's
+    # pseudo-outcomes use out-of-bag rows of their own, so it does not)
+    _cross_fits = True
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -215,7 +222,14 @@ class BaggedOptionLearner(BaseEstimator):
         y: Any,
         propensity: Any = None,
         sample_weight: Any = None,
+        groups: Any = None,
     ) -> BaggedOptionLearner:
+        """Fit the bags; with `groups` (one integer 0..G-1 per row, e.g. a hash of the
+        customer id) the bags are cross-fitted: bag b never sees a row of group b mod G (it
+        neither trains nor stops early on them) and predicts exactly those rows, so
+        `oob_proba_options_` is out-of-fold and `PolicyModel.score(X, groups=...)` can score
+        any row with only the bags that never saw its group. n_bags must be a multiple of G,
+        with at least two bags per group (their spread is the standard error)."""
         X = check_features(X)
         n = len(X)
         t = np.asarray(treatment).astype(str).ravel()
@@ -227,6 +241,9 @@ class BaggedOptionLearner(BaseEstimator):
             raise InvalidInputError("n_bags: must be at least 2 (the spread over bags is the SE)")
         if self.max_oob_rows is not None and self.max_oob_rows < 1:
             raise InvalidInputError("max_oob_rows: must be a positive number of rows, or None")
+        fold, n_groups = _check_groups(groups, n, self.n_bags)
+        if fold is not None and not self._cross_fits:
+            raise InvalidInputError(f"groups: {type(self).__name__} does not cross-fit")
         labels = sorted(set(t.tolist()))
         if self.control not in labels:
             raise InvalidInputError(f"treatment: no row has the control option '{self.control}'")
@@ -270,12 +287,18 @@ class BaggedOptionLearner(BaseEstimator):
         def one_bag(b: int) -> tuple[Any, np.ndarray, np.ndarray | None]:
             rng = np.random.default_rng(seeds[b])
             counts = np.zeros(n)
+            # cross-fitted: the bag's resample and early-stopping rows exclude its left-out
+            # group (weight 0), and the bag predicts that group only
+            seen = np.ones(n, dtype=bool) if fold is None else fold != b % n_groups
             for k in range(len(self.options_)):
-                idx = np.flatnonzero(codes == k)
+                idx = np.flatnonzero((codes == k) & seen)
+                if not len(idx):
+                    continue
                 draw = rng.integers(0, len(idx), size=len(idx))
                 counts[idx] += np.bincount(draw, minlength=len(idx))
-            oob = counts == 0
-            model = self._fit_bag(data, Xa, codes, y_arr, w, counts, self.random_state + b)
+            oob = counts == 0 if fold is None else ~seen
+            wb = w if fold is None else w * seen
+            model = self._fit_bag(data, Xa, codes, y_arr, wb, counts, self.random_state + b)
             rows = np.flatnonzero(oob)
             if self.max_oob_rows is not None and len(rows) > self.max_oob_rows:
                 rows = np.sort(rng.choice(rows, size=self.max_oob_rows, replace=False))
@@ -303,6 +326,9 @@ class BaggedOptionLearner(BaseEstimator):
         with np.errstate(invalid="ignore", divide="ignore"):
             oob_mean = oob_sum / oob_cnt[:, None]
         self.oob_proba_options_ = pd.DataFrame(oob_mean, columns=self.options_, index=X.index)
+        self.bag_groups_ = (
+            None if fold is None else np.arange(self.n_bags, dtype=np.int64) % n_groups
+        )
         return self
 
     def predict_proba_options_bags(self, X: pd.DataFrame) -> np.ndarray:
@@ -327,6 +353,22 @@ class BaggedOptionLearner(BaseEstimator):
         mean = pd.DataFrame(diff.mean(axis=0), columns=self.options_, index=X.index)
         std = pd.DataFrame(diff.std(axis=0, ddof=1), columns=self.options_, index=X.index)
         return mean, std
+
+
+def _check_groups(groups: Any, n: int, n_bags: int) -> tuple[np.ndarray | None, int]:
+    """Cross-fitting groups as int64 codes 0..G-1 (None: plain bagging), and G."""
+    if groups is None:
+        return None, 0
+    g = np.asarray(groups).ravel()
+    if g.shape[0] != n or not np.issubdtype(g.dtype, np.integer) or (g < 0).any():
+        raise InvalidInputError("groups: need one non-negative integer group per row")
+    n_groups = int(g.max()) + 1
+    if n_groups < 2 or n_bags % n_groups or n_bags // n_groups < 2:
+        raise InvalidInputError(
+            f"groups: {n_groups} groups need n_bags a multiple of it with at least two bags "
+            f"per group (n_bags={n_bags})"
+        )
+    return g.astype(np.int64), n_groups
 
 
 class SLearner(BaggedOptionLearner):
@@ -396,6 +438,8 @@ class DRLearner(BaggedOptionLearner):
     phi_o = mu_o(x) + 1[T = o] / e(x) * (y - mu_o(x)) is then regressed on x, one booster per
     option, stopping early on the out-of-bag rows.
     """
+
+    _cross_fits = False
 
     def _fit_bag(
         self,

@@ -129,11 +129,26 @@ class Holdout(_Strict):
 class Exploration(_Strict):
     """Epsilon-greedy exploration over the eligible options of one decision.
 
-    A share `epsilon` of the probability mass is spread evenly over the k eligible options, so
-    each has probability at least epsilon / k; the rest goes to the best option.
+    `among: allowed` (the default): a share `epsilon` of the probability mass is spread evenly
+    over the k eligible options, so each has probability at least epsilon / k; the rest goes
+    to the best option. `among: positive`: `floor` of it is spread over every eligible option
+    (each keeps a probability of at least floor / k, so a policy choosing any of them can still
+    be evaluated off-policy) and the rest of epsilon only over the options the model values
+    above no contact; options it expects to lose money get the floor alone. Rules-only
+    decisions value every option positively, so for them both are the same.
     """
 
     epsilon: float = Field(0.0, ge=0.0, le=1.0)
+    among: Literal["allowed", "positive"] = "allowed"
+    floor: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _floor_within_epsilon(self) -> Exploration:
+        if self.floor > self.epsilon:
+            raise ValueError(f"exploration.floor: {self.floor} is above epsilon {self.epsilon}")
+        if self.floor > 0 and self.among == "allowed":
+            raise ValueError("exploration.floor: only with among: positive")
+        return self
 
 
 class Policy(_Strict):

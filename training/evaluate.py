@@ -25,6 +25,8 @@ from features.frames import Frame
 from models.policy_model import PolicyModel
 from training import metrics as m
 from training.fit import (
+    CROSSFIT_KEY,
+    crossfit_groups,
     logged_propensity,
     logged_reward,
     reactivation_split,
@@ -218,6 +220,15 @@ def response_test_mask(model: PolicyModel, frame: Frame, seed: int) -> np.ndarra
     return response_split(frame, split_seed(model, seed))
 
 
+def held_out_groups(model: PolicyModel, df: pd.DataFrame, id_column: str) -> np.ndarray | None:
+    """The cross-fitting groups to score `df` out of fold with, for a cross-fitted model
+    (None otherwise: its held-out rows are rows it never trained on)."""
+    spec = model.metadata.get(CROSSFIT_KEY)
+    if not spec or not model.cross_fitted:
+        return None
+    return crossfit_groups(df[id_column], spec)
+
+
 def held_out(
     model: PolicyModel, frame: Frame, seed: int, test: np.ndarray | None = None
 ) -> HeldOut:
@@ -231,7 +242,7 @@ def held_out(
     df = frame.data[test].reset_index(drop=True)
     df["__action__"] = df[spec.treatment_column].astype(str)
     X = matrix_for(model, Frame(df, spec))
-    s = model.score(X)
+    s = model.score(X, groups=held_out_groups(model, df, spec.id_column))
     given = set(df["__action__"].unique())
     logged_opts = [o for o in model.options if o in given]
     cols = [model.options.index(o) for o in logged_opts]

@@ -8,6 +8,11 @@ earlier contacts and is tested on the latest quarter of them (a random split onl
 contact has the same timestamp, as in a single randomized experiment such as Hillstrom).
 Customers we contacted inside a reactivation label window are left out of the reactivation
 training rows, so the baseline label is not contaminated by our own contacts.
+
+`fit_response(crossfit=True)` (`winback train --crossfit`) trains the response model on every
+contact instead, the latest included, with bags cross-fitted by a hash of the customer id; the
+held-out contacts are then scored out of fold (`CROSSFIT_KEY`), so a retraining after a played
+wave learns from that wave and is still judged on predictions that never saw a customer.
 """
 
 from __future__ import annotations
@@ -273,6 +278,7 @@ class ResponseFit:
     support: AssignmentSupport | None = None
     z: float = 1.96
     rule_table: pd.DataFrame | None = None
+    crossfit: str | None = None
 
 
 TRAIN_UNTIL_KEY = "response_train_until"
@@ -312,6 +318,26 @@ def response_split(frame: Frame, seed: int, test_share: float = 0.3) -> np.ndarr
             return np.asarray(test)
     rng = np.random.default_rng(seed)
     return np.asarray(rng.random(len(ts)) < test_share)
+
+
+CROSSFIT_KEY = "response_crossfit"
+"""Model metadata of a cross-fitted response model: `<groups>:<salt>` of `crossfit_groups`,
+with which evaluation and promotion score any contact out of fold."""
+CROSSFIT_GROUPS = 2
+CROSSFIT_SALT = "crossfit"
+
+
+def crossfit_groups(ids: pd.Series, spec: str = f"{CROSSFIT_GROUPS}:{CROSSFIT_SALT}") -> np.ndarray:
+    """The cross-fitting group (0..G-1) of each row by a salted hash of its customer id.
+
+    `spec` is `<groups>:<salt>` as recorded under `CROSSFIT_KEY`. The salt is fixed, not the
+    training seed, so every model trained on a growing log puts a customer in the same group
+    and a customer's contacts never straddle groups (no customer informs their own score).
+    """
+    n, _, salt = spec.partition(":")
+    salted = f"{salt}:" + ids.astype(str)
+    h = pd.util.hash_pandas_object(salted, index=False).to_numpy()
+    return np.asarray(h % np.uint64(int(n)), dtype=np.int64)
 
 
 def logged_propensity(frame: Frame) -> np.ndarray:
@@ -356,6 +382,7 @@ def fit_response(
     selection_limit: int | None = None,
     support_limit: int | None = None,
     z: float | None = None,
+    crossfit: bool = False,
 ) -> ResponseFit:
     """Choose the learner and z on validation contacts; fit the chosen learner on all contacts.
 
@@ -370,10 +397,30 @@ def fit_response(
     decision compares options with one another. A given `z` fixes z; only the learner is
     then chosen. The assignment-support model is fitted on `support_limit` (default
     `SUPPORT_ROWS`) training contacts.
+
+    `crossfit`: train on every contact, the latest included, in `crossfit_groups` by customer:
+    each bag leaves one group out, so every contact has out-of-fold predictions. The rule
+    (learner, z) is chosen as without it (on the latest quarter of the training contacts,
+    by learners fitted on the earlier ones); only the registered learner then trains on
+    every contact, and its default option is judged out of fold on all of them. Evaluation
+    and promotion score the held-out rows of `response_split` out of fold (`CROSSFIT_KEY` in
+    the metadata). Without it, the latest contacts are held out and never trained on: a model
+    retrained right after a played wave would not learn from that wave. (Judging the rule
+    out of fold, on every contact or on the latest quarter, was measured in the loop bench and
+    chose worse rules: bench/README.md.)
     """
     enc = encode_features(frame)
     spec, df = frame.spec, frame.data
     test = response_split(frame, seed)
+    groups: np.ndarray | None = None
+    if crossfit:
+        if n_bags % CROSSFIT_GROUPS or n_bags < 2 * CROSSFIT_GROUPS:
+            raise TrainingError(
+                f"n_bags: cross-fitting in {CROSSFIT_GROUPS} groups needs an even number of "
+                f"bags, at least {2 * CROSSFIT_GROUPS} (got {n_bags})"
+            )
+        groups = crossfit_groups(df[spec.id_column])
+        test = np.zeros(len(df), dtype=bool)
     train = ~test
     t = df[spec.treatment_column].astype(str).to_numpy()[train]
     y = df[mf.CONVERTED].astype(int).to_numpy()[train]
@@ -396,6 +443,9 @@ def fit_response(
         categorical_features=list(enc.categorical), random_state=seed, n_jobs=LGBM_THREADS
     ).fit(Xtr.iloc[sup], t[sup])
     train_frame = Frame(df[train].reset_index(drop=True), spec)
+    g = None if groups is None else groups[train]
+    # the rule is chosen as without cross-fitting: learners fitted on the earlier contacts,
+    # judged on the latest quarter they did not see; cross-fitting changes only the final fit
     val = _validation_rows(train_frame, seed)
     fit_rows = np.flatnonzero(~val)
     limit = SELECTION_ROWS if selection_limit is None else selection_limit
@@ -416,8 +466,9 @@ def fit_response(
     best, chosen_z, table = _choose_rule(
         fitted, catalog, support, train_frame, sel, val_rows, seed, zs
     )
+    # cross-fitted, every contact (the latest too) trains the model that is registered
+    chosen = kinds[best](**common).fit(Xtr, t, y, propensity=e, groups=g)
     del fitted
-    chosen = kinds[best](**common).fit(Xtr, t, y, propensity=e)
     oob = chosen.oob_proba_options_
     ok = np.isfinite(oob.to_numpy()).all(axis=1)
     calibrator = OptionCalibrator().fit(oob[ok], t[ok], y[ok], e[ok])
@@ -430,10 +481,28 @@ def fit_response(
         "decision_rule_z": str(chosen_z),
     }
     until = train_until(frame, train) or frame.spec.notes.get(RESPONSE_TRAIN_UNTIL)
+    crossfit_spec = None
+    if crossfit:
+        crossfit_spec = f"{CROSSFIT_GROUPS}:{CROSSFIT_SALT}"
+        split[CROSSFIT_KEY] = crossfit_spec
+        # every contact trained the model: `winback simulate` judges it on later ones only
+        until = pd.to_datetime(df[spec.time_column]).max().isoformat()
+        split["test_rows"] = str(int(response_split(frame, seed).sum()))
+        split["test_scoring"] = "out of fold (cross-fitted by customer)"
     if until is not None:
         split[TRAIN_UNTIL_KEY] = until
     return ResponseFit(
-        chosen, best, calibrator, train, test, scores, split, support, chosen_z, table
+        chosen,
+        best,
+        calibrator,
+        train,
+        test,
+        scores,
+        split,
+        support,
+        chosen_z,
+        table,
+        crossfit_spec,
     )
 
 
@@ -600,7 +669,11 @@ def build_policy_model(
         cols = [col for col in logged if col and col in response_frame.data]
         train_rows = Frame(response_frame.data.loc[train, cols].reset_index(drop=True), spec)
         model.default_option = oob_default_option(
-            model, response.learner, response.calibrator, enc.X.to_numpy(float)[train], train_rows
+            model,
+            response.learner,
+            response.calibrator,
+            enc.X.to_numpy(float)[train],
+            train_rows,
         )
     return model
 

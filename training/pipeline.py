@@ -63,12 +63,17 @@ class TrainResult:
 
 
 def fit_policy(
-    inputs: TrainingInputs, seed: int, z: float | None = None, n_bags: int = 8
+    inputs: TrainingInputs,
+    seed: int,
+    z: float | None = None,
+    n_bags: int = 8,
+    crossfit: bool = False,
 ) -> tuple[PolicyModel, Evaluation]:
     """Fit what the inputs support, assemble the PolicyModel and evaluate it on held-out rows.
 
     `z` (the width of the decision rule's confidence bound) is chosen on validation contacts
-    unless given (see `training.fit.fit_response`).
+    unless given (see `training.fit.fit_response`). `crossfit`: the response model trains on
+    every contact, cross-fitted by customer, and is evaluated out of fold.
     """
     react = None
     if inputs.reactivation is not None:
@@ -81,7 +86,9 @@ def fit_policy(
             f"{len(inputs.offer_response.data):,}",
             n_bags,
         )
-        resp = fit_response(inputs.offer_response, seed, inputs.catalog, n_bags=n_bags, z=z)
+        resp = fit_response(
+            inputs.offer_response, seed, inputs.catalog, n_bags=n_bags, z=z, crossfit=crossfit
+        )
     meta = {"seed": str(seed), "n_bags": str(n_bags), **inputs.data_notes}
     if resp is not None:
         meta.update({"response_learner": resp.learner_name, **resp.split})
@@ -223,6 +230,7 @@ def train(
     population: str = POPULATION_DEFAULT,
     model_name: str | None = None,
     sample_customers: int | None = None,
+    crossfit: bool = False,
 ) -> TrainResult:
     """Train on a data directory or frame(s), log everything to MLflow, register a challenger.
 
@@ -231,6 +239,9 @@ def train(
     registered model the new version joins. `sample_customers`: fit on a seeded, stratified
     sample of that many customers, frames built partition by partition, evaluated on every
     held-out row (`training.sampled_inputs`); the sample is logged with the run.
+    `crossfit`: the response model also learns from the latest contacts (a retraining after
+    a played wave learns from it), cross-fitted by customer and evaluated out of fold
+    (`training.fit.fit_response`).
     """
     settings = settings or get_settings()
     registered = model_name or settings.model_name
@@ -247,7 +258,7 @@ def train(
         # a bad tracking URI or experiment fails here, not after minutes of fitting
         configure_tracking(settings)
         use_experiment(experiment, settings)
-        return _train_on(inputs, source, seed, settings, registered, z, n_bags)
+        return _train_on(inputs, source, seed, settings, registered, z, n_bags, crossfit)
     finally:
         if inputs.held_out is not None:
             inputs.held_out.remove()
@@ -261,9 +272,10 @@ def _train_on(
     registered: str,
     z: float | None,
     n_bags: int,
+    crossfit: bool = False,
 ) -> TrainResult:
     np.random.seed(seed)  # libraries that draw from the global generator stay reproducible
-    model, ev = fit_policy(inputs, seed, z=z, n_bags=n_bags)
+    model, ev = fit_policy(inputs, seed, z=z, n_bags=n_bags, crossfit=crossfit)
     fingerprint = data_fingerprint(Path(source))
     model.metadata["data_fingerprint"] = fingerprint
     model.metadata["data_source"] = str(Path(source).resolve())

@@ -188,6 +188,8 @@ def decide(
         ids,
         decision_key,
         require_positive=scores is not None,
+        floor=policy.exploration.floor,
+        among_positive=policy.exploration.among == "positive",
     )
     chosen = picked.chosen
     sent = chosen >= 0
