@@ -155,6 +155,15 @@ def train(
             "evaluated (for data larger than memory; the sample is logged with the run)",
         ),
     ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            min=1,
+            help="with --sample-customers: worker processes building partitions side by side "
+            "(each holds one partition in memory; the result does not depend on it)",
+        ),
+    ] = 1,
 ) -> None:
     """Train what the data supports, log the run to MLflow and register a challenger."""
     from cli.progress import stage_lines
@@ -172,6 +181,7 @@ def train(
                 population=population,
                 model_name=model_name,
                 sample_customers=sample_customers,
+                n_jobs=jobs,
             )
     except (TrainingError, FeaturesError, ModelsError) as exc:
         fail(str(exc))

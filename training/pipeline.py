@@ -223,6 +223,7 @@ def train(
     population: str = POPULATION_DEFAULT,
     model_name: str | None = None,
     sample_customers: int | None = None,
+    n_jobs: int = 1,
 ) -> TrainResult:
     """Train on a data directory or frame(s), log everything to MLflow, register a challenger.
 
@@ -230,7 +231,8 @@ def train(
     directory (`training.protocol`); `model_name` (default `WINBACK_MODEL_NAME`) is the
     registered model the new version joins. `sample_customers`: fit on a seeded, stratified
     sample of that many customers, frames built partition by partition, evaluated on every
-    held-out row (`training.sampled_inputs`); the sample is logged with the run.
+    held-out row (`training.sampled_inputs`); the sample is logged with the run. `n_jobs`:
+    worker processes for the sampled pass and its evaluation (each holds one partition).
     """
     settings = settings or get_settings()
     registered = model_name or settings.model_name
@@ -242,6 +244,7 @@ def train(
         population=population,
         sample_customers=sample_customers,
         seed=seed,
+        n_jobs=n_jobs,
     )
     try:
         # a bad tracking URI or experiment fails here, not after minutes of fitting
