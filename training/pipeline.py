@@ -28,7 +28,6 @@ from training.errors import TrackingError
 from training.evaluate import (
     Evaluation,
     evaluate_reactivation,
-    evaluate_reactivation_parts,
     evaluate_response,
 )
 from training.fit import build_policy_model, fit_reactivation, fit_response
@@ -63,12 +62,13 @@ class TrainResult:
 
 
 def fit_policy(
-    inputs: TrainingInputs, seed: int, z: float | None = None, n_bags: int = 8
+    inputs: TrainingInputs, seed: int, z: float | None = None, n_bags: int = 8, n_jobs: int = 1
 ) -> tuple[PolicyModel, Evaluation]:
     """Fit what the inputs support, assemble the PolicyModel and evaluate it on held-out rows.
 
     `z` (the width of the decision rule's confidence bound) is chosen on validation contacts
-    unless given (see `training.fit.fit_response`).
+    unless given (see `training.fit.fit_response`). `n_jobs`: worker processes scoring a
+    customer sample's held-out rows partition by partition (`training.held_out_eval`).
     """
     react = None
     if inputs.reactivation is not None:
@@ -120,17 +120,26 @@ def fit_policy(
         ev.notes["customer_sample"] = _sample_note(inputs)
         assert inputs.sample is not None
         ev.tables["customer_sample"] = inputs.sample.strata
-    if react is not None and inputs.reactivation is not None:
-        if held is not None:
-            evaluate_reactivation_parts(model, held.reactivation_frames(), ev, seed)
-        else:
-            evaluate_reactivation(model, inputs.reactivation, ev, seed)
+    if held is not None:  # every held-out row, partition by partition
+        from training.held_out_eval import evaluate_held_out
+
+        evaluate_held_out(
+            model,
+            held,
+            ev,
+            seed,
+            inputs.ground_truth,
+            n_jobs,
+            reactivation=react is not None and inputs.reactivation is not None,
+            response=resp is not None,
+        )
+    elif react is not None and inputs.reactivation is not None:
+        evaluate_reactivation(model, inputs.reactivation, ev, seed)
+    if react is not None:
         ev.tables["feature_importance"] = react.model.feature_importances_.to_frame("gain")
-    response_rows = inputs.offer_response
-    if held is not None:
-        response_rows = held.offer_response_frame()
-    if resp is not None and response_rows is not None:
-        evaluate_response(model, response_rows, seed, ev, inputs.ground_truth)
+    if resp is not None and held is None and inputs.offer_response is not None:
+        evaluate_response(model, inputs.offer_response, seed, ev, inputs.ground_truth)
+    if resp is not None:
         for name, auuc in resp.auuc_by_learner.items():
             ev.metrics[f"oob_auuc_{name}"] = auuc
         ev.metrics["decision_rule_z"] = resp.z
@@ -250,7 +259,7 @@ def train(
         # a bad tracking URI or experiment fails here, not after minutes of fitting
         configure_tracking(settings)
         use_experiment(experiment, settings)
-        return _train_on(inputs, source, seed, settings, registered, z, n_bags)
+        return _train_on(inputs, source, seed, settings, registered, z, n_bags, n_jobs)
     finally:
         if inputs.held_out is not None:
             inputs.held_out.remove()
@@ -264,9 +273,10 @@ def _train_on(
     registered: str,
     z: float | None,
     n_bags: int,
+    n_jobs: int = 1,
 ) -> TrainResult:
     np.random.seed(seed)  # libraries that draw from the global generator stay reproducible
-    model, ev = fit_policy(inputs, seed, z=z, n_bags=n_bags)
+    model, ev = fit_policy(inputs, seed, z=z, n_bags=n_bags, n_jobs=n_jobs)
     fingerprint = data_fingerprint(Path(source))
     model.metadata["data_fingerprint"] = fingerprint
     model.metadata["data_source"] = str(Path(source).resolve())

@@ -86,6 +86,8 @@ class SampleReport:
     sampled: int
     strata: pd.DataFrame
     """Index (label, treatment); columns population, target, sampled."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall seconds of the partition pass's steps, summed over partitions (and workers)."""
 
     def to_params(self) -> dict[str, str]:
         return {
@@ -101,6 +103,7 @@ class SampleReport:
             {
                 **self.to_params(),
                 "strata": json.loads(self.strata.reset_index().to_json(orient="records")),
+                "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
             },
             indent=2,
         )
@@ -312,6 +315,7 @@ class _PartRows:
     assumed_rate: float | None = None
     rows: int = 0
     """Frame rows built (learnable rows of candidates, every held-out row)."""
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _partition_rows(
@@ -336,12 +340,15 @@ def _partition_rows(
     from features.partitioned import iter_partitions
     from training.inputs import protocol_frame, protocol_origins
 
+    out = _PartRows(part, pd.Series(dtype=np.int64), pd.DataFrame())
+    clock = _Clock(out.seconds)
     if data is None:
         assert source is not None
         data = next(iter(iter_partitions(source, [part]))).data
         assert data is not None  # strict: an invalid partition raised
+        clock.lap("read and validate")
     eng: FeatureEngine = engine or FeatureEngine(data, cfg)  # type: ignore[assignment]
-    out = _PartRows(part, pd.Series(dtype=np.int64), pd.DataFrame())
+    clock.lap("index")
     out.margin_assumed, out.n_orders = data.orders_margin_assumed, len(data.orders)
     out.assumed_rate = data.assumed_margin_rate
     protocol = frozen.protocol
@@ -376,6 +383,7 @@ def _partition_rows(
     out.cand = _candidates(st, out.counts, rate, bound)
     del st, labels, contacted
     chosen = np.asarray(pd.Index(eng.customer_ids.astype(str)).isin(out.cand.index))
+    clock.lap("strata and candidates")
     # 2. features: the candidates' learnable rows, every held-out row
     if protocol is not None:
         frame = protocol_frame(eng, protocol, frozen.fs_react, frozen.end, train_customers=chosen)  # type: ignore[arg-type]
@@ -390,6 +398,7 @@ def _partition_rows(
         out.react_fit = frame.data[~test]
         out.rows += len(frame.data)
         del frame
+        clock.lap("reactivation features")
     if len(contacts):
         wanted = k_test | chosen[eng.customer_codes(contacts[c.CUSTOMER_ID])]
         oframe = offer_response_frame(
@@ -405,7 +414,18 @@ def _partition_rows(
             out.held_rows["offer_response"] = int(test.sum())
         out.resp_fit = oframe.data[~test]
         out.rows += len(oframe.data)
+        clock.lap("offer-response features")
     return out
+
+
+class _Clock:
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into, self.t = into, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.into[name] = self.into.get(name, 0.0) + now - self.t
+        self.t = now
 
 
 def build_sampled_inputs(
@@ -439,6 +459,7 @@ def build_sampled_inputs(
     h = horizon_days or cfg.horizon_days
     source = Path(source)
     partitioned = is_partitioned(source)
+    t_freeze = time.perf_counter()
     if partitioned:
         frozen = _freeze_partitioned(source, h, cutoff, population, cfg)
         n_parts = read_layout(source).n_partitions
@@ -460,6 +481,7 @@ def build_sampled_inputs(
     assumed_rate = None
     started = time.perf_counter()
     done_rows = 0
+    seconds: dict[str, float] = {"freeze": started - t_freeze}
     args = (frozen, cfg, seed, rate, bound, held.folder)
     results: Iterator[_PartRows]
     if not partitioned:
@@ -494,6 +516,8 @@ def build_sampled_inputs(
             if r.resp_fit is not None:
                 kept_resp.append(r.resp_fit[r.resp_fit[c.CUSTOMER_ID].astype(str).isin(ids)])
             done_rows += r.rows
+            for key, secs in r.seconds.items():
+                seconds[key] = seconds.get(key, 0.0) + secs
             secs = time.perf_counter() - started
             log.info(
                 "partition %d/%d: %s frame rows, %s rows/s",
@@ -526,7 +550,11 @@ def build_sampled_inputs(
         [tuple(str(k).split("|", 1)) for k in table.index], names=["label", "treatment"]
     )
     report = SampleReport(
-        n_customers, seed, int(population_n.sum()), len(chosen), table.sort_index()
+        n_customers, seed, int(population_n.sum()), len(chosen), table.sort_index(), seconds
+    )
+    log.info(
+        "partition pass: %s (seconds summed over partitions)",
+        ", ".join(f"{k} {v:,.1f}" for k, v in seconds.items()),
     )
     ids = set(chosen.index)
     react = None

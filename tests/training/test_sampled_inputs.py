@@ -222,6 +222,18 @@ def test_worker_processes_give_the_same_sample_frames_and_held_out_rows(
         a, b = one.held_out.offer_response_frame(), two.held_out.offer_response_frame()
         assert a is not None and b is not None
         pd.testing.assert_frame_equal(b.data, a.data)
+        # held-out rows scored by two worker processes: the same metrics, every row counted
+        _, ev_one = fit_policy(one, seed=2, n_bags=2)
+        _, ev_two = fit_policy(one, seed=2, n_bags=2, n_jobs=2)
+        assert (
+            ev_one.metrics["response_test_rows"]
+            == len(a.data)
+            == one.held_out.rows["offer_response"]
+        )
+        assert ev_one.metrics["reactivation_test_cutoff_rows"] == one.held_out.rows["reactivation"]
+        assert ev_two.metrics.keys() == ev_one.metrics.keys()
+        for key, value in ev_one.metrics.items():
+            assert ev_two.metrics[key] == pytest.approx(value, rel=1e-12, nan_ok=True), key
     finally:
         for x in (one, two):
             if x.held_out is not None:
