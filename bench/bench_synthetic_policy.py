@@ -401,6 +401,13 @@ def main() -> None:
         help="the share to print beside (default: the 1M world fitted on every customer)",
     )
     args = ap.parse_args()
+    import logging  # the training stages' progress lines, time-stamped, on stderr
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    train_log = logging.getLogger("winback.training")
+    train_log.addHandler(handler)
+    train_log.setLevel(logging.INFO)
     if args.selection_rows is not None:
         training.fit.SELECTION_ROWS = args.selection_rows
 

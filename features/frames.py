@@ -124,8 +124,9 @@ def reactivation_labels(
     end: pd.Timestamp | None = None,
 ) -> pd.DataFrame:
     """The rows of `reactivation_frame` (same arguments, same order) without their features:
-    customer_id, cutoff and the label only. Costs a few index look-ups per row, not the
-    feature families (`training.sampled_inputs` draws its customer sample from these)."""
+    customer_id, cutoff, the label and `contacted_in_window`. Costs a few index look-ups per
+    row, not the feature families (`training.sampled_inputs` draws its customer sample from
+    these, `training.inputs` the training rows' cap sample)."""
     cuts, h, end = _checked_cutoffs(engine, cutoffs, horizon_days, population, end)
     parts = []
     for cut in cuts:
@@ -135,12 +136,14 @@ def reactivation_labels(
             keep = np.isin(engine.lapse_state(codes, t), TARGET_STATES)
             codes, t = codes[keep], t[keep]
         lo, hi = _window_counts(engine.orders, codes, t, t + h * NS_PER_DAY)
+        klo, khi = _window_counts(engine.contacts, codes, t, t + h * NS_PER_DAY)
         parts.append(
             pd.DataFrame(
                 {
                     c.CUSTOMER_ID: pd.array(engine.customer_ids[codes], dtype="string"),
                     mf.CUTOFF: pd.Series(np.full(len(codes), cut), dtype="datetime64[ns]"),
                     mf.LABEL: (hi > lo).astype(np.int8),
+                    mf.CONTACTED_IN_WINDOW: khi > klo,
                 }
             )
         )

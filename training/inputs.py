@@ -157,6 +157,30 @@ def protocol_frame(
     return Frame(df, replace(train.spec, notes=notes))
 
 
+def _capped_protocol_frame(engine: FeatureEngine, protocol: CutoffProtocol, seed: int) -> Frame:
+    """`protocol_frame` whose origin rows are built only for the customers the training split
+    keeps under its row caps (`training.fit.protocol_cap`, decided from labels before any
+    feature); the cutoff's rows for everyone. On the 1M world this is about 500k of the 6M
+    origin rows: building all of them and discarding the rest peaked at 13 GB."""
+    from features.frames import reactivation_labels
+    from training.fit import protocol_cap
+
+    labels = reactivation_labels(
+        engine,
+        protocol_origins(protocol),
+        protocol.train_horizon_days,
+        population=protocol.population,
+    )
+    keep, notes = protocol_cap(
+        labels, list(protocol.train_origins), protocol.validation_origin, seed
+    )
+    if keep is None:
+        return protocol_frame(engine, protocol)
+    mask = np.asarray(pd.Index(engine.customer_ids.astype(str)).isin(list(keep)))
+    frame = protocol_frame(engine, protocol, train_customers=mask)
+    return Frame(frame.data, replace(frame.spec, notes={**frame.spec.notes, **notes}))
+
+
 def protocol_origins(protocol: CutoffProtocol) -> list[str]:
     """The origins whose rows a model learns from: the training ones and the validation one."""
     return [*protocol.train_origins, protocol.validation_origin]
@@ -246,7 +270,7 @@ def load_training_inputs(
             try:
                 if inputs.protocol is not None:
                     inputs.reactivation = _usable_reactivation(
-                        protocol_frame(engine, inputs.protocol), skipped
+                        _capped_protocol_frame(engine, inputs.protocol, seed), skipped
                     )
             except FeaturesError as exc:
                 skipped["reactivation"] = str(exc)
