@@ -122,11 +122,13 @@ def reactivation_labels(
     horizon_days: int | None = None,
     population: str = "lapsing",
     end: pd.Timestamp | None = None,
+    as_codes: bool = False,
 ) -> pd.DataFrame:
     """The rows of `reactivation_frame` (same arguments, same order) without their features:
     customer_id, cutoff, the label and `contacted_in_window`. Costs a few index look-ups per
     row, not the feature families (`training.sampled_inputs` draws its customer sample from
-    these, `training.inputs` the training rows' cap sample)."""
+    these, `training.inputs` the training rows' cap sample). `as_codes`: customer_id holds the
+    engine's customer codes (int64), not the ids (much cheaper to group)."""
     cuts, h, end = _checked_cutoffs(engine, cutoffs, horizon_days, population, end)
     parts = []
     for cut in cuts:
@@ -140,7 +142,9 @@ def reactivation_labels(
         parts.append(
             pd.DataFrame(
                 {
-                    c.CUSTOMER_ID: pd.array(engine.customer_ids[codes], dtype="string"),
+                    c.CUSTOMER_ID: codes
+                    if as_codes
+                    else pd.array(engine.customer_ids[codes], dtype="string"),
                     mf.CUTOFF: pd.Series(np.full(len(codes), cut), dtype="datetime64[ns]"),
                     mf.LABEL: (hi > lo).astype(np.int8),
                     mf.CONTACTED_IN_WINDOW: khi > klo,
@@ -287,13 +291,16 @@ def offer_response_frame(
     return Frame(df, spec)
 
 
-def contact_conversions(engine: FeatureEngine, attribution_days: int | None = None) -> np.ndarray:
+def contact_conversions(
+    engine: FeatureEngine, attribution_days: int | None = None, codes: np.ndarray | None = None
+) -> np.ndarray:
     """`converted` of every contact (the offer-response frame's outcome, contacts table order),
-    without the features."""
+    without the features. `codes`: the contacts' customer codes, when the caller has them."""
     a = attribution_days or engine.config.attribution_days
     contacts = engine.data.contacts
     t = contacts[c.TS].to_numpy(dtype="datetime64[ns]").astype(np.int64)
-    codes = engine.customer_codes(contacts[c.CUSTOMER_ID])
+    if codes is None:
+        codes = engine.customer_codes(contacts[c.CUSTOMER_ID])
     lo, hi = _window_counts(engine.orders, codes, t, t + a * NS_PER_DAY)
     return (hi > lo).astype(np.int8)
 

@@ -55,6 +55,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+from pandas.api.types import is_integer_dtype
 
 from features import constants as c
 from features import modeling_frame as mf
@@ -149,7 +150,10 @@ def _hash_numbers(ids: pd.Series, seed: int) -> np.ndarray:
 
 
 def strata(react_fit: pd.DataFrame | None, resp_fit: pd.DataFrame | None) -> pd.DataFrame:
-    """Per customer with learnable rows: label (0/1) and treatment (latest training offer)."""
+    """Per customer with learnable rows: label (0/1) and treatment (latest training offer).
+
+    Indexed by customer id (text), or by customer code when `customer_id` holds integer codes.
+    """
     parts = []
     if react_fit is not None and len(react_fit):
         parts.append(react_fit.groupby(c.CUSTOMER_ID, sort=False)[mf.LABEL].max().astype(int))
@@ -165,10 +169,12 @@ def strata(react_fit: pd.DataFrame | None, resp_fit: pd.DataFrame | None) -> pd.
     if parts and conv is not None:  # contacted customers without a reactivation row
         label = label.combine_first(conv)
     ids = label.index.union(treat.index) if treat is not None else label.index
-    out = pd.DataFrame(index=ids.astype(str))
+    out = pd.DataFrame(index=ids)
     out["label"] = label.reindex(out.index).fillna(0).astype(int).to_numpy()
     tr = treat.reindex(out.index) if treat is not None else pd.Series(index=out.index)
     out["treatment"] = tr.fillna(NO_TREATMENT).astype(str).to_numpy()
+    if not is_integer_dtype(out.index.dtype):  # customer codes stay numbers for the caller
+        out.index = out.index.astype(str)
     return out
 
 
@@ -361,9 +367,11 @@ def _partition_rows(
             protocol.train_horizon_days,
             population=protocol.population,
             end=frozen.end,
+            as_codes=True,  # strata group by customer codes; ids only for the result
         )
     contacts = eng.data.contacts.reset_index(drop=True)
     k_test = np.zeros(len(contacts), dtype=bool)
+    k_codes = eng.customer_codes(contacts[c.CUSTOMER_ID])
     contacted = None
     if len(contacts):
         if frozen.test_after is None:
@@ -373,10 +381,16 @@ def _partition_rows(
             )
         k_ns = contacts[c.TS].to_numpy(dtype="datetime64[ns]").astype(np.int64)
         k_test = k_ns > frozen.test_after
-        contacted = contacts[[c.CUSTOMER_ID, c.TS, c.OFFER_ID]].copy()
-        contacted[mf.CONVERTED] = contact_conversions(eng)
-        contacted = contacted[~k_test]
-    st = strata(labels, contacted)
+        contacted = pd.DataFrame(
+            {
+                c.CUSTOMER_ID: k_codes,
+                c.TS: contacts[c.TS].to_numpy(),
+                c.OFFER_ID: contacts[c.OFFER_ID].to_numpy(),
+                mf.CONVERTED: contact_conversions(eng, codes=k_codes),
+            }
+        )[~k_test]
+    st = strata(labels, contacted)  # indexed by customer code
+    st.index = pd.Index(eng.customer_ids[st.index.to_numpy(np.int64)].astype(str), dtype=object)
     st["u"] = _hash_numbers(pd.Series(st.index, dtype=object), seed)
     st["stratum"] = st["label"].astype(str) + "|" + st["treatment"]
     out.counts = st["stratum"].value_counts()
@@ -400,7 +414,7 @@ def _partition_rows(
         del frame
         clock.lap("reactivation features")
     if len(contacts):
-        wanted = k_test | chosen[eng.customer_codes(contacts[c.CUSTOMER_ID])]
+        wanted = k_test | chosen[k_codes]
         oframe = offer_response_frame(
             eng,
             feature_set=frozen.fs_offer,  # type: ignore[arg-type]
