@@ -32,6 +32,7 @@ import pandas as pd
 
 import features.engine
 import training.fit
+import training.held_out_eval
 import training.inputs
 import training.pipeline
 from features import constants as c
@@ -73,6 +74,58 @@ def _reset_rss_peak() -> bool:
         return True
     except OSError:
         return False
+
+
+def _tree_rss_kib(root: int) -> int:
+    """Resident memory of `root` and every descendant process (worker processes included)."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    tree, frontier = {root}, [root]
+    while frontier:
+        p = frontier.pop()
+        kids = [k for k, pp in parent.items() if pp == p and k not in tree]
+        tree.update(kids)
+        frontier.extend(kids)
+    total = 0
+    for pid in tree:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+class TreePeak:
+    """Samples the process tree's total resident memory twice a second, keeps the peak."""
+
+    def __init__(self) -> None:
+        import os
+        import threading
+
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(os.getpid(),), daemon=True)
+
+    def _run(self, root: int) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _tree_rss_kib(root))
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> TreePeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 @contextlib.contextmanager
@@ -124,7 +177,9 @@ def instrumented() -> Iterator[None]:
         stack.enter_context(timed(tp, "fit_response", "fit response (S and T)"))
         stack.enter_context(timed(tp, "build_policy_model", "build policy model"))
         stack.enter_context(timed(tp, "evaluate_reactivation", "evaluate reactivation"))
-        stack.enter_context(timed(tp, "evaluate_reactivation_parts", "evaluate reactivation"))
+        stack.enter_context(
+            timed(training.held_out_eval, "evaluate_held_out", "evaluate held-out partitions")
+        )
         stack.enter_context(timed(ti, "_sampled_inputs", "sampled inputs (all partitions)"))
         stack.enter_context(timed(tp, "evaluate_response", "evaluate response"))
         for cls, label in fits.items():
@@ -338,7 +393,21 @@ def main() -> None:
         help="fit on a stratified sample of N customers, as `winback train --sample-customers`"
         " (frames built partition by partition, evaluated on every held-out row)",
     )
+    ap.add_argument("--jobs", type=int, default=1, help="with --sample-customers: worker processes")
+    ap.add_argument(
+        "--reference-share",
+        type=float,
+        default=0.922,
+        help="the share to print beside (default: the 1M world fitted on every customer)",
+    )
     args = ap.parse_args()
+    import logging  # the training stages' progress lines, time-stamped, on stderr
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    train_log = logging.getLogger("winback.training")
+    train_log.addHandler(handler)
+    train_log.setLevel(logging.INFO)
     if args.selection_rows is not None:
         training.fit.SELECTION_ROWS = args.selection_rows
 
@@ -351,13 +420,15 @@ def main() -> None:
         base_rss = _rss_peak_kib()
         reset = _reset_rss_peak()
         t1, c1 = time.perf_counter(), time.process_time()
-        with instrumented():
+        with instrumented(), TreePeak() as tree:
             inputs = load_training_inputs(
-                data, sample_customers=args.sample_customers, seed=args.seed
+                data, sample_customers=args.sample_customers, seed=args.seed, n_jobs=args.jobs
             )
             t2 = time.perf_counter()
             np.random.seed(args.seed)
-            model, ev = training.pipeline.fit_policy(inputs, args.seed, z=args.z, n_bags=args.bags)
+            model, ev = training.pipeline.fit_policy(
+                inputs, args.seed, z=args.z, n_bags=args.bags, n_jobs=args.jobs
+            )
         t3, c3 = time.perf_counter(), time.process_time()
         peak = _rss_peak_kib()
         if inputs.sample is not None:
@@ -378,6 +449,10 @@ def main() -> None:
         share = m.get("learned_share_of_oracle", float("nan"))
         verdict = "PASS" if share >= BAR else "FAIL"
         print(f"  learned share of oracle {share:.1%}  (bar >= {BAR:.0%}: {verdict})")
+        print(
+            f"  beside: {args.reference_share:.1%} (--reference-share; default the 1M world "
+            f"fitted on every customer); ratio {share / args.reference_share:.3f}"
+        )
         bs_share = tv["best_single"] / tv["oracle"]
         print(f"  best single share of oracle {bs_share:.1%}")
         diff = tv["learned"] - tv["best_single"]
@@ -392,6 +467,14 @@ def main() -> None:
             f"{peak / 1024**2:.2f} GiB" + ("" if reset else " (process peak: reset unsupported)")
         )
         print(f"  (peak RSS before training, incl. generation: {base_rss / 1024**2:.2f} GiB)")
+        print(
+            f"  peak RSS of the process tree (this process and its workers, sampled every "
+            f"0.5 s): {tree.peak / 1024**2:.2f} GiB"
+        )
+        if inputs.sample is not None:
+            print("  partition pass, seconds summed over partitions (and workers):")
+            for step, secs in inputs.sample.seconds.items():
+                print(f"    {step:26s} {secs:7.1f}s")
         print(f"  {'stage':28s} {'wall':>8s} {'cpu':>8s}")
         for stage, secs in STAGES.items():
             print(f"  {stage:28s} {secs:7.1f}s {CPU.get(stage, 0.0):7.1f}s")

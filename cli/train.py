@@ -164,6 +164,15 @@ def train(
             "retraining after each played wave, which otherwise would not learn from it",
         ),
     ] = False,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            min=1,
+            help="with --sample-customers: worker processes building partitions side by side "
+            "(each holds one partition in memory; the result does not depend on it)",
+        ),
+    ] = 1,
 ) -> None:
     """Train what the data supports, log the run to MLflow and register a challenger."""
     from cli.progress import stage_lines
@@ -182,6 +191,7 @@ def train(
                 model_name=model_name,
                 sample_customers=sample_customers,
                 crossfit=crossfit,
+                n_jobs=jobs,
             )
     except (TrainingError, FeaturesError, ModelsError) as exc:
         fail(str(exc))

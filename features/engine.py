@@ -179,6 +179,14 @@ class FeatureEngine:
             state[name] = out[name]
         return matrix, pd.DataFrame(state)
 
+    def lapse_state(self, cust: np.ndarray, as_of: np.ndarray) -> np.ndarray:
+        """The `lapse_state` feature alone (codes into `LAPSE_STATES`; NaN before any order),
+        as `compute` gives it, without the other families."""
+        out: Arrays = {}
+        self._orders(np.asarray(cust, dtype=np.int64), np.asarray(as_of, dtype=np.int64), out)
+        self._lapse_and_tier(out, {})
+        return out["lapse_state"]
+
     def _orders(self, cust: np.ndarray, t: np.ndarray, out: Arrays) -> None:
         o = self.orders
         s0, p = o.start(cust), o.before(cust, t)

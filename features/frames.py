@@ -88,26 +88,19 @@ def _notes(fs: FeatureSet, cfg: FeatureConfig, **extra: str) -> dict[str, str]:
     return {"feature_set_json": fs.to_json(), "feature_config": cfg.model_dump_json(), **extra}
 
 
-def reactivation_frame(
+def _checked_cutoffs(
     engine: FeatureEngine,
-    cutoffs: Sequence[pd.Timestamp | datetime | str] | None = None,
-    horizon_days: int | None = None,
-    feature_set: FeatureSet | None = None,
-    population: str = "lapsing",
-    end: pd.Timestamp | None = None,
-) -> Frame:
-    """One row per (cutoff, customer of the population at the cutoff), with the H-day label.
-
-    `population`: `lapsing` (at_risk or lapsed at the cutoff) or `all` (`POPULATION_MEANING`).
-    `end`: the data's last timestamp (default `data_end(engine.data)`); a partition of a
-    larger data set passes the whole set's, with a `feature_set` frozen for the whole set.
-    """
-    cfg = engine.config
+    cutoffs: Sequence[pd.Timestamp | datetime | str] | None,
+    horizon_days: int | None,
+    population: str,
+    end: pd.Timestamp | None,
+) -> tuple[list[pd.Timestamp], int, pd.Timestamp]:
+    """(sorted cutoffs, horizon, data end) of a reactivation frame, or FeatureConfigError."""
     if population not in POPULATIONS:
         raise FeatureConfigError(
             f"population must be one of {', '.join(POPULATIONS)}, got {population!r}"
         )
-    h = horizon_days or cfg.horizon_days
+    h = horizon_days or engine.config.horizon_days
     if h <= 0:
         raise FeatureConfigError(f"horizon_days must be positive, got {h}")
     end = data_end(engine.data) if end is None else end
@@ -120,10 +113,73 @@ def reactivation_frame(
             f"cutoff {late[0]}: its {h}-day label window ends after the data's last record "
             f"({end}); use a cutoff at or before {(end - pd.Timedelta(days=h)).date()}"
         )
+    return cuts, h, end
+
+
+def reactivation_labels(
+    engine: FeatureEngine,
+    cutoffs: Sequence[pd.Timestamp | datetime | str] | None = None,
+    horizon_days: int | None = None,
+    population: str = "lapsing",
+    end: pd.Timestamp | None = None,
+    as_codes: bool = False,
+) -> pd.DataFrame:
+    """The rows of `reactivation_frame` (same arguments, same order) without their features:
+    customer_id, cutoff, the label and `contacted_in_window`. Costs a few index look-ups per
+    row, not the feature families (`training.sampled_inputs` draws its customer sample from
+    these, `training.inputs` the training rows' cap sample). `as_codes`: customer_id holds the
+    engine's customer codes (int64), not the ids (much cheaper to group)."""
+    cuts, h, end = _checked_cutoffs(engine, cutoffs, horizon_days, population, end)
+    parts = []
+    for cut in cuts:
+        codes = engine.customers_before(cut.value)
+        t = np.full(len(codes), cut.value, np.int64)
+        if population == "lapsing":
+            keep = np.isin(engine.lapse_state(codes, t), TARGET_STATES)
+            codes, t = codes[keep], t[keep]
+        lo, hi = _window_counts(engine.orders, codes, t, t + h * NS_PER_DAY)
+        klo, khi = _window_counts(engine.contacts, codes, t, t + h * NS_PER_DAY)
+        parts.append(
+            pd.DataFrame(
+                {
+                    c.CUSTOMER_ID: codes
+                    if as_codes
+                    else pd.array(engine.customer_ids[codes], dtype="string"),
+                    mf.CUTOFF: pd.Series(np.full(len(codes), cut), dtype="datetime64[ns]"),
+                    mf.LABEL: (hi > lo).astype(np.int8),
+                    mf.CONTACTED_IN_WINDOW: khi > klo,
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def reactivation_frame(
+    engine: FeatureEngine,
+    cutoffs: Sequence[pd.Timestamp | datetime | str] | None = None,
+    horizon_days: int | None = None,
+    feature_set: FeatureSet | None = None,
+    population: str = "lapsing",
+    end: pd.Timestamp | None = None,
+    customers: np.ndarray | None = None,
+) -> Frame:
+    """One row per (cutoff, customer of the population at the cutoff), with the H-day label.
+
+    `population`: `lapsing` (at_risk or lapsed at the cutoff) or `all` (`POPULATION_MEANING`).
+    `end`: the data's last timestamp (default `data_end(engine.data)`); a partition of a
+    larger data set passes the whole set's, with a `feature_set` frozen for the whole set.
+    `customers`: a boolean mask over the engine's customers; only their rows are built (the
+    full frame's rows of those customers, in the same order), the others' features are never
+    computed.
+    """
+    cfg = engine.config
+    cuts, h, end = _checked_cutoffs(engine, cutoffs, horizon_days, population, end)
     fs = resolve_feature_set(engine, cuts[-1], feature_set)
     parts = []
     for cut in cuts:
         codes = engine.customers_before(cut.value)
+        if customers is not None:
+            codes = codes[customers[codes]]
         t = np.full(len(codes), cut.value, np.int64)
         matrix, _ = engine.compute(codes, t, fs)
         if population == "lapsing":
@@ -171,10 +227,12 @@ def offer_response_frame(
     attribution_days: int | None = None,
     feature_set: FeatureSet | None = None,
     end: pd.Timestamp | None = None,
+    rows: np.ndarray | None = None,
 ) -> Frame:
     """One row per past contact or holdout, features as of its timestamp, outcomes after it.
 
-    `end`: the data's last timestamp (see `reactivation_frame`)."""
+    `end`: the data's last timestamp (see `reactivation_frame`). `rows`: a boolean mask over
+    the contacts table; only those contacts' rows are built (in the table's order)."""
     cfg = engine.config
     a = attribution_days or cfg.attribution_days
     contacts = engine.data.contacts.reset_index(drop=True)
@@ -182,6 +240,9 @@ def offer_response_frame(
     end = data_end(engine.data) if end is None else end
     last = pd.Timestamp(t.max()) if len(t) else end
     fs = resolve_feature_set(engine, last + pd.Timedelta(1, "ns"), feature_set)
+    if rows is not None:
+        contacts = contacts[rows].reset_index(drop=True)
+        t = t[rows]
     codes = engine.customer_codes(contacts[c.CUSTOMER_ID])
     matrix, _ = engine.compute(codes, t, fs)
     t_end = t + a * NS_PER_DAY
@@ -228,6 +289,20 @@ def offer_response_frame(
         notes=_notes(fs, cfg, attribution_days=str(a)),
     )
     return Frame(df, spec)
+
+
+def contact_conversions(
+    engine: FeatureEngine, attribution_days: int | None = None, codes: np.ndarray | None = None
+) -> np.ndarray:
+    """`converted` of every contact (the offer-response frame's outcome, contacts table order),
+    without the features. `codes`: the contacts' customer codes, when the caller has them."""
+    a = attribution_days or engine.config.attribution_days
+    contacts = engine.data.contacts
+    t = contacts[c.TS].to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    if codes is None:
+        codes = engine.customer_codes(contacts[c.CUSTOMER_ID])
+    lo, hi = _window_counts(engine.orders, codes, t, t + a * NS_PER_DAY)
+    return (hi > lo).astype(np.int8)
 
 
 def write_frames(

@@ -195,13 +195,64 @@ class HeldOut:
     """A model's view of the held-out contacts: its scores, choices and the logged data."""
 
     df: pd.DataFrame
-    X: np.ndarray
+    X: np.ndarray | None  # None when scored partition by partition (`ScoredContacts`)
     p: pd.DataFrame  # P(convert | option) for the logged options
     options: list[str]
     learned: np.ndarray  # the model's choice per row (no guardrails)
     logged: LoggedData
     q: np.ndarray  # reward model for DR: p * (margin - cost)
     unit: str
+    groups: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per row, its value tier and lapse state (the policy-value slices)."""
+
+
+@dataclass
+class ScoredContacts:
+    """What the response metrics need of held-out contacts, and nothing else: the logged
+    columns, the model's P(convert) and decision value for every option, its economics and the
+    rows' slices. Narrow, so the contacts can be scored partition by partition (in worker
+    processes) and the parts concatenated for the bootstrap, which resamples all of them."""
+
+    df: pd.DataFrame
+    p: np.ndarray  # (n, k): every option of the model
+    decision: np.ndarray  # (n, k)
+    revenue: np.ndarray
+    margin: np.ndarray
+    groups: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def concat(cls, parts: list[ScoredContacts]) -> ScoredContacts:
+        keys = [k for k in SLICES if all(k in s.groups for s in parts)]
+        return cls(
+            pd.concat([s.df for s in parts], ignore_index=True),
+            np.concatenate([s.p for s in parts]),
+            np.concatenate([s.decision for s in parts]),
+            np.concatenate([s.revenue for s in parts]),
+            np.concatenate([s.margin for s in parts]),
+            {k: np.concatenate([s.groups[k] for s in parts]) for k in keys},
+        )
+
+
+LOGGED_COLUMNS = (c.CONTACT_ID, mf.CONVERTED, mf.OUTCOME_REVENUE, mf.OUTCOME_MARGIN)
+
+
+def score_contacts(
+    model: PolicyModel, frame: Frame, seed: int, test: np.ndarray | None = None
+) -> tuple[ScoredContacts, np.ndarray]:
+    """Score the held-out contacts of `frame` (`test`, default `response_test_mask`); also
+    returns their feature matrix."""
+    spec = frame.spec
+    if test is None:
+        test = response_test_mask(model, frame, seed)
+    df = frame.data[test].reset_index(drop=True)
+    X = matrix_for(model, Frame(df, spec))
+    s = model.score(X, groups=held_out_groups(model, df, spec.id_column))  # out of fold
+    keep = [*LOGGED_COLUMNS, spec.treatment_column, spec.propensity_column]
+    narrow = df[[col for col in dict.fromkeys(keep) if col and col in df.columns]]
+    groups = {col: g for col in SLICES if (g := _decoded(model, X, col)) is not None}
+    return ScoredContacts(
+        narrow, s.p, s.decision_value, s.expected_revenue, s.expected_margin, groups
+    ), X
 
 
 def split_seed(model: PolicyModel, seed: int) -> int:
@@ -236,28 +287,31 @@ def held_out(
 
     `test` defaults to the split the model's training made (`response_test_mask`).
     """
-    spec = frame.spec
-    if test is None:
-        test = response_test_mask(model, frame, seed)
-    df = frame.data[test].reset_index(drop=True)
+    scored, X = score_contacts(model, frame, seed, test)
+    h = held_out_scored(model, scored, frame.spec)
+    h.X = X
+    return h
+
+
+def held_out_scored(model: PolicyModel, scored: ScoredContacts, spec: mf.FrameSpec) -> HeldOut:
+    """`held_out` from contacts already scored (`score_contacts`, parts concatenated)."""
+    df = scored.df.copy()
     df["__action__"] = df[spec.treatment_column].astype(str)
-    X = matrix_for(model, Frame(df, spec))
-    s = model.score(X, groups=held_out_groups(model, df, spec.id_column))
     given = set(df["__action__"].unique())
     logged_opts = [o for o in model.options if o in given]
     cols = [model.options.index(o) for o in logged_opts]
-    dv = s.decision_value[:, cols]
+    dv = scored.decision[:, cols]
     best = np.argmax(np.where(np.isfinite(dv), dv, -np.inf), axis=1)
     learned = np.asarray(logged_opts, dtype=object)[best]
     reward, unit = logged_reward(model.costs, df, df["__action__"].to_numpy())
     e = logged_propensity(Frame(df, spec))
     logged = LoggedData.from_labels(logged_opts, df["__action__"], e, reward)
-    rev, mar = model.economics(X)
+    rev, mar = scored.revenue, scored.margin
     if unit == "revenue":
         mar = rev
-    q = s.p[:, cols] * (mar[:, None] - model.cost_matrix(rev)[:, cols])
-    p_df = pd.DataFrame(s.p[:, cols], columns=logged_opts)
-    return HeldOut(df, X, p_df, logged_opts, learned, logged, q, unit)
+    q = scored.p[:, cols] * (mar[:, None] - model.cost_matrix(rev)[:, cols])
+    p_df = pd.DataFrame(scored.p[:, cols], columns=logged_opts)
+    return HeldOut(df, None, p_df, logged_opts, learned, logged, q, unit, scored.groups)
 
 
 def evaluate_response(
@@ -268,7 +322,20 @@ def evaluate_response(
     ground_truth: pd.DataFrame | None = None,
     n_boot: int = 300,
 ) -> None:
-    h = held_out(model, frame, seed)
+    """The response metrics and policy values on the held-out contacts of `frame`."""
+    report_response(model, held_out(model, frame, seed), seed, ev, ground_truth, n_boot)
+
+
+def report_response(
+    model: PolicyModel,
+    h: HeldOut,
+    seed: int,
+    ev: Evaluation,
+    ground_truth: pd.DataFrame | None = None,
+    n_boot: int = 300,
+) -> None:
+    """`evaluate_response` from held-out contacts already scored (`held_out`,
+    `held_out_scored`)."""
     df, logged_opts, logged, q, learned, unit = h.df, h.options, h.logged, h.q, h.learned, h.unit
     y = df[mf.CONVERTED].to_numpy(dtype=float)
     uplift = m.uplift_scores(h.p, df["__action__"], y, model.control)
@@ -332,7 +399,7 @@ def _policy_slices(
     state of the held-out contacts, with a paired bootstrap interval of their difference."""
     rows: list[dict[str, Any]] = []
     for col in SLICES:
-        groups = _decoded(model, h.X, col)
+        groups = h.groups.get(col)
         if groups is None:
             continue
         for g in sorted(set(groups)):

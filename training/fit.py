@@ -195,6 +195,41 @@ def _customer_sample(ids: pd.Series, share: float, seed: int) -> np.ndarray:
     return np.asarray(h % 100_000 < share * 100_000)
 
 
+CAP_NOTE = "{}_rows_before_sample"
+EXCLUDED_NOTE = "origin_excluded_contacted_rows"
+
+
+def protocol_cap(
+    labels: pd.DataFrame, train_origins: list[str], validation_origin: str, seed: int
+) -> tuple[set[str] | None, dict[str, str]]:
+    """The customers whose origin rows `_protocol_split` would keep under the caps, decided
+    from the origins' labels alone (`features.frames.reactivation_labels`), before any feature
+    is computed; None when no cap applies. Also the frame notes that make the split of a frame
+    holding only those customers' origin rows choose the same rows (the row counts the caps
+    were applied to; split it with the same `seed`)."""
+    cut = labels[mf.CUTOFF]
+    clean = ~labels[mf.CONTACTED_IN_WINDOW].astype(bool)
+    ids = labels[c.CUSTOMER_ID]
+    tr = cut.isin(pd.to_datetime(train_origins)) & clean
+    va = (cut == pd.Timestamp(validation_origin)) & clean
+    kept = []
+    capped = False
+    notes = {EXCLUDED_NOTE: str(int((~clean).sum()))}
+    for name, mask, cap in (
+        ("train", tr, PROTOCOL_MAX_TRAIN_ROWS),
+        ("validation", va, PROTOCOL_MAX_VALIDATION_ROWS),
+    ):
+        n = int(mask.sum())
+        notes[CAP_NOTE.format(name)] = str(n)
+        if n > cap:
+            capped = True
+            mask = mask & _customer_sample(ids, cap / n, seed)
+        kept.append(ids[mask.to_numpy()])
+    if not capped:
+        return None, {}
+    return set(pd.concat(kept).astype(str)), notes
+
+
 def _protocol_split(frame: Frame, seed: int) -> ReactivationSplit:
     """The split a `CutoffProtocol` frame declares: its training origins, its validation origin,
     and its cutoff (no rows when the data does not reach the cutoff's labels). Training and
@@ -214,7 +249,9 @@ def _protocol_split(frame: Frame, seed: int) -> ReactivationSplit:
         ("train", tr, PROTOCOL_MAX_TRAIN_ROWS),
         ("validation", va, PROTOCOL_MAX_VALIDATION_ROWS),
     ):
-        n = int(mask.sum())
+        # a frame built for the capped customers only (`protocol_cap`) says how many rows the
+        # caps were applied to
+        n = int(frame.spec.notes.get(CAP_NOTE.format(name), mask.sum()))
         if n > cap:
             share = cap / n
             keep = mask & _customer_sample(ids, share, seed)
@@ -223,6 +260,9 @@ def _protocol_split(frame: Frame, seed: int) -> ReactivationSplit:
                 tr = keep
             else:
                 va = keep
+    excluded = int((~clean).sum())
+    if EXCLUDED_NOTE in frame.spec.notes:  # the origins' rows were built for a sample only
+        excluded = int(frame.spec.notes[EXCLUDED_NOTE]) + int((~clean & (cut == p.cutoff_ts)).sum())
     info = {
         "protocol": "cutoff",
         "population": p.population,
@@ -238,7 +278,7 @@ def _protocol_split(frame: Frame, seed: int) -> ReactivationSplit:
         "validation_positive_rate": f"{df.loc[va, mf.LABEL].mean():.4f}" if va.any() else "",
         "test_rows": str(int(te.sum())),
         "test_positive_rate": f"{df.loc[te, mf.LABEL].mean():.4f}" if te.any() else "",
-        "excluded_contacted_rows": str(int((~clean).sum())),
+        "excluded_contacted_rows": str(excluded),
         **sampled,
     }
     return ReactivationSplit(tr, va, te, info)

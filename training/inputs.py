@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from features import constants as c
@@ -119,19 +120,26 @@ def protocol_frame(
     protocol: CutoffProtocol,
     feature_set: FeatureSet | None = None,
     end: pd.Timestamp | None = None,
+    train_customers: np.ndarray | None = None,
 ) -> Frame:
     """The reactivation frame of `protocol`: its origins with the short labels, then (when the
     data reaches) the cutoff with the question's labels; one feature set, resolved at the
     cutoff, for all of them. The protocol is stored in the frame's notes (`reactivation_split`
     reads it). On one partition of the data, give the whole data's frozen `feature_set` and
-    `end` (`training.sampled_inputs`)."""
+    `end` (`training.sampled_inputs`). `train_customers`: a boolean mask over the engine's
+    customers; the origins' rows are built for them only (the cutoff's for everyone)."""
     from features.build import resolve_feature_set
 
     cut = protocol.cutoff_ts
     fs = resolve_feature_set(engine, cut, feature_set)
-    origins = [*protocol.train_origins, protocol.validation_origin]
     train = reactivation_frame(
-        engine, origins, protocol.train_horizon_days, fs, population=protocol.population, end=end
+        engine,
+        protocol_origins(protocol),
+        protocol.train_horizon_days,
+        fs,
+        population=protocol.population,
+        end=end,
+        customers=train_customers,
     )
     parts = [train.data]
     if protocol.labelled:
@@ -147,6 +155,35 @@ def protocol_frame(
         cutoffs=",".join(str(x) for x in sorted(df[mf.CUTOFF].unique())),
     )
     return Frame(df, replace(train.spec, notes=notes))
+
+
+def _capped_protocol_frame(engine: FeatureEngine, protocol: CutoffProtocol, seed: int) -> Frame:
+    """`protocol_frame` whose origin rows are built only for the customers the training split
+    keeps under its row caps (`training.fit.protocol_cap`, decided from labels before any
+    feature); the cutoff's rows for everyone. On the 1M world this is about 500k of the 6M
+    origin rows: building all of them and discarding the rest peaked at 13 GB."""
+    from features.frames import reactivation_labels
+    from training.fit import protocol_cap
+
+    labels = reactivation_labels(
+        engine,
+        protocol_origins(protocol),
+        protocol.train_horizon_days,
+        population=protocol.population,
+    )
+    keep, notes = protocol_cap(
+        labels, list(protocol.train_origins), protocol.validation_origin, seed
+    )
+    if keep is None:
+        return protocol_frame(engine, protocol)
+    mask = np.asarray(pd.Index(engine.customer_ids.astype(str)).isin(list(keep)))
+    frame = protocol_frame(engine, protocol, train_customers=mask)
+    return Frame(frame.data, replace(frame.spec, notes={**frame.spec.notes, **notes}))
+
+
+def protocol_origins(protocol: CutoffProtocol) -> list[str]:
+    """The origins whose rows a model learns from: the training ones and the validation one."""
+    return [*protocol.train_origins, protocol.validation_origin]
 
 
 def protocol_args(metadata: dict[str, str]) -> dict[str, object]:
@@ -167,6 +204,7 @@ def load_training_inputs(
     population: str = POPULATION_DEFAULT,
     sample_customers: int | None = None,
     seed: int = 0,
+    n_jobs: int = 1,
 ) -> TrainingInputs:
     """Read or build the frames `source` supports. Raises NothingToTrainError if none.
 
@@ -174,7 +212,8 @@ def load_training_inputs(
     cutoff, population)` (the horizon defaults to the feature config's, 90 days).
     `sample_customers`: a data directory's frames are built partition by partition and hold
     the learnable rows of a seeded (`seed`), stratified sample of that many customers, and
-    every held-out row is kept apart (`training.sampled_inputs`).
+    every held-out row is kept apart (`training.sampled_inputs`), with `n_jobs` worker
+    processes building partitions side by side.
     """
     from features.engine import FeatureEngine  # heavy; imported only when building frames
     from features.partitioned import is_partitioned
@@ -194,7 +233,7 @@ def load_training_inputs(
             )
         try:
             return _sampled_inputs(
-                source, sample_customers, seed, horizon_days, config, cutoff, population
+                source, sample_customers, seed, horizon_days, config, cutoff, population, n_jobs
             )
         except FeaturesError as exc:
             raise TrainingError(str(exc)) from None
@@ -231,7 +270,7 @@ def load_training_inputs(
             try:
                 if inputs.protocol is not None:
                     inputs.reactivation = _usable_reactivation(
-                        protocol_frame(engine, inputs.protocol), skipped
+                        _capped_protocol_frame(engine, inputs.protocol, seed), skipped
                     )
             except FeaturesError as exc:
                 skipped["reactivation"] = str(exc)
@@ -283,11 +322,12 @@ def _sampled_inputs(
     config: FeatureConfig | None,
     cutoff: str | pd.Timestamp | None,
     population: str,
+    n_jobs: int = 1,
 ) -> TrainingInputs:
     from training.sampled_inputs import build_sampled_inputs, read_ground_truth
 
     react, resp, held, report, protocol, notes = build_sampled_inputs(
-        source, n, seed, horizon_days, config, cutoff, population
+        source, n, seed, horizon_days, config, cutoff, population, n_jobs
     )
     try:
         skipped: dict[str, str] = {}

@@ -28,7 +28,6 @@ from training.errors import TrackingError
 from training.evaluate import (
     Evaluation,
     evaluate_reactivation,
-    evaluate_reactivation_parts,
     evaluate_response,
 )
 from training.fit import build_policy_model, fit_reactivation, fit_response
@@ -68,12 +67,15 @@ def fit_policy(
     z: float | None = None,
     n_bags: int = 8,
     crossfit: bool = False,
+    n_jobs: int = 1,
 ) -> tuple[PolicyModel, Evaluation]:
     """Fit what the inputs support, assemble the PolicyModel and evaluate it on held-out rows.
 
     `z` (the width of the decision rule's confidence bound) is chosen on validation contacts
     unless given (see `training.fit.fit_response`). `crossfit`: the response model trains on
-    every contact, cross-fitted by customer, and is evaluated out of fold.
+    every contact, cross-fitted by customer, and is evaluated out of fold. `n_jobs`: worker
+    processes scoring a customer sample's held-out rows partition by partition
+    (`training.held_out_eval`).
     """
     react = None
     if inputs.reactivation is not None:
@@ -127,17 +129,26 @@ def fit_policy(
         ev.notes["customer_sample"] = _sample_note(inputs)
         assert inputs.sample is not None
         ev.tables["customer_sample"] = inputs.sample.strata
-    if react is not None and inputs.reactivation is not None:
-        if held is not None:
-            evaluate_reactivation_parts(model, held.reactivation_frames(), ev, seed)
-        else:
-            evaluate_reactivation(model, inputs.reactivation, ev, seed)
+    if held is not None:  # every held-out row, partition by partition
+        from training.held_out_eval import evaluate_held_out
+
+        evaluate_held_out(
+            model,
+            held,
+            ev,
+            seed,
+            inputs.ground_truth,
+            n_jobs,
+            reactivation=react is not None and inputs.reactivation is not None,
+            response=resp is not None,
+        )
+    elif react is not None and inputs.reactivation is not None:
+        evaluate_reactivation(model, inputs.reactivation, ev, seed)
+    if react is not None:
         ev.tables["feature_importance"] = react.model.feature_importances_.to_frame("gain")
-    response_rows = inputs.offer_response
-    if held is not None:
-        response_rows = held.offer_response_frame()
-    if resp is not None and response_rows is not None:
-        evaluate_response(model, response_rows, seed, ev, inputs.ground_truth)
+    if resp is not None and held is None and inputs.offer_response is not None:
+        evaluate_response(model, inputs.offer_response, seed, ev, inputs.ground_truth)
+    if resp is not None:
         for name, auuc in resp.auuc_by_learner.items():
             ev.metrics[f"oob_auuc_{name}"] = auuc
         ev.metrics["decision_rule_z"] = resp.z
@@ -231,6 +242,7 @@ def train(
     model_name: str | None = None,
     sample_customers: int | None = None,
     crossfit: bool = False,
+    n_jobs: int = 1,
 ) -> TrainResult:
     """Train on a data directory or frame(s), log everything to MLflow, register a challenger.
 
@@ -241,7 +253,8 @@ def train(
     held-out row (`training.sampled_inputs`); the sample is logged with the run.
     `crossfit`: the response model also learns from the latest contacts (a retraining after
     a played wave learns from it), cross-fitted by customer and evaluated out of fold
-    (`training.fit.fit_response`).
+    (`training.fit.fit_response`). `n_jobs`: worker processes for the sampled pass and its
+    evaluation (each holds one partition).
     """
     settings = settings or get_settings()
     registered = model_name or settings.model_name
@@ -253,12 +266,13 @@ def train(
         population=population,
         sample_customers=sample_customers,
         seed=seed,
+        n_jobs=n_jobs,
     )
     try:
         # a bad tracking URI or experiment fails here, not after minutes of fitting
         configure_tracking(settings)
         use_experiment(experiment, settings)
-        return _train_on(inputs, source, seed, settings, registered, z, n_bags, crossfit)
+        return _train_on(inputs, source, seed, settings, registered, z, n_bags, crossfit, n_jobs)
     finally:
         if inputs.held_out is not None:
             inputs.held_out.remove()
@@ -273,9 +287,10 @@ def _train_on(
     z: float | None,
     n_bags: int,
     crossfit: bool = False,
+    n_jobs: int = 1,
 ) -> TrainResult:
     np.random.seed(seed)  # libraries that draw from the global generator stay reproducible
-    model, ev = fit_policy(inputs, seed, z=z, n_bags=n_bags, crossfit=crossfit)
+    model, ev = fit_policy(inputs, seed, z=z, n_bags=n_bags, crossfit=crossfit, n_jobs=n_jobs)
     fingerprint = data_fingerprint(Path(source))
     model.metadata["data_fingerprint"] = fingerprint
     model.metadata["data_source"] = str(Path(source).resolve())

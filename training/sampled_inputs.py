@@ -8,23 +8,30 @@ partition). The run:
    columns (`features.frozen`): the cutoff protocol (data end, first order), the feature sets'
    category vocabularies, and the time after which contacts are held out (the 70% quantile of
    every contact's time, the split `training.fit.response_split` makes on the whole data);
-2. builds both frames of each partition with the local code (`training.inputs.protocol_frame`,
-   `features.frames.offer_response_frame`), one partition in memory at a time, and splits
-   them: rows the model may learn from (the protocol's origins; contacts up to the held-out
-   time) and held-out rows (the cutoff's customers; later contacts). Held-out rows are written
-   to Parquet in a scratch folder, never sampled;
-3. gives each customer with learnable rows a stratum, `label x treatment`: label 1 when the
-   customer bought again at any training origin (without a reactivation frame: converted after
-   any training contact), treatment the offer of the customer's latest training contact
-   (`none` when never contacted), and a uniform number from a seeded hash of the customer id
+2. reads each partition (one in memory at a time; with `n_jobs` > 1 that many worker
+   processes read partitions side by side) and, before any feature is computed, gives each
+   customer with learnable rows (the protocol's origins; contacts up to the held-out time) a
+   stratum, `label x treatment`, from labels and contacts alone
+   (`features.frames.reactivation_labels`, `contact_conversions`): label 1 when the customer
+   bought again at any training origin (without a reactivation frame: converted after any
+   training contact), treatment the offer of the customer's latest training contact (`none`
+   when never contacted); and a uniform number from a seeded hash of the customer id
    (`sample:<seed>:<id>`, the same on every machine and partition);
-4. takes from each stratum its share of N (largest remainders, so the strata sum to N): the
-   customers with the smallest hash numbers. While the partitions stream by, only candidates
-   are kept: a number below a bound a little above N / population, or among the few smallest
-   of their stratum so far; memory holds about 1.25 N customers' learnable rows, never the
-   population's. A stratum could in principle end short of its share (a customer needed at
-   the end was dropped earlier); the report's `target` and `sampled` columns say so;
-5. fits on the sampled customers' rows (every row of a chosen customer) and evaluates on all
+3. keeps the partition's candidates: hash number below a bound a little above
+   N / population, or among the ceil(rate x stratum size) + 2 smallest numbers of their
+   stratum in the partition (a small stratum's share can exceed what the bound keeps of it);
+4. builds features (`training.inputs.protocol_frame`, `features.frames.offer_response_frame`)
+   for the candidates' learnable rows only, and for every held-out row (the cutoff's
+   customers; later contacts), which is written to Parquet in a scratch folder, never sampled.
+   The features of the other customers' learnable rows are never computed: at 10M customers
+   and N = 200,000 that is 2-3% of the origins' rows instead of all of them;
+5. takes from each stratum its share of N (largest remainders, so the strata sum to N): the
+   customers with the smallest hash numbers among the candidates (merged in partition order,
+   dropping those that can no longer be drawn, so memory holds about 1.25 N customers'
+   learnable rows, never the population's). A stratum could in principle end short of its
+   share (a customer needed at the end was not a candidate); the report's `target` and
+   `sampled` columns say so;
+6. fits on the sampled customers' rows (every row of a chosen customer) and evaluates on all
    held-out rows (`training.pipeline`): the reactivation metrics partition by partition, the
    held-out contacts together (the bootstrap intervals resample all of them).
 
@@ -48,6 +55,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+from pandas.api.types import is_integer_dtype
 
 from features import constants as c
 from features import modeling_frame as mf
@@ -79,6 +87,8 @@ class SampleReport:
     sampled: int
     strata: pd.DataFrame
     """Index (label, treatment); columns population, target, sampled."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall seconds of the partition pass's steps, summed over partitions (and workers)."""
 
     def to_params(self) -> dict[str, str]:
         return {
@@ -94,6 +104,7 @@ class SampleReport:
             {
                 **self.to_params(),
                 "strata": json.loads(self.strata.reset_index().to_json(orient="records")),
+                "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
             },
             indent=2,
         )
@@ -139,7 +150,10 @@ def _hash_numbers(ids: pd.Series, seed: int) -> np.ndarray:
 
 
 def strata(react_fit: pd.DataFrame | None, resp_fit: pd.DataFrame | None) -> pd.DataFrame:
-    """Per customer with learnable rows: label (0/1) and treatment (latest training offer)."""
+    """Per customer with learnable rows: label (0/1) and treatment (latest training offer).
+
+    Indexed by customer id (text), or by customer code when `customer_id` holds integer codes.
+    """
     parts = []
     if react_fit is not None and len(react_fit):
         parts.append(react_fit.groupby(c.CUSTOMER_ID, sort=False)[mf.LABEL].max().astype(int))
@@ -155,10 +169,12 @@ def strata(react_fit: pd.DataFrame | None, resp_fit: pd.DataFrame | None) -> pd.
     if parts and conv is not None:  # contacted customers without a reactivation row
         label = label.combine_first(conv)
     ids = label.index.union(treat.index) if treat is not None else label.index
-    out = pd.DataFrame(index=ids.astype(str))
+    out = pd.DataFrame(index=ids)
     out["label"] = label.reindex(out.index).fillna(0).astype(int).to_numpy()
     tr = treat.reindex(out.index) if treat is not None else pd.Series(index=out.index)
     out["treatment"] = tr.fillna(NO_TREATMENT).astype(str).to_numpy()
+    if not is_integer_dtype(out.index.dtype):  # customer codes stay numbers for the caller
+        out.index = out.index.astype(str)
     return out
 
 
@@ -281,6 +297,151 @@ def _spill(df: pd.DataFrame, folder: Path, part: int) -> Path:
     return path
 
 
+@dataclass
+class _PartRows:
+    """What one partition's pass hands back: narrow sample candidates and their learnable rows
+    (features built for them only), the held-out rows spilled to disk."""
+
+    part: int
+    counts: pd.Series
+    """Customers with learnable rows per stratum ("label|treatment")."""
+    cand: pd.DataFrame
+    react_fit: pd.DataFrame | None = None
+    resp_fit: pd.DataFrame | None = None
+    react_spec: mf.FrameSpec | None = None
+    resp_spec: mf.FrameSpec | None = None
+    held_react: Path | None = None
+    held_resp: Path | None = None
+    held_rows: dict[str, int] = field(
+        default_factory=lambda: {"reactivation": 0, "offer_response": 0}
+    )
+    positives: int = 0
+    margin_assumed: int = 0
+    n_orders: int = 0
+    assumed_rate: float | None = None
+    rows: int = 0
+    """Frame rows built (learnable rows of candidates, every held-out row)."""
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _partition_rows(
+    part: int,
+    source: Path | None,
+    data: DataSet | None,
+    engine: object | None,
+    frozen: _Frozen,
+    cfg: FeatureConfig,
+    seed: int,
+    rate: float,
+    bound: float,
+    folder: Path,
+) -> _PartRows:
+    """One partition: strata from labels and contacts alone, then features for the sample
+    candidates' learnable rows and for every held-out row (spilled to `folder`).
+
+    `data` (and its `engine`) when the caller holds the data; otherwise partition `part` of the
+    partitioned directory `source` is read here (a worker process reads its own)."""
+    from features.engine import FeatureEngine
+    from features.frames import contact_conversions, reactivation_labels
+    from features.partitioned import iter_partitions
+    from training.inputs import protocol_frame, protocol_origins
+
+    out = _PartRows(part, pd.Series(dtype=np.int64), pd.DataFrame())
+    clock = _Clock(out.seconds)
+    if data is None:
+        assert source is not None
+        data = next(iter(iter_partitions(source, [part]))).data
+        assert data is not None  # strict: an invalid partition raised
+        clock.lap("read and validate")
+    eng: FeatureEngine = engine or FeatureEngine(data, cfg)  # type: ignore[assignment]
+    clock.lap("index")
+    out.margin_assumed, out.n_orders = data.orders_margin_assumed, len(data.orders)
+    out.assumed_rate = data.assumed_margin_rate
+    protocol = frozen.protocol
+    # 1. who has learnable rows, and their strata: labels and contacts only, no feature
+    labels = None
+    if protocol is not None:
+        labels = reactivation_labels(
+            eng,
+            protocol_origins(protocol),
+            protocol.train_horizon_days,
+            population=protocol.population,
+            end=frozen.end,
+            as_codes=True,  # strata group by customer codes; ids only for the result
+        )
+    contacts = eng.data.contacts.reset_index(drop=True)
+    k_test = np.zeros(len(contacts), dtype=bool)
+    k_codes = eng.customer_codes(contacts[c.CUSTOMER_ID])
+    contacted = None
+    if len(contacts):
+        if frozen.test_after is None:
+            raise TrainingError(
+                "--sample-customers: the contacts carry a single time, so no contacts "
+                "are held out by time; train without --sample-customers"
+            )
+        k_ns = contacts[c.TS].to_numpy(dtype="datetime64[ns]").astype(np.int64)
+        k_test = k_ns > frozen.test_after
+        contacted = pd.DataFrame(
+            {
+                c.CUSTOMER_ID: k_codes,
+                c.TS: contacts[c.TS].to_numpy(),
+                c.OFFER_ID: contacts[c.OFFER_ID].to_numpy(),
+                mf.CONVERTED: contact_conversions(eng, codes=k_codes),
+            }
+        )[~k_test]
+    st = strata(labels, contacted)  # indexed by customer code
+    st.index = pd.Index(eng.customer_ids[st.index.to_numpy(np.int64)].astype(str), dtype=object)
+    st["u"] = _hash_numbers(pd.Series(st.index, dtype=object), seed)
+    st["stratum"] = st["label"].astype(str) + "|" + st["treatment"]
+    out.counts = st["stratum"].value_counts()
+    out.cand = _candidates(st, out.counts, rate, bound)
+    del st, labels, contacted
+    chosen = np.asarray(pd.Index(eng.customer_ids.astype(str)).isin(out.cand.index))
+    clock.lap("strata and candidates")
+    # 2. features: the candidates' learnable rows, every held-out row
+    if protocol is not None:
+        frame = protocol_frame(eng, protocol, frozen.fs_react, frozen.end, train_customers=chosen)  # type: ignore[arg-type]
+        out.react_spec = frame.spec
+        test = (frame.data[mf.CUTOFF] == protocol.cutoff_ts).to_numpy()
+        if test.any():
+            rows = frame.data[test]
+            out.held_react = _spill(rows, folder, part)
+            clean = ~rows[mf.CONTACTED_IN_WINDOW].astype(bool)  # as the split tests
+            out.held_rows["reactivation"] = int(clean.sum())
+            out.positives = int(rows.loc[clean, mf.LABEL].sum())
+        out.react_fit = frame.data[~test]
+        out.rows += len(frame.data)
+        del frame
+        clock.lap("reactivation features")
+    if len(contacts):
+        wanted = k_test | chosen[k_codes]
+        oframe = offer_response_frame(
+            eng,
+            feature_set=frozen.fs_offer,  # type: ignore[arg-type]
+            end=frozen.end,
+            rows=wanted,
+        )
+        out.resp_spec = oframe.spec
+        test = k_test[wanted]
+        if test.any():
+            out.held_resp = _spill_resp(oframe.data[test], folder, part)
+            out.held_rows["offer_response"] = int(test.sum())
+        out.resp_fit = oframe.data[~test]
+        out.rows += len(oframe.data)
+        clock.lap("offer-response features")
+    return out
+
+
+class _Clock:
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into, self.t = into, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.into[name] = self.into.get(name, 0.0) + now - self.t
+        self.t = now
+
+
 def build_sampled_inputs(
     source: Path,
     n_customers: int,
@@ -289,36 +450,38 @@ def build_sampled_inputs(
     config: FeatureConfig | None = None,
     cutoff: str | pd.Timestamp | None = None,
     population: str = "all",
+    n_jobs: int = 1,
 ) -> tuple[
     Frame | None, Frame | None, HeldOut, SampleReport, CutoffProtocol | None, dict[str, str]
 ]:
     """The pass described in the module docstring.
 
+    `n_jobs`: worker processes reading partitions side by side (joblib; each holds one
+    partition); the result does not depend on it.
     Returns (reactivation fit frame, offer-response fit frame, held-out rows, sample report,
-    protocol, data notes). Raises TrainingError when `n_customers` < 1.
+    protocol, data notes). Raises TrainingError when `n_customers` or `n_jobs` < 1.
     """
     from features.datadir import load_data_dir
     from features.engine import FeatureEngine
-    from features.partitioned import is_partitioned, iter_partitions, read_layout
-    from training.inputs import protocol_frame
+    from features.partitioned import is_partitioned, read_layout
 
     if n_customers < 1:
         raise TrainingError(f"--sample-customers: must be at least 1, got {n_customers}")
+    if n_jobs < 1:
+        raise TrainingError(f"--jobs: must be at least 1, got {n_jobs}")
     cfg = config or FeatureConfig()
     h = horizon_days or cfg.horizon_days
     source = Path(source)
     partitioned = is_partitioned(source)
-    whole_engine = None
+    t_freeze = time.perf_counter()
     if partitioned:
         frozen = _freeze_partitioned(source, h, cutoff, population, cfg)
         n_parts = read_layout(source).n_partitions
-        datasets: Iterator[DataSet] = (p.data for p in iter_partitions(source))
     else:
         data = load_data_dir(source)
         whole_engine = FeatureEngine(data, cfg)
         frozen = _freeze_whole(data, whole_engine, h, cutoff, population)
         n_parts = 1
-        datasets = iter([data])
     rate = min(1.0, n_customers / max(frozen.customers, 1))
     bound = min(1.0, KEEP_MARGIN * rate + 1e-3)
     held = HeldOut(Path(tempfile.mkdtemp(prefix="winback-held-out-")))
@@ -332,56 +495,47 @@ def build_sampled_inputs(
     assumed_rate = None
     started = time.perf_counter()
     done_rows = 0
+    seconds: dict[str, float] = {"freeze": started - t_freeze}
+    args = (frozen, cfg, seed, rate, bound, held.folder)
+    results: Iterator[_PartRows]
+    if not partitioned:
+        results = iter([_partition_rows(0, None, data, whole_engine, *args)])
+    elif n_jobs == 1 or n_parts == 1:
+        results = (_partition_rows(k, source, None, None, *args) for k in range(n_parts))
+    else:
+        from joblib import Parallel, delayed
+
+        results = Parallel(n_jobs=min(n_jobs, n_parts), return_as="generator")(
+            delayed(_partition_rows)(k, source, None, None, *args) for k in range(n_parts)
+        )
     try:
-        for part, data in enumerate(datasets):
-            engine = whole_engine or FeatureEngine(data, cfg)
-            margin_assumed += data.orders_margin_assumed
-            n_orders += len(data.orders)
-            assumed_rate = assumed_rate or data.assumed_margin_rate
-            react_fit = resp_fit = None
-            if frozen.protocol is not None:
-                frame = protocol_frame(engine, frozen.protocol, frozen.fs_react, frozen.end)  # type: ignore[arg-type]
-                react_spec = frame.spec
-                test = (frame.data[mf.CUTOFF] == frozen.protocol.cutoff_ts).to_numpy()
-                if test.any():
-                    rows = frame.data[test]
-                    held.reactivation_files.append(_spill(rows, held.folder, part))
-                    clean = ~rows[mf.CONTACTED_IN_WINDOW].astype(bool)  # as the split tests
-                    held.rows["reactivation"] += int(clean.sum())
-                    held.positives += int(rows.loc[clean, mf.LABEL].sum())
-                react_fit = frame.data[~test]
-                done_rows += len(frame.data)
-            if len(data.contacts):
-                oframe = offer_response_frame(engine, feature_set=frozen.fs_offer, end=frozen.end)  # type: ignore[arg-type]
-                resp_spec = oframe.spec
-                if frozen.test_after is None:
-                    raise TrainingError(
-                        "--sample-customers: the contacts carry a single time, so no contacts "
-                        "are held out by time; train without --sample-customers"
-                    )
-                ns = oframe.data[c.TS].to_numpy(dtype="datetime64[ns]").astype(np.int64)
-                test = ns > frozen.test_after
-                if test.any():
-                    spilled = _spill_resp(oframe.data[test], held.folder, part)
-                    held.offer_response_files.append(spilled)
-                    held.rows["offer_response"] += int(test.sum())
-                resp_fit = oframe.data[~test]
-                done_rows += len(oframe.data)
-            st = strata(react_fit, resp_fit)
-            st["u"] = _hash_numbers(pd.Series(st.index, dtype=object), seed)
-            st["stratum"] = st["label"].astype(str) + "|" + st["treatment"]
-            counts = counts.add(st["stratum"].value_counts(), fill_value=0)
-            cand = _candidates(pd.concat([cand, st]), counts, rate, bound)
-            ids = set(st.index[st.index.isin(cand.index)])
-            if react_fit is not None:
-                kept_react.append(react_fit[react_fit[c.CUSTOMER_ID].astype(str).isin(ids)])
-            if resp_fit is not None:
-                kept_resp.append(resp_fit[resp_fit[c.CUSTOMER_ID].astype(str).isin(ids)])
-            del engine, data
+        for r in results:  # in partition order, whatever the workers' order
+            margin_assumed += r.margin_assumed
+            n_orders += r.n_orders
+            assumed_rate = assumed_rate or r.assumed_rate
+            react_spec = r.react_spec or react_spec
+            resp_spec = r.resp_spec or resp_spec
+            if r.held_react is not None:
+                held.reactivation_files.append(r.held_react)
+            if r.held_resp is not None:
+                held.offer_response_files.append(r.held_resp)
+            for key, n in r.held_rows.items():
+                held.rows[key] += n
+            held.positives += r.positives
+            counts = counts.add(r.counts, fill_value=0)
+            cand = _candidates(pd.concat([cand, r.cand]), counts, rate, bound)
+            ids = set(r.cand.index[r.cand.index.isin(cand.index)])
+            if r.react_fit is not None:
+                kept_react.append(r.react_fit[r.react_fit[c.CUSTOMER_ID].astype(str).isin(ids)])
+            if r.resp_fit is not None:
+                kept_resp.append(r.resp_fit[r.resp_fit[c.CUSTOMER_ID].astype(str).isin(ids)])
+            done_rows += r.rows
+            for key, secs in r.seconds.items():
+                seconds[key] = seconds.get(key, 0.0) + secs
             secs = time.perf_counter() - started
             log.info(
                 "partition %d/%d: %s frame rows, %s rows/s",
-                part + 1,
+                r.part + 1,
                 n_parts,
                 f"{done_rows:,}",
                 f"{done_rows / secs:,.0f}" if secs > 0 else "-",
@@ -410,7 +564,11 @@ def build_sampled_inputs(
         [tuple(str(k).split("|", 1)) for k in table.index], names=["label", "treatment"]
     )
     report = SampleReport(
-        n_customers, seed, int(population_n.sum()), len(chosen), table.sort_index()
+        n_customers, seed, int(population_n.sum()), len(chosen), table.sort_index(), seconds
+    )
+    log.info(
+        "partition pass: %s (seconds summed over partitions)",
+        ", ".join(f"{k} {v:,.1f}" for k, v in seconds.items()),
     )
     ids = set(chosen.index)
     react = None

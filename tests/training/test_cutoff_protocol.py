@@ -200,3 +200,37 @@ def test_large_training_frames_are_a_customer_sample(
     assert len(set(ids)) > len(set(chosen))
     assert (a.test == whole.test).all()  # the test rows are never sampled
     assert "train_sample" in a.info
+
+
+def test_capped_origin_rows_are_built_only_for_the_customers_the_split_keeps(
+    shop: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the caps, the origins' features are computed for the cap sample's customers only
+    (the 1M world's full fit built 6M origin rows to keep 500k, and peaked at 13 GB); the split
+    then keeps exactly the rows, and says exactly what, the full frame's split does."""
+    import training.fit as fit
+    import training.inputs as ti
+
+    full = load_training_inputs(shop, horizon_days=120, cutoff=DATE, seed=4).reactivation
+    assert full is not None
+    whole = reactivation_split(full, seed=4)
+    monkeypatch.setattr(fit, "PROTOCOL_MAX_TRAIN_ROWS", int(whole.train.sum()) // 4)
+    monkeypatch.setattr(fit, "PROTOCOL_MAX_VALIDATION_ROWS", int(whole.validation.sum()) // 3)
+    capped = load_training_inputs(shop, horizon_days=120, cutoff=DATE, seed=4).reactivation
+    monkeypatch.setattr(
+        ti,
+        "_capped_protocol_frame",
+        lambda engine, protocol, seed: ti.protocol_frame(engine, protocol),
+    )
+    built_all = load_training_inputs(shop, horizon_days=120, cutoff=DATE, seed=4).reactivation
+    assert capped is not None and built_all is not None
+    assert len(built_all.data) == len(full.data)
+    assert len(capped.data) < 0.6 * len(full.data)  # origin rows of the cap sample only
+    a, b = reactivation_split(capped, seed=4), reactivation_split(built_all, seed=4)
+    assert "train_sample" in a.info and "validation_sample" in a.info
+    assert a.info == b.info
+    for part in ("train", "validation", "test"):
+        pd.testing.assert_frame_equal(
+            capped.data[getattr(a, part).to_numpy()].reset_index(drop=True),
+            built_all.data[getattr(b, part).to_numpy()].reset_index(drop=True),
+        )

@@ -16,8 +16,8 @@ from features.datadir import load_data_dir
 from features.partitioned import write_partitioned
 from features.settings import get_settings
 from features.synthetic.generate import generate_world, write_world
-from training.fit import response_split
-from training.inputs import load_training_inputs
+from training.fit import RESPONSE_TEST_AFTER, response_split
+from training.inputs import load_training_inputs, protocol_origins
 from training.pipeline import fit_policy, train
 from training.sampled_inputs import allocate, strata
 
@@ -144,3 +144,97 @@ def test_a_partitioned_sample_is_stratified_seeded_and_evaluated_on_every_held_o
     logged = json.loads(Path(local).read_text())
     assert sum(s["sampled"] for s in logged["strata"]) == 400
     assert np.isfinite(metrics["reactivation_auc"])
+
+
+def test_features_are_built_only_for_sample_candidates_and_equal_the_whole_frames(
+    worlds: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The origins' rows and the training contacts get features only for the customers the
+    sample may draw (about 1.25 N of them), never for the whole population; the rows built
+    are the whole data's rows of the sampled customers, feature for feature."""
+    from features.engine import FeatureEngine
+
+    flat, part = worlds
+    whole = load_training_inputs(flat)
+    assert whole.reactivation is not None and whole.offer_response is not None
+    computed: list[pd.DataFrame] = []
+    original = FeatureEngine.compute
+
+    def spy(self: FeatureEngine, cust: np.ndarray, as_of: np.ndarray, fs: object) -> object:
+        ids = self.customer_ids[np.asarray(cust, dtype=np.int64)].astype(str)
+        computed.append(pd.DataFrame({"customer": ids, "as_of": np.asarray(as_of)}))
+        return original(self, cust, as_of, fs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(FeatureEngine, "compute", spy)
+    inputs = load_training_inputs(part, sample_customers=400, seed=5)
+    monkeypatch.undo()
+    try:
+        assert inputs.protocol is not None and inputs.sample is not None
+        population = inputs.sample.population
+        cut = pd.Timestamp(inputs.protocol.cutoff).value
+        calls = pd.concat(computed, ignore_index=True)
+        cutoff_customers = calls.loc[calls["as_of"] == cut, "customer"].nunique()
+        w = whole.reactivation.data
+        assert cutoff_customers == int((w[mf.CUTOFF] == pd.Timestamp(cut)).sum())
+        origins = [pd.Timestamp(o).value for o in protocol_origins(inputs.protocol)]
+        test_after = float(inputs.offer_response.spec.notes[RESPONSE_TEST_AFTER])  # type: ignore[union-attr]
+        at_origin = calls["as_of"].isin(origins)
+        assert at_origin.any() and (calls["as_of"] <= test_after).any()
+        learnable = calls[at_origin | (calls["as_of"] <= test_after)]
+        assert learnable["customer"].nunique() < 0.35 * population  # candidates only
+
+        # the same rows and features as the whole data's frames, for the sampled customers
+        sampled = set(inputs.reactivation.data[c.CUSTOMER_ID]) | set(  # type: ignore[union-attr]
+            inputs.offer_response.data[c.CUSTOMER_ID]  # type: ignore[union-attr]
+        )
+        keys = [c.CUSTOMER_ID, mf.CUTOFF]
+        w = w[w[c.CUSTOMER_ID].isin(sampled) & (w[mf.CUTOFF] != pd.Timestamp(cut))]
+        got = inputs.reactivation.data  # type: ignore[union-attr]
+        pd.testing.assert_frame_equal(
+            got.sort_values(keys).reset_index(drop=True),
+            w.sort_values(keys).reset_index(drop=True),
+        )
+        wr = whole.offer_response.data
+        wr = wr[wr[c.CUSTOMER_ID].isin(sampled) & ~response_split(whole.offer_response, 0)]
+        gr = inputs.offer_response.data  # type: ignore[union-attr]
+        pd.testing.assert_frame_equal(
+            gr.sort_values(c.CONTACT_ID).reset_index(drop=True),
+            wr.sort_values(c.CONTACT_ID).reset_index(drop=True),
+        )
+    finally:
+        if inputs.held_out is not None:
+            inputs.held_out.remove()
+
+
+def test_worker_processes_give_the_same_sample_frames_and_held_out_rows(
+    worlds: tuple[Path, Path],
+) -> None:
+    _, part = worlds
+    one = load_training_inputs(part, sample_customers=300, seed=2)
+    two = load_training_inputs(part, sample_customers=300, seed=2, n_jobs=2)
+    try:
+        assert one.sample is not None and two.sample is not None
+        assert two.sample.strata.equals(one.sample.strata)
+        for name in ("reactivation", "offer_response"):
+            pd.testing.assert_frame_equal(getattr(two, name).data, getattr(one, name).data)
+        assert one.held_out is not None and two.held_out is not None
+        assert two.held_out.rows == one.held_out.rows
+        a, b = one.held_out.offer_response_frame(), two.held_out.offer_response_frame()
+        assert a is not None and b is not None
+        pd.testing.assert_frame_equal(b.data, a.data)
+        # held-out rows scored by two worker processes: the same metrics, every row counted
+        _, ev_one = fit_policy(one, seed=2, n_bags=2)
+        _, ev_two = fit_policy(one, seed=2, n_bags=2, n_jobs=2)
+        assert (
+            ev_one.metrics["response_test_rows"]
+            == len(a.data)
+            == one.held_out.rows["offer_response"]
+        )
+        assert ev_one.metrics["reactivation_test_cutoff_rows"] == one.held_out.rows["reactivation"]
+        assert ev_two.metrics.keys() == ev_one.metrics.keys()
+        for key, value in ev_one.metrics.items():
+            assert ev_two.metrics[key] == pytest.approx(value, rel=1e-12, nan_ok=True), key
+    finally:
+        for x in (one, two):
+            if x.held_out is not None:
+                x.held_out.remove()
