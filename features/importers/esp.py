@@ -21,10 +21,10 @@ table and partition (`_import_partitioned`).
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -374,7 +374,8 @@ def _import_partitioned(
     added: Counter[str] = Counter()
     n = 0
     scratch = Path(tempfile.mkdtemp(prefix=".import-", dir=data_dir))
-    stamp = f"esp-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    # unique per import: two imports within a second must not write (and replace) one file
+    stamp = f"esp-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
     try:
         for k, raw in enumerate(read_chunks(src, columns.values(), sep, query)):
             df = pd.DataFrame({f: raw[col] for f, col in columns.items()}).assign(**fill)

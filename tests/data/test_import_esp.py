@@ -81,9 +81,15 @@ def test_esp_import_needs_the_customers_first(tmp_path: Path) -> None:
         import_consent(src, tmp_path / "empty", {"customer_id": "id", "status": "s"}, as_of="2024")
 
 
-def test_esp_import_into_a_partitioned_directory_equals_the_flat_one(tmp_path: Path) -> None:
+def test_esp_import_into_a_partitioned_directory_equals_the_flat_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Streamed into partitions: the same rows added, dropped and counted as into one file
     per table; a re-import adds nothing; the manifest's row counts follow."""
+    from features.importers import esp
+
+    # every import within the same second: their files must not replace one another
+    monkeypatch.setattr(esp.time, "strftime", lambda fmt, *a: "20240201T000000")
     from features.importers import transactions as tx
     from features.partitioned import partition_data_dir, read_layout
 
