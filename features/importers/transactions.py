@@ -195,7 +195,7 @@ def read_chunks(
         return
     path = Path(src)
     if not path.is_file():
-        raise DataSourceError(f"{path}: transaction file not found")
+        raise DataSourceError(f"{path}: source file not found")
     if path.suffix.lower() == ".parquet":
         yield from _parquet_chunks(path, wanted)
         return
