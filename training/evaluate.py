@@ -34,8 +34,8 @@ from training.fit import (
 )
 from training.policy_value import (
     LoggedData,
+    bootstrap_policies,
     deterministic_policy,
-    evaluate_policies,
     point_estimates,
     policy_difference,
     random_policy,
@@ -362,7 +362,9 @@ def report_response(
     }
     if c.NO_INCENTIVE in logged_opts:  # never logged (Hillstrom): no evidence, no baseline row
         policies["no_incentive"] = single_option_policy(n, logged_opts, c.NO_INCENTIVE)
-    values = evaluate_policies(logged, policies, q=q, n_boot=n_boot, seed=seed)
+    # one resampling serves the values and the paired difference (the same resamples)
+    boot = bootstrap_policies(logged, policies, q=q, n_boot=n_boot, seed=seed)
+    values = boot.values()
     ev.tables["policy_value"] = values
     for pol, est, estimate in zip(
         values.index.get_level_values(0),
@@ -371,9 +373,7 @@ def report_response(
         strict=True,
     ):
         ev.metrics[f"policy_{pol}_{est}"] = float(estimate)
-    diff = policy_difference(
-        logged, policies["learned"], policies["best_single"], q=q, n_boot=n_boot, seed=seed
-    )
+    diff = boot.difference("learned", "best_single")
     ev.tables["learned_minus_best_single"] = diff
     for est, row in diff.iterrows():
         ev.metrics[f"learned_minus_best_single_{est}"] = float(row["difference"])

@@ -15,7 +15,8 @@ differences between two policies use the same resamples for both, so the shared 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,24 +109,27 @@ def _terms(logged: LoggedData, pi: np.ndarray, q: np.ndarray | None) -> dict[str
     return out
 
 
-def _estimates(terms: dict[str, np.ndarray], idx: np.ndarray | None) -> dict[str, np.ndarray]:
-    def m(x: np.ndarray) -> np.ndarray:
-        return np.asarray(x.mean()) if idx is None else x[idx].mean(axis=-1)
-
-    w = m(terms["w"])
+def _estimates(means: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Estimator values from the means of the per-row terms (scalars for the point estimate,
+    arrays of one mean per bootstrap resample for the replicates)."""
+    w = np.asarray(means["w"])
     with np.errstate(invalid="ignore", divide="ignore"):
         # SNIPS is undefined (NaN) where the policy agrees with no logged action: no weight
-        snips = np.where(w > 0, m(terms["wr"]) / w, np.nan)
-    est = {"ips": m(terms["wr"]), "snips": snips}
-    if "dr" in terms:
-        est["dr"] = m(terms["dr"])
+        snips = np.where(w > 0, np.asarray(means["wr"]) / w, np.nan)
+    est = {"ips": np.asarray(means["wr"]), "snips": snips}
+    if "dr" in means:
+        est["dr"] = np.asarray(means["dr"])
     return est
+
+
+def _point(terms: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return _estimates({k: np.asarray(v.mean()) for k, v in terms.items()})
 
 
 def point_estimates(logged: LoggedData, policy: np.ndarray, q: Any = None) -> dict[str, float]:
     """The IPS and SNIPS (and, with `q`, DR) estimates of one policy's value, no intervals."""
     terms = _terms(logged, _check_policy(logged, policy), _check_q(logged, q))
-    return {k: float(v) for k, v in _estimates(terms, None).items()}
+    return {k: float(v) for k, v in _point(terms).items()}
 
 
 def subset(logged: LoggedData, rows: np.ndarray) -> LoggedData:
@@ -154,13 +158,131 @@ def _interval(b: np.ndarray, alpha: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _resamples(n: int, n_boot: int, seed: int, chunk: int = 50) -> Any:
+RESAMPLE_CHUNK_VALUES = 1 << 23
+"""Counts held in memory at once while resampling (8M float64 values, 64 MiB)."""
+
+
+def _resample_counts(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """The bootstrap resamples of n rows as counts: (size, n) blocks, how often each row was
+    drawn in each resample, `n_boot` rows in all.
+
+    Resample b draws n row indices uniformly with replacement from `seed`'s generator, one
+    resample after the other: the indices `rng.integers(0, n, size=(n_boot, n))` would hold
+    (the generator buffers its 32-bit draws across calls, so the stream does not depend on how
+    the draws are split). A resample's mean of a per-row term x is then counts @ x / n, the
+    mean of x over the drawn indices, without gathering x at n random places per term: one
+    draw and one `bincount` per resample serve every term of every policy.
+    """
     rng = np.random.default_rng(seed)
-    done = 0
-    while done < n_boot:
-        size = min(chunk, n_boot - done)
-        yield rng.integers(0, n, size=(size, n))
-        done += size
+    chunk = max(1, min(n_boot, RESAMPLE_CHUNK_VALUES // max(n, 1)))
+    for start in range(0, n_boot, chunk):
+        size = min(chunk, n_boot - start)
+        counts = np.empty((size, n))
+        for j in range(size):
+            counts[j] = np.bincount(rng.integers(0, n, size=n), minlength=n)
+        yield counts
+
+
+def _resampled_means(
+    columns: Mapping[tuple[str, str], np.ndarray], n: int, n_boot: int, seed: int
+) -> dict[tuple[str, str], np.ndarray]:
+    """Per column (n values), its mean on each of the `n_boot` resamples of `seed`.
+
+    Columns with equal values share one product, so equal terms (a policy compared with
+    itself, or two policies that agree) get bit-identical replicates and their paired
+    differences are exactly zero.
+    """
+    slot: dict[bytes, int] = {}
+    distinct: list[np.ndarray] = []
+    where: dict[tuple[str, str], int] = {}
+    for key, values in columns.items():
+        v = np.ascontiguousarray(values, dtype=float)
+        digest = hashlib.blake2b(v.tobytes(), digest_size=16).digest()
+        if digest not in slot:
+            slot[digest] = len(distinct)
+            distinct.append(v)
+        where[key] = slot[digest]
+    matrix = np.column_stack(distinct) if distinct else np.empty((n, 0))
+    parts = [counts @ matrix / n for counts in _resample_counts(n, n_boot, seed)]
+    means = np.concatenate(parts) if parts else np.empty((0, len(distinct)))
+    return {key: means[:, j] for key, j in where.items()}
+
+
+@dataclass(frozen=True)
+class PolicyBootstrap:
+    """Several policies' estimates and their bootstrap replicates, all on the same resamples.
+
+    estimates: policy -> estimator -> value on the logged rows.
+    replicates: policy -> estimator -> (n_boot,) values, one per resample (NaN where SNIPS is
+        undefined).
+    """
+
+    estimates: dict[str, dict[str, float]]
+    replicates: dict[str, dict[str, np.ndarray]]
+    alpha: float
+
+    def values(self) -> pd.DataFrame:
+        """One row per (policy, estimator): estimate, ci_low, ci_high (percentile intervals)."""
+        rows = []
+        for name, ests in self.estimates.items():
+            for est, value in ests.items():
+                lo, hi = _interval(self.replicates[name][est], self.alpha)
+                rows.append(
+                    {
+                        "policy": name,
+                        "estimator": est,
+                        "estimate": value,
+                        "ci_low": lo,
+                        "ci_high": hi,
+                    }
+                )
+        return pd.DataFrame(rows).set_index(["policy", "estimator"])
+
+    def difference(self, policy: str, reference: str) -> pd.DataFrame:
+        """V(policy) - V(reference) per estimator, with the paired interval: the difference on
+        each resample, so the noise the two policies share cancels."""
+        rows = []
+        for est, value in self.estimates[policy].items():
+            lo, hi = _interval(
+                self.replicates[policy][est] - self.replicates[reference][est], self.alpha
+            )
+            rows.append(
+                {
+                    "estimator": est,
+                    "difference": value - self.estimates[reference][est],
+                    "ci_low": lo,
+                    "ci_high": hi,
+                }
+            )
+        return pd.DataFrame(rows).set_index("estimator")
+
+
+def bootstrap_policies(
+    logged: LoggedData,
+    policies: Mapping[str, np.ndarray],
+    q: Any = None,
+    n_boot: int = 500,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> PolicyBootstrap:
+    """Every policy's IPS, SNIPS (and, with a reward model `q` (n, k), DR) estimate, and its
+    value on `n_boot` resamples of the rows drawn from `seed` (the same for every policy).
+
+    `evaluate_policies` and `policy_difference` are views of this: computing it once serves
+    both tables on the same resamples, at the cost of one resampling.
+    """
+    q_arr = _check_q(logged, q)
+    terms = {
+        name: _terms(logged, _check_policy(logged, pi), q_arr) for name, pi in policies.items()
+    }
+    columns = {(name, k): v for name, t in terms.items() for k, v in t.items()}
+    means = _resampled_means(columns, logged.n, n_boot, seed)
+    estimates: dict[str, dict[str, float]] = {}
+    replicates: dict[str, dict[str, np.ndarray]] = {}
+    for name, t in terms.items():
+        estimates[name] = {k: float(v) for k, v in _point(t).items()}
+        replicates[name] = _estimates({k: means[(name, k)] for k in t})
+    return PolicyBootstrap(estimates, replicates, alpha)
 
 
 def evaluate_policies(
@@ -178,29 +300,7 @@ def evaluate_policies(
     the policy agrees with no logged action; its interval is over the resamples where it is
     defined.
     """
-    q_arr = _check_q(logged, q)
-    terms = {
-        name: _terms(logged, _check_policy(logged, pi), q_arr) for name, pi in policies.items()
-    }
-    boots: dict[str, dict[str, list[np.ndarray]]] = {name: {} for name in policies}
-    for idx in _resamples(logged.n, n_boot, seed):
-        for name, t in terms.items():
-            for est, vals in _estimates(t, idx).items():
-                boots[name].setdefault(est, []).append(vals)
-    rows = []
-    for name, t in terms.items():
-        for est, value in _estimates(t, None).items():
-            lo, hi = _interval(np.concatenate(boots[name][est]), alpha)
-            rows.append(
-                {
-                    "policy": name,
-                    "estimator": est,
-                    "estimate": float(value),
-                    "ci_low": float(lo),
-                    "ci_high": float(hi),
-                }
-            )
-    return pd.DataFrame(rows).set_index(["policy", "estimator"])
+    return bootstrap_policies(logged, policies, q, n_boot, seed, alpha).values()
 
 
 def policy_difference(
@@ -213,27 +313,10 @@ def policy_difference(
     alpha: float = 0.05,
 ) -> pd.DataFrame:
     """V(policy) - V(reference) per estimator, with paired bootstrap CIs (same resamples)."""
-    q_arr = _check_q(logged, q)
-    ta = _terms(logged, _check_policy(logged, policy), q_arr)
-    tb = _terms(logged, _check_policy(logged, reference), q_arr)
-    diffs: dict[str, list[np.ndarray]] = {}
-    for idx in _resamples(logged.n, n_boot, seed):
-        ea, eb = _estimates(ta, idx), _estimates(tb, idx)
-        for est in ea:
-            diffs.setdefault(est, []).append(ea[est] - eb[est])
-    ea, eb = _estimates(ta, None), _estimates(tb, None)
-    rows = []
-    for est in ea:
-        lo, hi = _interval(np.concatenate(diffs[est]), alpha)
-        rows.append(
-            {
-                "estimator": est,
-                "difference": float(ea[est] - eb[est]),
-                "ci_low": float(lo),
-                "ci_high": float(hi),
-            }
-        )
-    return pd.DataFrame(rows).set_index("estimator")
+    both = {"policy": policy, "reference": reference}
+    return bootstrap_policies(logged, both, q, n_boot, seed, alpha).difference(
+        "policy", "reference"
+    )
 
 
 def best_single_option(
@@ -255,7 +338,7 @@ def best_single_option(
     best, best_v = "", -np.inf
     for o in candidates or logged.options:
         pi = single_option_policy(logged.n, logged.options, o)
-        v = float(_estimates(_terms(logged, pi, q_arr), None)[estimator])
+        v = float(_point(_terms(logged, pi, q_arr))[estimator])
         if v > best_v:
             best, best_v = o, v
     if not best:

@@ -36,7 +36,7 @@ from training.evaluate import (
 )
 from training.inputs import TrainingInputs, load_training_inputs, protocol_args
 from training.metrics import paired_auc_bootstrap, roc_auc
-from training.policy_value import deterministic_policy, evaluate_policies, policy_difference
+from training.policy_value import bootstrap_policies, deterministic_policy
 from training.protocol import CutoffProtocol
 from training.registry import CHALLENGER, CHAMPION, VersionInfo, alias_uri, get_alias, set_alias
 from training.tracking import configure_tracking, data_fingerprint, use_experiment
@@ -87,10 +87,10 @@ def _compare_policies(
     pi_b_labels = np.where(np.isin(b.learned, opts), b.learned, challenger.control)
     pi_a = deterministic_policy(a.learned, opts)
     pi_b = deterministic_policy(pi_b_labels, opts)
-    values = evaluate_policies(
+    boot = bootstrap_policies(
         a.logged, {"challenger": pi_a, "champion": pi_b}, q=a.q, n_boot=500, seed=seed
     )
-    diff = policy_difference(a.logged, pi_a, pi_b, q=a.q, n_boot=500, seed=seed)
+    values, diff = boot.values(), boot.difference("challenger", "champion")
     dr = values.xs("dr", level="estimator")
     estimate, ci_low = dr["estimate"].to_dict(), dr["ci_low"].to_dict()
     d = diff.loc["dr"].to_dict()

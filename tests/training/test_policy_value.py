@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
+import training.policy_value as pv
 from models.errors import InvalidInputError
 from training.policy_value import (
     LoggedData,
@@ -259,3 +261,72 @@ def test_snips_is_undefined_without_agreeing_rows_and_its_interval_skips_such_re
     assert np.isfinite(diff.loc["snips", ["ci_low", "ci_high"]].to_numpy(float)).all()
     with pytest.raises(InvalidInputError, match="candidates: no snips estimate"):
         best_single_option(data, "snips", candidates=["holdout"])
+
+
+def _index_bootstrap(
+    log: LoggedData, policies: dict[str, np.ndarray], q: np.ndarray, n_boot: int, seed: int
+) -> dict[tuple[str, str], np.ndarray]:
+    """The resampling as it was first written: each term gathered at the drawn indices,
+    `rng.integers(0, n, size=(50, n))` per chunk of 50 resamples; replicates per (policy,
+    estimator)."""
+    rng = np.random.default_rng(seed)
+    rows = np.arange(log.n)
+    out: dict[tuple[str, str], list[np.ndarray]] = {}
+    for start in range(0, n_boot, 50):
+        idx = rng.integers(0, log.n, size=(min(50, n_boot - start), log.n))
+        for name, pi in policies.items():
+            w = pi[rows, log.action] / log.propensity
+            dr = (pi * q).sum(axis=1) + w * (log.reward - q[rows, log.action])
+            mw, mwr = w[idx].mean(axis=-1), (w * log.reward)[idx].mean(axis=-1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                snips = np.where(mw > 0, mwr / mw, np.nan)
+            for est, v in (("ips", mwr), ("snips", snips), ("dr", dr[idx].mean(axis=-1))):
+                out.setdefault((name, est), []).append(v)
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _percentiles(b: np.ndarray) -> list[float]:
+    b = b[np.isfinite(b)]
+    return [float(x) for x in np.quantile(b, [0.025, 0.975])]
+
+
+@pytest.mark.parametrize("chunk_values", [pv.RESAMPLE_CHUNK_VALUES, 1000])
+def test_counted_resamples_give_the_intervals_of_gathered_indices(
+    monkeypatch: pytest.MonkeyPatch, chunk_values: int
+) -> None:
+    # the resamples are drawn as counts per row (one bincount serves every term); they must be
+    # the very resamples the index gathering drew from the same seed, so every interval
+    # matches it to rounding, whatever the chunking of the draws (1000 values: one resample
+    # per chunk)
+    monkeypatch.setattr(pv, "RESAMPLE_CHUNK_VALUES", chunk_values)
+    sim = simulate(3001, 5)
+    log = logged(sim)
+    q = sim["mu"] + 0.03
+    policies = {
+        "target": deterministic_policy(np.where(sim["x"] > 0.5, "a", "b"), OPTIONS),
+        "only_a": single_option_policy(log.n, OPTIONS, "a"),
+        "random": random_policy(log.n, OPTIONS),
+    }
+    reference = _index_bootstrap(log, policies, q, n_boot=130, seed=11)
+    values = evaluate_policies(log, policies, q=q, n_boot=130, seed=11)
+    for (name, est), b in reference.items():
+        got = values.loc[(name, est), ["ci_low", "ci_high"]].to_numpy(float)
+        np.testing.assert_allclose(got, _percentiles(b), rtol=1e-12, err_msg=f"{name} {est}")
+    diff = policy_difference(log, policies["target"], policies["only_a"], q=q, n_boot=130, seed=11)
+    for est in ("ips", "snips", "dr"):
+        want = _percentiles(reference[("target", est)] - reference[("only_a", est)])
+        got = diff.loc[est, ["ci_low", "ci_high"]].to_numpy(float)
+        np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=est)
+
+
+def test_one_bootstrap_serves_the_values_and_the_paired_difference() -> None:
+    sim = simulate(2000, 6)
+    log = logged(sim)
+    good = deterministic_policy(np.where(sim["x"] > 0.5, "a", "b"), OPTIONS)
+    only_b = single_option_policy(log.n, OPTIONS, "b")
+    boot = pv.bootstrap_policies(log, {"good": good, "b": only_b}, n_boot=100, seed=3)
+    alone = policy_difference(log, good, only_b, n_boot=100, seed=3)
+    pd.testing.assert_frame_equal(boot.difference("good", "b"), alone)
+    pd.testing.assert_frame_equal(
+        boot.values(), evaluate_policies(log, {"good": good, "b": only_b}, n_boot=100, seed=3)
+    )
