@@ -395,6 +395,11 @@ def main() -> None:
     )
     ap.add_argument("--jobs", type=int, default=1, help="with --sample-customers: worker processes")
     ap.add_argument(
+        "--compiled-eval",
+        action="store_true",
+        help="with --sample-customers: score the held-out rows with compiled trees (lleaves)",
+    )
+    ap.add_argument(
         "--reference-share",
         type=float,
         default=0.922,
@@ -427,7 +432,12 @@ def main() -> None:
             t2 = time.perf_counter()
             np.random.seed(args.seed)
             model, ev = training.pipeline.fit_policy(
-                inputs, args.seed, z=args.z, n_bags=args.bags, n_jobs=args.jobs
+                inputs,
+                args.seed,
+                z=args.z,
+                n_bags=args.bags,
+                n_jobs=args.jobs,
+                compiled_eval=args.compiled_eval,
             )
         t3, c3 = time.perf_counter(), time.process_time()
         peak = _rss_peak_kib()

@@ -68,6 +68,7 @@ def fit_policy(
     n_bags: int = 8,
     crossfit: bool = False,
     n_jobs: int = 1,
+    compiled_eval: bool = False,
 ) -> tuple[PolicyModel, Evaluation]:
     """Fit what the inputs support, assemble the PolicyModel and evaluate it on held-out rows.
 
@@ -75,7 +76,8 @@ def fit_policy(
     unless given (see `training.fit.fit_response`). `crossfit`: the response model trains on
     every contact, cross-fitted by customer, and is evaluated out of fold. `n_jobs`: worker
     processes scoring a customer sample's held-out rows partition by partition
-    (`training.held_out_eval`).
+    (`training.held_out_eval`); `compiled_eval`: they are scored with the boosters compiled
+    (lleaves; the same metrics to within rounding, a few times faster).
     """
     react = None
     if inputs.reactivation is not None:
@@ -141,6 +143,7 @@ def fit_policy(
             n_jobs,
             reactivation=react is not None and inputs.reactivation is not None,
             response=resp is not None,
+            compiled=compiled_eval,
         )
     elif react is not None and inputs.reactivation is not None:
         evaluate_reactivation(model, inputs.reactivation, ev, seed)
@@ -243,6 +246,7 @@ def train(
     sample_customers: int | None = None,
     crossfit: bool = False,
     n_jobs: int = 1,
+    compiled_eval: bool = False,
 ) -> TrainResult:
     """Train on a data directory or frame(s), log everything to MLflow, register a challenger.
 
@@ -254,7 +258,8 @@ def train(
     `crossfit`: the response model also learns from the latest contacts (a retraining after
     a played wave learns from it), cross-fitted by customer and evaluated out of fold
     (`training.fit.fit_response`). `n_jobs`: worker processes for the sampled pass and its
-    evaluation (each holds one partition).
+    evaluation (each holds one partition). `compiled_eval`: a sample's held-out rows are
+    scored with compiled trees (`training.held_out_eval.scoring_model`).
     """
     settings = settings or get_settings()
     registered = model_name or settings.model_name
@@ -272,7 +277,9 @@ def train(
         # a bad tracking URI or experiment fails here, not after minutes of fitting
         configure_tracking(settings)
         use_experiment(experiment, settings)
-        return _train_on(inputs, source, seed, settings, registered, z, n_bags, crossfit, n_jobs)
+        return _train_on(
+            inputs, source, seed, settings, registered, z, n_bags, crossfit, n_jobs, compiled_eval
+        )
     finally:
         if inputs.held_out is not None:
             inputs.held_out.remove()
@@ -288,6 +295,7 @@ def _train_on(
     n_bags: int,
     crossfit: bool = False,
     n_jobs: int = 1,
+    compiled_eval: bool = False,
 ) -> TrainResult:
     np.random.seed(seed)  # libraries that draw from the global generator stay reproducible
     model, ev = fit_policy(inputs, seed, z=z, n_bags=n_bags, crossfit=crossfit, n_jobs=n_jobs)

@@ -99,6 +99,21 @@ def test_compiled_scores_equal_lightgbm(
     )
 
 
+def test_boosters_compiled_side_by_side_score_as_compiled_one_by_one(
+    trained: tuple[PolicyModel, np.ndarray], tmp_path: Path
+) -> None:
+    model, X = trained
+    assert model.response is not None and model.reactivation is not None
+    n_boosters = sum(len(b) if isinstance(b, list | tuple) else 1 for b in model.response.models_)
+    n_boosters += 1 + (model.support is not None)
+    side = compile_policy_model(model, cache_dir=tmp_path / "side", jobs=2)
+    # two worker processes compiled every booster into the cache: one shared object each
+    assert len(list((tmp_path / "side").glob("*.so"))) == n_boosters
+    one = compile_policy_model(model, cache_dir=tmp_path / "one")
+    for field in ("p", "decision_value", "p_reactivation"):
+        np.testing.assert_array_equal(getattr(side.score(X), field), getattr(one.score(X), field))
+
+
 def test_original_model_keeps_lightgbm_boosters(trained: tuple[PolicyModel, np.ndarray]) -> None:
     model, _ = trained
     compiled = compile_policy_model(model)

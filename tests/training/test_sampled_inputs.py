@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import mlflow
@@ -16,7 +17,9 @@ from features.datadir import load_data_dir
 from features.partitioned import write_partitioned
 from features.settings import get_settings
 from features.synthetic.generate import generate_world, write_world
+from training.evaluate import Evaluation
 from training.fit import RESPONSE_TEST_AFTER, response_split
+from training.held_out_eval import evaluate_held_out, scoring_model
 from training.inputs import load_training_inputs, protocol_origins
 from training.pipeline import fit_policy, train
 from training.sampled_inputs import allocate, strata
@@ -238,3 +241,42 @@ def test_worker_processes_give_the_same_sample_frames_and_held_out_rows(
         for x in (one, two):
             if x.held_out is not None:
                 x.held_out.remove()
+
+
+def test_compiled_trees_score_the_held_out_rows_as_lightgbm_does(
+    worlds: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("lleaves")
+    _, part = worlds
+    inputs = load_training_inputs(part, sample_customers=300, seed=2)
+    try:
+        assert inputs.held_out is not None
+        model, plain = fit_policy(inputs, seed=2, n_bags=2)
+        compiled = Evaluation()
+        with caplog.at_level(logging.INFO, logger="winback.training"):
+            evaluate_held_out(
+                model, inputs.held_out, compiled, 2, inputs.ground_truth, n_jobs=2, compiled=True
+            )
+        assert "compiled the model's trees" in caplog.text  # not the LightGBM fallback
+        measured = {k: v for k, v in plain.metrics.items() if k in compiled.metrics}
+        assert "learned_share_of_oracle" in measured and "reactivation_auc" in measured
+        assert measured.keys() == compiled.metrics.keys()
+        for key, value in measured.items():
+            assert compiled.metrics[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    finally:
+        inputs.held_out.remove()  # type: ignore[union-attr]
+
+
+def test_held_out_rows_fall_back_to_lightgbm_when_trees_cannot_compile(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import models.compiled
+
+    def refuse(model: object, cache: object = None, jobs: int = 1) -> object:
+        raise models.compiled.CompileError("compiled backend: lleaves is not importable")
+
+    monkeypatch.setattr(models.compiled, "compile_policy_model", refuse)
+    model = object()
+    with caplog.at_level(logging.WARNING, logger="winback.training"):
+        assert scoring_model(model, True, None) is model  # type: ignore[arg-type]
+    assert "held-out rows scored by LightGBM: compiled backend" in caplog.text
