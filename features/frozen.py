@@ -55,12 +55,35 @@ def category_counts(directory: Path, as_of: pd.Timestamp) -> Counter[str]:
     return counts
 
 
+def counted_vocabulary(counts: Counter[str], limit: int) -> tuple[str, ...]:
+    """The `limit` most counted categories, alphabetically (ties by name)."""
+    ranked = sorted((-n, name) for name, n in counts.items() if n)
+    return tuple(sorted(name for _, name in ranked[:limit]))
+
+
 def category_vocabulary(directory: Path, as_of: pd.Timestamp, limit: int) -> tuple[str, ...]:
     """The `limit` most ordered categories before `as_of`, alphabetically (ties by name): the
     same ranking as `FeatureEngine.category_vocabulary`."""
-    counts = category_counts(directory, as_of)
-    ranked = sorted((-n, name) for name, n in counts.items() if n)
-    return tuple(sorted(name for _, name in ranked[:limit]))
+    return counted_vocabulary(category_counts(directory, as_of), limit)
+
+
+def needs_vocabulary(feature_set: FeatureSet | None = None) -> bool:
+    """Whether the feature set's favourite_category vocabulary is still to be frozen."""
+    fs = feature_set or DEFAULT_FEATURE_SET
+    return "favourite_category" in fs.columns and not fs.feature("favourite_category").vocabulary
+
+
+def with_counted_vocabulary(
+    counts: Counter[str],
+    feature_set: FeatureSet | None = None,
+    config: FeatureConfig | None = None,
+) -> FeatureSet:
+    """`resolve_feature_set` from category counts already made (`category_counts`)."""
+    fs = feature_set or DEFAULT_FEATURE_SET
+    if not needs_vocabulary(fs):
+        return fs
+    cfg = config or FeatureConfig()
+    return fs.with_vocabulary("favourite_category", counted_vocabulary(counts, cfg.max_categories))
 
 
 def resolve_feature_set(
@@ -71,13 +94,9 @@ def resolve_feature_set(
 ) -> FeatureSet:
     """`features.build.resolve_feature_set` for a partitioned directory: the feature set with
     its favourite_category vocabulary frozen from every partition's orders before `as_of`."""
-    fs = feature_set or DEFAULT_FEATURE_SET
-    if "favourite_category" not in fs.columns or fs.feature("favourite_category").vocabulary:
-        return fs
-    cfg = config or FeatureConfig()
-    return fs.with_vocabulary(
-        "favourite_category", category_vocabulary(directory, as_of, cfg.max_categories)
-    )
+    if not needs_vocabulary(feature_set):
+        return feature_set or DEFAULT_FEATURE_SET
+    return with_counted_vocabulary(category_counts(directory, as_of), feature_set, config)
 
 
 def _max_ts(directory: Path, table: str, column: str) -> pd.Timestamp | None:

@@ -41,12 +41,14 @@ What was used (N, seed, population, per-stratum population / target / sampled co
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -59,7 +61,7 @@ from pandas.api.types import is_integer_dtype
 
 from features import constants as c
 from features import modeling_frame as mf
-from features.config import FeatureConfig
+from features.config import FeatureConfig, FeatureConfigError
 from features.datadir import DataSet
 from features.frames import Frame, offer_response_frame
 from features.partitions import partition_dir_name
@@ -213,44 +215,110 @@ def _contact_times(times: np.ndarray) -> tuple[float | None, str | None]:
     return after, pd.Timestamp(int(train.max())).isoformat()
 
 
+_Stamp = pd.Timestamp | None
+
+
+def _part_times(directory: Path, part: int) -> tuple[_Stamp, _Stamp, _Stamp, _Stamp, np.ndarray]:
+    """One partition's times the freeze needs, each table read once (the columns as
+    validation coerces them, UTC, tz-naive, as the in-memory path reads them): the first and
+    the last order, the last event, the last contact and every contact time (ns)."""
+    from features import frozen
+    from features.partitioned import read_partition_table
+
+    def column(table: str, col: str) -> pd.Series:
+        raw = read_partition_table(directory, table, part, (col,))
+        if raw is None or not len(raw):
+            return pd.Series([], dtype="datetime64[ns]")
+        return frozen._coerced(table, raw, (col,))[col].dropna()
+
+    orders = column(c.ORDERS, c.ORDER_TS)
+    first, last = (
+        (pd.Timestamp(orders.min()), pd.Timestamp(orders.max()))
+        if len(orders)
+        else (
+            None,
+            None,
+        )
+    )
+    events = column(c.EVENTS, c.TS)
+    last_event = pd.Timestamp(events.max()) if len(events) else None
+    contacts = column(c.CONTACTS, c.TS)
+    last_contact = pd.Timestamp(contacts.max()) if len(contacts) else None
+    times = contacts.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    return first, last, last_event, last_contact, times
+
+
+def _part_categories(
+    directory: Path, as_ofs: tuple[pd.Timestamp, ...], part: int
+) -> list[Counter[str]]:
+    """Per `as_of`, one partition's orders per category placed strictly before it
+    (`features.frozen.category_counts`), the orders read once for all of them."""
+    from features import frozen
+    from features.partitioned import read_partition_table
+
+    cols = (c.ORDER_TS, c.CATEGORY)
+    out: list[Counter[str]] = [Counter() for _ in as_ofs]
+    raw = read_partition_table(directory, c.ORDERS, part, cols)
+    if raw is None or not len(raw):
+        return out
+    df = frozen._coerced(c.ORDERS, raw, cols)
+    for counts, as_of in zip(out, as_ofs, strict=True):
+        for name, n in df.loc[df[c.ORDER_TS] < as_of, c.CATEGORY].value_counts().items():
+            counts[str(name)] += int(n)
+    return out
+
+
+def _latest(stamps: Iterable[pd.Timestamp | None]) -> pd.Timestamp | None:
+    found = [s for s in stamps if s is not None]
+    return max(found) if found else None
+
+
 def _freeze_partitioned(
     directory: Path,
     horizon: int,
     cutoff: str | pd.Timestamp | None,
     population: str,
     cfg: FeatureConfig,
+    n_jobs: int = 1,
 ) -> _Frozen:
+    """The frozen values from two passes over the partitions, each in `n_jobs` worker
+    processes: the times (orders, contacts and events read once), then the category counts
+    before both vocabularies' as-of times (orders read once more). The same values as
+    `features.frozen`'s one-value-per-pass functions (`data_end`, `last_contact_ts`,
+    `resolve_feature_set`), which read the orders four times on one core."""
     from features import frozen
-    from features.partitioned import read_layout, scan_column
+    from features.partitioned import map_partitions, read_layout
 
-    end = frozen.data_end(directory)
-    first = None
-    times: list[np.ndarray] = []
-    # the columns as validation coerces them (UTC, tz-naive), like the in-memory path reads them
-    for _, raw in scan_column(directory, c.ORDERS, (c.ORDER_TS,)):
-        s = frozen._coerced(c.ORDERS, raw, (c.ORDER_TS,))[c.ORDER_TS]
-        if s.notna().any():
-            m = pd.Timestamp(s.min())
-            first = m if first is None or m < first else first
-    for _, raw in scan_column(directory, c.CONTACTS, (c.TS,)):
-        ts = frozen._coerced(c.CONTACTS, raw, (c.TS,))[c.TS].dropna()
-        times.append(ts.to_numpy(dtype="datetime64[ns]").astype(np.int64))
+    layout = read_layout(directory)
+    parts = range(layout.n_partitions)
+    times_of = list(map_partitions(functools.partial(_part_times, directory), parts, n_jobs))
+    last_contact = _latest(x[3] for x in times_of)
+    end = _latest([_latest(x[1] for x in times_of), last_contact, _latest(x[2] for x in times_of)])
+    if end is None:
+        raise FeatureConfigError(f"{directory}: no orders, contacts or events to frame")
+    starts = [x[0] for x in times_of if x[0] is not None]
+    first = min(starts) if starts else None
     try:
         protocol = protocol_between(end, first, horizon, cutoff, population)
     except TrainingError:
         if cutoff is not None:
             raise
         protocol = None
-    fs_react = (
-        frozen.resolve_feature_set(directory, protocol.cutoff_ts, None, cfg) if protocol else None
-    )
-    last = frozen.last_contact_ts(directory)
-    fs_offer = frozen.resolve_feature_set(
-        directory, (last or end) + pd.Timedelta(1, "ns"), None, cfg
-    )
-    allt = np.concatenate(times) if times else np.zeros(0, np.int64)
+    offer_as_of = (last_contact or end) + pd.Timedelta(1, "ns")
+    as_ofs = (offer_as_of,) if protocol is None else (offer_as_of, protocol.cutoff_ts)
+    if frozen.needs_vocabulary():
+        task = functools.partial(_part_categories, directory, as_ofs)
+        counts: list[Counter[str]] = [Counter() for _ in as_ofs]
+        for part_counts in map_partitions(task, parts, n_jobs):
+            for total, more in zip(counts, part_counts, strict=True):
+                total.update(more)
+    else:
+        counts = [Counter() for _ in as_ofs]
+    fs_offer = frozen.with_counted_vocabulary(counts[0], None, cfg)
+    fs_react = frozen.with_counted_vocabulary(counts[1], None, cfg) if protocol else None
+    allt = np.concatenate([x[4] for x in times_of]) if times_of else np.zeros(0, np.int64)
     after, until = _contact_times(allt)
-    customers = read_layout(directory).row_counts.get(c.CUSTOMERS, 0)
+    customers = layout.row_counts.get(c.CUSTOMERS, 0)
     return _Frozen(protocol, end, fs_react, fs_offer, after, until, customers)
 
 
@@ -475,7 +543,7 @@ def build_sampled_inputs(
     partitioned = is_partitioned(source)
     t_freeze = time.perf_counter()
     if partitioned:
-        frozen = _freeze_partitioned(source, h, cutoff, population, cfg)
+        frozen = _freeze_partitioned(source, h, cutoff, population, cfg, n_jobs)
         n_parts = read_layout(source).n_partitions
     else:
         data = load_data_dir(source)

@@ -280,3 +280,42 @@ def test_held_out_rows_fall_back_to_lightgbm_when_trees_cannot_compile(
     with caplog.at_level(logging.WARNING, logger="winback.training"):
         assert scoring_model(model, True, None) is model  # type: ignore[arg-type]
     assert "held-out rows scored by LightGBM: compiled backend" in caplog.text
+
+
+def test_freeze_reads_each_table_at_most_twice_and_freezes_what_the_one_value_passes_do(
+    worlds: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import features.partitioned
+    from features import frozen
+    from features.config import FeatureConfig
+    from training.protocol import protocol_between
+    from training.sampled_inputs import _freeze_partitioned
+
+    _, part = worlds
+    cfg = FeatureConfig()
+    reads: list[tuple[str, int]] = []
+    original = features.partitioned.read_partition_table
+
+    def spy(directory: Path, table: str, p: int, columns: object = None) -> object:
+        reads.append((table, p))
+        return original(directory, table, p, columns)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(features.partitioned, "read_partition_table", spy)
+    got = _freeze_partitioned(part, cfg.horizon_days, None, "all", cfg)
+    monkeypatch.undo()
+    # orders once for the times and once for both vocabularies (the one-value passes read
+    # them four times), contacts and events once
+    assert max(reads.count((c.ORDERS, p)) for p in range(3)) == 2
+    assert max(reads.count((c.CONTACTS, p)) for p in range(3)) == 1
+    end = frozen.data_end(part)
+    assert got.end == end
+    first = pd.read_parquet(part / c.ORDERS)[c.ORDER_TS].min()
+    assert got.protocol == protocol_between(end, pd.Timestamp(first), cfg.horizon_days)
+    assert got.protocol is not None
+    assert got.fs_react == frozen.resolve_feature_set(part, got.protocol.cutoff_ts, None, cfg)
+    last = frozen.last_contact_ts(part)
+    assert last is not None
+    assert got.fs_offer == frozen.resolve_feature_set(part, last + pd.Timedelta(1, "ns"), None, cfg)
+    assert got.fs_offer.feature("favourite_category").vocabulary  # a vocabulary was frozen
+    # worker processes freeze the same values
+    assert _freeze_partitioned(part, cfg.horizon_days, None, "all", cfg, n_jobs=2) == got
