@@ -6,7 +6,8 @@ cutoff's 7-8M customers and 2-3M later contacts, every bag of the response learn
 row's score depends on that row alone, so the files are scored one at a time, by `n_jobs`
 worker processes side by side (`features.partitioned.map_partitions`; each loads the model
 once and holds one partition's rows), optionally with the boosters compiled
-(`scoring_model`; measured in bench/README.md). Only narrow results come back: P(reactivation), label and slices per reactivation row
+(`scoring_model`; measured in bench/README.md). Only narrow results come back:
+P(reactivation), label and slices per reactivation row
 (`ReactivationScores`); the logged columns, the model's per-option probabilities, decision
 values and economics per contact (`ScoredContacts`). The metrics are then computed once on
 the concatenated results, exactly as on one frame: the bootstrap intervals resample every
