@@ -747,5 +747,8 @@ class Store:
         if len(ids) == 1:  # one API request: the plain-SQL read
             with self._hot_transaction(write=False) as cur:
                 return {ids[0]: queries.customer_state(cur, ids[0], at, lookback_days)}
+        if len(ids) <= queries.HOT_STATES_MAX:  # a group of API requests: plain SQL too
+            with self._hot_transaction(write=False) as cur:
+                return queries.customer_states_hot(cur, ids, at, lookback_days)
         with self._connection(write=False) as s:
             return queries.customer_states(s, ids, at, lookback_days)

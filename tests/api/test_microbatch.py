@@ -141,7 +141,8 @@ def _view(r: httpx.Response, keyed: bool) -> dict[str, Any]:
 
 def _contacts(client: TestClient) -> list[tuple[str, str]]:
     with runtime_of(client).store.engine.connect() as conn:
-        rows = conn.execute(text("SELECT customer_id, ts FROM contacts ORDER BY ts")).all()
+        sql = "SELECT customer_id, ts FROM contacts ORDER BY ts, customer_id"
+        rows = conn.execute(text(sql)).all()
     return [(r[0], str(r[1])) for r in rows]
 
 
