@@ -8,7 +8,9 @@ Usage (after `bench/bench_api.py` has prepared its work dir)::
 Builds the app as `winback serve` does (same `WINBACK_*` settings as `bench_api.py`'s `api`
 target, JSON logs to /dev/null, a fresh SQLite database), drives `POST /v1/recommendations`
 with the bench's request bodies (a new `request_id` each, so every request records a
-decision) straight through the ASGI interface, and prints the process CPU time per request.
+decision; one at a time, or `--concurrency` at once, in waves, which the worker decides
+together: `serving.api.microbatch`) straight through the ASGI interface, and prints the
+process CPU time per request.
 Load-independent enough to compare two versions of the request path on a shared machine
 (CPU time, not wall time); `--profile` writes a cProfile of the loop. A development tool:
 the figures that count are `bench_api.py`'s, over HTTP against the ceiling.
@@ -120,9 +122,11 @@ async def _run(args: argparse.Namespace) -> None:
         if prof is not None:
             prof.enable()
         statuses: dict[int, int] = {}
-        for b in bodies[args.warmup :]:
-            status, _ = await _call(app, b)
-            statuses[status] = statuses.get(status, 0) + 1
+        timed = bodies[args.warmup :]
+        for start in range(0, len(timed), args.concurrency):
+            wave = timed[start : start + args.concurrency]
+            for status, _ in await asyncio.gather(*(_call(app, b) for b in wave)):
+                statuses[status] = statuses.get(status, 0) + 1
         if prof is not None:
             prof.disable()
             prof.dump_stats(args.profile)
@@ -131,6 +135,7 @@ async def _run(args: argparse.Namespace) -> None:
         json.dumps(
             {
                 "requests": args.requests,
+                "concurrency": args.concurrency,
                 "statuses": statuses,
                 "cpu_ms_per_request": round(cpu / args.requests * 1e3, 4),
                 "wall_ms_per_request": round(wall / args.requests * 1e3, 4),
@@ -146,6 +151,12 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/wb_bench_api"))
     p.add_argument("--requests", type=int, default=3000)
     p.add_argument("--warmup", type=int, default=300)
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="requests sent at once, in waves (the worker decides each wave together)",
+    )
     p.add_argument("--profile", type=Path, default=None, help="write a cProfile here")
     p.add_argument("--live", action="store_true", help="no stored scores (call the boosters)")
     p.add_argument("--db", type=Path, default=None, help="SQLite file (default: fresh in work)")

@@ -22,6 +22,7 @@ import numpy.typing as npt
 from features.featureset import DEFAULT_FEATURE_SET, FeatureSet
 from features.snapshot import Snapshot
 from serving.engine import CustomerBatch, Decision, DecisionBatch, OptionSet, Scores, decide
+from serving.engine.choose import DecisionKey
 from serving.engine.rules import BudgetUsage
 from serving.engine.timeutil import to_days
 from serving.errors import ModelUnavailableError
@@ -206,7 +207,7 @@ def decide_rows(
     as_of: datetime,
     at: datetime,
     channel: str,
-    key: str,
+    key: DecisionKey,
     store: Store | None = None,
     candidate_offer_ids: Sequence[str] | None = None,
     budget_usage: Mapping[str, BudgetUsage] | None = None,
@@ -223,7 +224,7 @@ def decide_rows(
         as_of: the snapshot's point in time.
         at: the decision time (naive UTC).
         channel: a channel name or `auto`.
-        key: the exploration key (see `decision_key`).
+        key: the exploration key (see `decision_key`), or one per row.
         store: read for the live overlay (None: no live state).
         candidate_offer_ids, budget_usage: passed to `decide`.
         stored, rows: the snapshot's precomputed scores and the snapshot row of each matrix

@@ -60,7 +60,7 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class _Meta:
+class Meta:
     request_id: str | None
     campaign_id: str | None
     dry_run: bool
@@ -117,8 +117,8 @@ Segment = tuple[str | None, str | None]
 """(value tier, lapse state) of a customer when decided (see `Decided.segment`)."""
 
 
-def _record(
-    d: Decision, decision_id: str, now: datetime, meta: _Meta, segment: Segment
+def record_of(
+    d: Decision, decision_id: str, now: datetime, meta: Meta, segment: Segment
 ) -> DecisionRecord:
     return DecisionRecord(
         decision_id=decision_id,
@@ -236,7 +236,7 @@ def decide_once(
     A new key (the common case) costs no extra read nor transaction: it is stored in the
     transaction that records the request's first decision (`IdempotencyClaim`), so key and
     decision commit together. If the key exists, that transaction writes nothing and the
-    request takes the repeat path (`_repeat`).
+    request takes the repeat path (`repeat`).
     """
     fingerprint = request_fingerprint(endpoint, body)
     ids = [keyed_decision_id(key, cid) for cid in customer_ids]
@@ -245,7 +245,7 @@ def decide_once(
         at = decision_time(rt, requested, dry_run=False)
     except ApiError:
         # out of the clock's tolerance: refused unless it repeats a recorded request
-        return _repeat(rt, endpoint, fingerprint, key, ids, *args)
+        return repeat(rt, endpoint, fingerprint, key, ids, *args)
     try:
         outcomes = decide_and_record(
             rt,
@@ -259,11 +259,11 @@ def decide_once(
             claim=IdempotencyClaim(key, fingerprint, endpoint, at),
         )
     except IdempotencyKeyTakenError:
-        return _repeat(rt, endpoint, fingerprint, key, ids, *args)
-    return _from_log_where_duplicate(rt, ids, dict(enumerate(outcomes)), {})
+        return repeat(rt, endpoint, fingerprint, key, ids, *args)
+    return from_log_where_duplicate(rt, ids, dict(enumerate(outcomes)), {})
 
 
-def _repeat(
+def repeat(
     rt: Runtime,
     endpoint: str,
     fingerprint: str,
@@ -303,10 +303,10 @@ def _repeat(
             decision_ids=[ids[i] for i in todo],
         )
         fresh = dict(zip(todo, outcomes, strict=True))
-    return _from_log_where_duplicate(rt, ids, fresh, logged)
+    return from_log_where_duplicate(rt, ids, fresh, logged)
 
 
-def _from_log_where_duplicate(
+def from_log_where_duplicate(
     rt: Runtime, ids: Sequence[str], fresh: dict[int, Outcome], logged: dict[str, DecisionRow]
 ) -> list[Outcome]:
     """The outcome of each id: the one just recorded, else the logged one (re-checked)."""
@@ -382,34 +382,39 @@ def decide_and_record(
             did,
             at,
             state.preferences if state else None,
-            _Meta(request_id, campaign_id, dry_run),
+            Meta(request_id, campaign_id, dry_run),
             decided.segment(i),
             claim,
         )
         if outcome.recorded:  # the key is stored with it
             claim = None
         outcome = replace(outcome, top_categories=top_categories(snapshot, rows[i]))
-        rt.metrics.count_decision(
-            outcome.decision.action, outcome.decision.offer_id, outcome.decision.reasons
-        )
-        log.info(
-            "decision",
-            extra={
-                "decision_id": outcome.decision_id,
-                "request_id": request_id,
-                "customer_id": d.customer_id,
-                "action": outcome.decision.action,
-                "offer_id": outcome.decision.offer_id,
-                "channel": outcome.decision.channel,
-                "reasons": list(outcome.decision.reasons),
-                "recorded": outcome.recorded,
-                "dry_run": dry_run,
-                "model_version": d.model_version,
-                "policy_version": d.policy_version,
-            },
-        )
+        announce(rt, outcome, d)
         out.append(outcome)
     return out
+
+
+def announce(rt: Runtime, outcome: Outcome, d: Decision) -> None:
+    """The metrics and the JSON log line of one decision made (`d`: as the engine made it)."""
+    rt.metrics.count_decision(
+        outcome.decision.action, outcome.decision.offer_id, outcome.decision.reasons
+    )
+    log.info(
+        "decision",
+        extra={
+            "decision_id": outcome.decision_id,
+            "request_id": outcome.request_id,
+            "customer_id": d.customer_id,
+            "action": outcome.decision.action,
+            "offer_id": outcome.decision.offer_id,
+            "channel": outcome.decision.channel,
+            "reasons": list(outcome.decision.reasons),
+            "recorded": outcome.recorded,
+            "dry_run": outcome.dry_run,
+            "model_version": d.model_version,
+            "policy_version": d.policy_version,
+        },
+    )
 
 
 def _commit(
@@ -418,7 +423,7 @@ def _commit(
     decision_id: str,
     at: datetime,
     prefs: Preferences | None,
-    meta: _Meta,
+    meta: Meta,
     segment: Segment,
     claim: IdempotencyClaim | None = None,
 ) -> Outcome:
@@ -429,7 +434,7 @@ def _commit(
         if d.is_contact:
             caps = rt.base_caps.for_preferences(prefs)
             res = rt.store.try_record_contact(
-                _record(d, decision_id, at, meta, segment), caps, now=at, claim=claim
+                record_of(d, decision_id, at, meta, segment), caps, now=at, claim=claim
             )
             if res.recorded:
                 return replace(base, recorded=True)
@@ -438,7 +443,7 @@ def _commit(
             # was read: no contact now, for that reason.
             d = withdrawn(d, res.reason or "cap")
             base = replace(base, decision=d)
-        rt.store.record_decision(_record(d, decision_id, at, meta, segment), claim=claim)
+        rt.store.record_decision(record_of(d, decision_id, at, meta, segment), claim=claim)
         return replace(base, recorded=True)
     except DuplicateDecisionError:
         # The same deterministic id was recorded by a concurrent call: that one stands.

@@ -49,12 +49,27 @@ class Choice:
     any_allowed: npt.NDArray[np.bool_]
 
 
-def uniform_draws(customer_ids: Sequence[str] | np.ndarray, key: str) -> npt.NDArray[np.float64]:
-    """A uniform number in [0, 1) per customer, a stable function of (customer id, key)."""
-    suffix = b"\x00" + key.encode("utf-8") + b"\x00explore"
-    out = np.empty(len(customer_ids), dtype=np.float64)
+DecisionKey = str | Sequence[str] | np.ndarray
+"""One exploration key for every customer, or one per customer (requests decided together)."""
+
+
+def uniform_draws(
+    customer_ids: Sequence[str] | np.ndarray, key: DecisionKey
+) -> npt.NDArray[np.float64]:
+    """A uniform number in [0, 1) per customer, a stable function of (customer id, key).
+
+    `key`: one key for all, or one per customer (the draw of customer i then uses key[i],
+    exactly as if it had been decided alone under that key)."""
+    n = len(customer_ids)
+    if isinstance(key, str):
+        suffixes = [b"\x00" + key.encode("utf-8") + b"\x00explore"] * n
+    else:
+        if len(key) != n:
+            raise ValueError(f"decision_key: expected {n} keys, got {len(key)}")
+        suffixes = [b"\x00" + str(k).encode("utf-8") + b"\x00explore" for k in key]
+    out = np.empty(n, dtype=np.float64)
     for i, cid in enumerate(customer_ids):
-        d = hashlib.blake2b(str(cid).encode("utf-8") + suffix, digest_size=8).digest()
+        d = hashlib.blake2b(str(cid).encode("utf-8") + suffixes[i], digest_size=8).digest()
         out[i] = int.from_bytes(d, "big") / _SCALE
     return out
 
@@ -106,7 +121,7 @@ def choose(
     values: npt.NDArray[np.float64],
     epsilon: float,
     customer_ids: Sequence[str] | np.ndarray,
-    decision_key: str,
+    decision_key: DecisionKey,
     require_positive: bool = True,
     floor: float = 0.0,
     among_positive: bool = False,
@@ -134,7 +149,8 @@ def choose(
         )
         cum = np.cumsum(probs, axis=1)
         ids = np.asarray(customer_ids, dtype=object)[rows]
-        u = uniform_draws(ids, decision_key) * cum[:, -1]
+        keys = decision_key if isinstance(decision_key, str) else np.asarray(decision_key)[rows]
+        u = uniform_draws(ids, keys) * cum[:, -1]
         pick = np.argmax(cum > u[:, None], axis=1)
         chosen[rows] = pick
         propensity[rows] = probs[np.arange(len(rows)), pick]

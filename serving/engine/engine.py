@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from features.constants import CHANNELS
 from serving.engine import reasons as r
-from serving.engine.choose import choose, rules_only_values
+from serving.engine.choose import DecisionKey, choose, rules_only_values
 from serving.engine.decision import HOLDOUT, MESSAGE, NONE, OFFER, RULES_ONLY, DecisionBatch
 from serving.engine.errors import EngineInputError
 from serving.engine.options import OptionSet
@@ -128,7 +128,7 @@ def decide(
     scores: Scores | None,
     now: datetime,
     channel: str = "email",
-    decision_key: str = "",
+    decision_key: DecisionKey = "",
     candidate_offer_ids: Iterable[str] | None = None,
     budget_usage: Mapping[str, BudgetUsage] | None = None,
 ) -> DecisionBatch:
@@ -143,6 +143,8 @@ def decide(
         channel: a channel name or `auto`.
         decision_key: what makes the exploration draw differ between decisions of one
             customer (e.g. the request id, or campaign id + date); same key, same draw.
+            One key for every customer, or one per customer (requests decided together:
+            customer i draws as if decided alone under key i).
         candidate_offer_ids: restrict the options to these (plus `none`).
         budget_usage: usage per offer id, checked against the offers' budgets.
     """

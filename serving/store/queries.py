@@ -236,6 +236,36 @@ def customer_state(
     return _states(rows, [customer_id], hot.parse_ts)[customer_id]
 
 
+_MANY_STATE_SQL: dict[int, str] = {}
+
+
+def customer_states_hot(
+    cur: HotCursor, customer_ids: Sequence[str], now: datetime, lookback_days: int
+) -> dict[str, CustomerState]:
+    """`customer_states` on the request path (`serving.store.hotpath`): the ids as `n`
+    plain parameters (one statement text per `n`, cached), no SQLAlchemy statement to
+    render per read (a group of micro-batched API requests; at most `HOT_STATES_MAX`)."""
+    n = len(customer_ids)
+    sql = _MANY_STATE_SQL.get(n)
+    if sql is None:
+        listed = ", ".join(f":i{k}" for k in range(n))
+        sql = _MANY_STATE_SQL[n] = _STATE_SQL.replace(":ids", f"({listed})")
+    hot = cur.hot
+    params: dict[str, Any] = {f"i{k}": cid for k, cid in enumerate(customer_ids)}
+    params |= {
+        "sent": SENT,
+        "since": hot.ts(now - timedelta(days=lookback_days)),
+        "now": hot.ts(now),
+        "order": ORDER_EVENT,
+        "opted_out": OPTED_OUT,
+    }
+    return _states(cur.all(sql, params), customer_ids, hot.parse_ts)
+
+
+HOT_STATES_MAX = 256
+"""Most customers `customer_states_hot` reads at once (the statement texts are cached)."""
+
+
 def _same(ts: Any) -> Any:
     return ts
 

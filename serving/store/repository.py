@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
@@ -108,6 +109,40 @@ _CLAIM_KEY_SQL: Final = (
     "VALUES (:key, :fingerprint, :endpoint, :ts) ON CONFLICT (key) DO NOTHING RETURNING key"
 )
 _LOCK_CUSTOMER_SQL: Final = "SELECT pg_advisory_xact_lock(hashtextextended(:cid, 0))"
+# several customers' locks, always in the order of their lock keys (no two groups deadlock)
+_LOCK_CUSTOMERS_SQL: Final = (
+    "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(c, 0) AS h "
+    "FROM unnest(CAST(:cids AS text[])) AS c ORDER BY h) AS k"
+)
+
+RECORDED: Final = "recorded"
+WITHDRAWN: Final = "withdrawn"
+KEY_TAKEN: Final = "key_taken"
+DUPLICATE: Final = "duplicate"
+
+
+@dataclass(frozen=True)
+class GroupEntry:
+    """One decision of a group commit (`Store.record_group`).
+
+    `caps`: for a contact, the limits (tightened again by the preferences read under the
+    lock); `claim`: an idempotency key stored first; `withdrawn(code)`: the record to write
+    instead when consent or a cap blocks the contact (a `none` decision with that reason).
+    """
+
+    record: DecisionRecord
+    caps: ContactCaps | None = None
+    claim: IdempotencyClaim | None = None
+    withdrawn: Callable[[str], DecisionRecord] | None = None
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """What `record_group` did with an entry: `RECORDED`, `WITHDRAWN` (with the reason
+    code), `KEY_TAKEN` or `DUPLICATE` (the last two wrote nothing of the entry)."""
+
+    status: str
+    reason: str | None = None
 
 
 def _insert_decision_sql(hot: HotPath) -> str:
@@ -180,6 +215,11 @@ class Store:
         self.engine = engine
         self._hot = HotPath(engine)
         self._insert_decision = _insert_decision_sql(self._hot)
+        # a group commit's insert: a decision id that exists writes nothing (no row back)
+        # instead of failing the whole transaction
+        self._insert_decision_new = (
+            f"{self._insert_decision} ON CONFLICT DO NOTHING RETURNING decision_id"
+        )
         self._budget_cache: dict[tuple[tuple[str, ...], date], tuple[float, Any]] = {}
         self._budget_lock = threading.Lock()
 
@@ -316,51 +356,120 @@ class Store:
                 "decision with a channel implies a contact"
             )
         at = utc_naive(now or decision.ts)
-        # content messages count as offers for "no repeat" (as in the engine); check_caps
-        # exempts the plain message `none`
-        offer = decision.offer_id
         try:
             with self._hot_transaction(write=True) as cur:
                 if self.dialect == "postgresql":  # SQLite: BEGIN IMMEDIATE holds the lock
                     cur.execute(_LOCK_CUSTOMER_SQL, {"cid": decision.customer_id})
                 self._claim(cur, claim)
-                # Consent, preferences and the counted contacts are read under the lock, in
-                # one statement: an opt-out or a preference change acknowledged after the
-                # engine read its state (but before this lock) must still stop this contact.
-                # Writers of both take the same lock.
-                status, prefs, past = queries.contact_guard(
-                    cur, decision.customer_id, decision.channel, at, at - caps.horizon
-                )
-                blocked = consent_blocks(status, prefs, decision.channel)
-                if blocked is None:
-                    own = caps.for_preferences(prefs)
-                    if own.horizon > caps.horizon:  # the customer's own window reaches further
-                        _, _, past = queries.contact_guard(
-                            cur, decision.customer_id, decision.channel, at, at - own.horizon
-                        )
-                    blocked = check_caps(past, own, at, decision.channel, offer)
+                blocked = self._contact_blocked(cur, decision, caps, at)
                 if blocked is not None:
                     code, detail = blocked  # nothing written but the claim: commit frees the lock
                     return RecordResult(False, decision.decision_id, reason=code, detail=detail)
                 # decision first (the contact refers to it)
                 cur.execute(self._insert_decision, _decision_row(self._hot, decision))
-                cur.execute(
-                    _INSERT_CONTACT_SQL,
-                    {
-                        "contact_id": decision.decision_id,
-                        "decision_id": decision.decision_id,
-                        "customer_id": decision.customer_id,
-                        "ts": self._hot.ts(utc_naive(decision.ts)),
-                        "channel": decision.channel,
-                        "offer_id": decision.offer_id,
-                        "campaign_id": decision.campaign_id,
-                        "stage": decision.stage,
-                        "status": SENT,
-                    },
-                )
+                self._insert_contact(cur, decision)
         except StoreError as exc:
             raise self._duplicate_or(exc, decision.decision_id) from None
         return RecordResult(True, decision.decision_id, contact_id=decision.decision_id)
+
+    def _contact_blocked(
+        self, cur: HotCursor, decision: DecisionRecord, caps: ContactCaps, at: datetime
+    ) -> tuple[str, str] | None:
+        """(reason code, detail) when live consent, preferences or a cap block the contact
+        `decision` now; read inside the caller's transaction, under the customer's lock."""
+        channel = decision.channel or ""  # the callers check it is set
+        # content messages count as offers for "no repeat" (as in the engine); check_caps
+        # exempts the plain message `none`
+        offer = decision.offer_id
+        # Consent, preferences and the counted contacts are read under the lock, in one
+        # statement: an opt-out or a preference change acknowledged after the engine read
+        # its state (but before this lock) must still stop this contact. Writers of both
+        # take the same lock.
+        status, prefs, past = queries.contact_guard(
+            cur, decision.customer_id, channel, at, at - caps.horizon
+        )
+        blocked = consent_blocks(status, prefs, channel)
+        if blocked is None:
+            own = caps.for_preferences(prefs)
+            if own.horizon > caps.horizon:  # the customer's own window reaches further
+                _, _, past = queries.contact_guard(
+                    cur, decision.customer_id, channel, at, at - own.horizon
+                )
+            blocked = check_caps(past, own, at, channel, offer)
+        return blocked
+
+    def _insert_contact(self, cur: HotCursor, decision: DecisionRecord) -> None:
+        cur.execute(
+            _INSERT_CONTACT_SQL,
+            {
+                "contact_id": decision.decision_id,
+                "decision_id": decision.decision_id,
+                "customer_id": decision.customer_id,
+                "ts": self._hot.ts(utc_naive(decision.ts)),
+                "channel": decision.channel,
+                "offer_id": decision.offer_id,
+                "campaign_id": decision.campaign_id,
+                "stage": decision.stage,
+                "status": SENT,
+            },
+        )
+
+    def record_group(self, entries: Sequence[GroupEntry]) -> list[GroupResult]:
+        """Record the decisions of several requests in ONE write transaction (group commit).
+
+        Each entry is handled as `record_decision` / `try_record_contact` would handle it
+        alone: its idempotency key claimed first (a key that exists: `KEY_TAKEN`, nothing of
+        that entry written), a contact checked against live consent, preferences and caps
+        under the customer's lock (blocked: the entry's `withdrawn(code)` record is written
+        instead, `WITHDRAWN`), a decision id that exists: `DUPLICATE` (nothing written).
+        The entries must be of distinct customers (the caller's batches are): a cap then
+        depends only on what committed before this transaction.
+
+        On PostgreSQL the customers' advisory locks are all taken first, in the order of
+        their lock keys, so two groups can never wait on each other's customers.
+
+        Raises:
+            StoreError: the transaction failed; nothing of any entry was written.
+        """
+        customers = [e.record.customer_id for e in entries]
+        if len(set(customers)) != len(customers):
+            raise StoreError("store: a group commit must not hold one customer twice")
+        out: list[GroupResult] = []
+        with self._hot_transaction(write=True) as cur:
+            contacts = [e.record.customer_id for e in entries if e.record.implies_contact]
+            if contacts and self.dialect == "postgresql":
+                cur.all(_LOCK_CUSTOMERS_SQL, {"cids": contacts})
+            for e in entries:
+                out.append(self._record_entry(cur, e))
+        return out
+
+    def _record_entry(self, cur: HotCursor, e: GroupEntry) -> GroupResult:
+        claim = e.claim
+        if claim is not None and not self._claimed(cur, claim):
+            return GroupResult(KEY_TAKEN)
+        d, status, reason = e.record, RECORDED, None
+        if d.implies_contact:
+            if not d.channel:
+                raise StoreError(f"store: decision {d.decision_id}: a contact needs a channel")
+            blocked = self._contact_blocked(cur, d, e.caps or ContactCaps(), utc_naive(d.ts))
+            if blocked is not None:
+                if e.withdrawn is None:
+                    raise StoreError(f"store: decision {d.decision_id}: no withdrawn record")
+                reason = blocked[0]
+                d, status = e.withdrawn(reason), WITHDRAWN
+        row = cur.first(self._insert_decision_new, _decision_row(self._hot, d))
+        if row is None:
+            return GroupResult(DUPLICATE)
+        if status == RECORDED and d.implies_contact:
+            self._insert_contact(cur, d)
+        return GroupResult(status, reason)
+
+    def _claimed(self, cur: HotCursor, claim: IdempotencyClaim) -> bool:
+        try:
+            self._claim(cur, claim)
+        except IdempotencyKeyTakenError:
+            return False
+        return True
 
     def _claim(self, cur: HotCursor, claim: IdempotencyClaim | None) -> None:
         """Store `claim`'s key in this transaction, or raise if it exists."""
@@ -638,5 +747,8 @@ class Store:
         if len(ids) == 1:  # one API request: the plain-SQL read
             with self._hot_transaction(write=False) as cur:
                 return {ids[0]: queries.customer_state(cur, ids[0], at, lookback_days)}
+        if len(ids) <= queries.HOT_STATES_MAX:  # a group of API requests: plain SQL too
+            with self._hot_transaction(write=False) as cur:
+                return queries.customer_states_hot(cur, ids, at, lookback_days)
         with self._connection(write=False) as s:
             return queries.customer_states(s, ids, at, lookback_days)

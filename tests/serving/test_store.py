@@ -529,3 +529,87 @@ def test_request_path_rows_read_back_as_the_orm_wrote_them(store: Store) -> None
     # and the request path's read sees them (datetimes parsed back)
     state = store.customer_states(["c1"], at, 7)["c1"]
     assert [(c.ts, c.channel, c.offer_id) for c in state.contacts] == [(at, "email", "pct10")]
+
+
+def _seed_live_state(store: Store) -> list[str]:
+    """Contacts, consent, preferences and orders for a few customers; their ids."""
+    for i, cid in enumerate(("c1", "c2", "c3")):
+        ts = T0 - timedelta(days=i + 1, microseconds=i)
+        assert store.try_record_contact(offer(f"s{cid}", cid, ts=ts), ContactCaps()).recorded
+    store.record_consent("c1", "email", "opted_in", T0 - timedelta(days=30))
+    store.record_consent("c1", "email", "opted_out", T0 - timedelta(days=2))
+    store.record_consent("c2", "sms", "opted_in", T0 - timedelta(days=3))
+    store.set_preferences(Preferences("c2", T0 - timedelta(days=1), ("email",), 2, 30))
+    store.append_event(EventRecord("o1", "c3", T0 - timedelta(days=4), "order", revenue=20.0))
+    return ["c1", "c2", "c3", "c4"]
+
+
+def test_a_group_read_of_live_state_equals_the_general_read(store: Store) -> None:
+    """The request path's plain-SQL read of several customers (a micro-batched group) gives
+    what the SQLAlchemy read gives, customer by customer and for one at a time."""
+    from serving.store import queries
+
+    ids = _seed_live_state(store)
+    grouped = store.customer_states(ids, T0, 7)
+    with store.engine.connect() as conn:
+        general = queries.customer_states(conn, ids, T0, 7)
+    assert grouped == general
+    assert {cid: store.customer_states([cid], T0, 7)[cid] for cid in ids} == general
+    assert grouped["c1"].consent == {"email": "opted_out"}
+    assert grouped["c2"].preferences is not None and grouped["c3"].last_order_ts is not None
+
+
+def test_a_group_commit_records_each_entry_as_alone(store: Store) -> None:
+    """`record_group`: caps, consent, keys and duplicates judged per entry, as the
+    one-decision methods judge them, in one transaction."""
+    from serving.store.repository import (
+        DUPLICATE,
+        KEY_TAKEN,
+        RECORDED,
+        WITHDRAWN,
+        GroupEntry,
+        GroupResult,
+    )
+
+    _seed_live_state(store)  # c1 opted out of email; c2, c3 contacted 2-3 days ago
+    assert store.record_decision(DecisionRecord("dup", "c6", T0, "none")).recorded
+    assert store.claim_idempotency_key("taken", "f", "recommendations", T0) is None
+
+    def none_of(rec: DecisionRecord) -> Any:
+        return lambda code: replace(
+            rec, action="none", offer_id=None, channel=None, reasons=[code, *rec.reasons]
+        )
+
+    recs = [
+        offer("g1", "c1"),  # opted out of email: withdrawn
+        offer("g2", "c2"),  # contacted yesterday, cap of one a week: withdrawn
+        offer("g4", "c4"),  # new: recorded with its contact
+        offer("g5", "c5"),  # its key exists: nothing written
+        DecisionRecord("dup", "c6", T0, "none"),  # its id exists: nothing written
+        DecisionRecord("g7", "c7", T0, "none"),
+    ]
+    claims = [None, None, IdempotencyClaim("k4", "f", "recommendations", T0), None, None, None]
+    claims[3] = IdempotencyClaim("taken", "f", "recommendations", T0)
+    entries = [
+        GroupEntry(r, caps=CAP_ONE, claim=c, withdrawn=none_of(r))
+        for r, c in zip(recs, claims, strict=True)
+    ]
+    assert store.record_group(entries) == [
+        GroupResult(WITHDRAWN, "consent_opted_out"),
+        GroupResult(WITHDRAWN, "cap_across_channels"),
+        GroupResult(RECORDED),
+        GroupResult(KEY_TAKEN),
+        GroupResult(DUPLICATE),
+        GroupResult(RECORDED),
+    ]
+    assert [store.decision_exists(d) for d in ("g1", "g2", "g4", "g5", "g7")] == [
+        True,
+        True,
+        True,
+        False,
+        True,
+    ]
+    assert (_contacts(store, "c1"), _contacts(store, "c2"), _contacts(store, "c4")) == (1, 1, 1)
+    assert store.idempotency_fingerprint("k4") == ("f", "recommendations")
+    with pytest.raises(StoreError, match="one customer twice"):
+        store.record_group([GroupEntry(offer("x1", "c9")), GroupEntry(offer("x2", "c9"))])

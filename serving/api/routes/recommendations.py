@@ -8,6 +8,7 @@ from serving.api import schemas
 from serving.api.deps import ClientKey, ClientRuntime, RuntimeDep
 from serving.api.errors import ApiError
 from serving.api.fastroute import DecisionRoute
+from serving.api.microbatch import decide_request
 from serving.api.present import decision_out, json_response
 from serving.api.runtime import Runtime
 from serving.api.service import Outcome, decide_and_record, decide_once, decision_time
@@ -17,10 +18,11 @@ router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
 
 async def recommend(body: schemas.RecommendationRequest, rt: ClientRuntime) -> Response:
     """Decide offer, channel and stage (or no contact) for one customer, and log it."""
-    # Runs on the event loop, not in the thread pool: one decision is about a millisecond of
-    # CPU-bound work (the GIL allows no overlap anyway) and the hand-off to a thread cost as
-    # much. The response is serialised once here instead of validated again by FastAPI.
-    [outcome] = _decide(rt, "recommendations", body, [body.customer_id])
+    # Runs on the event loop, not in the thread pool: a decision is CPU-bound work (the GIL
+    # allows no overlap anyway) and the hand-off to a thread cost as much. Requests that
+    # arrive while the worker is busy are decided together (`serving.api.microbatch`). The
+    # response is serialised once here instead of validated again by FastAPI.
+    outcome = await decide_request(rt, body)
     return json_response(decision_out(rt, outcome))
 
 

@@ -1,0 +1,302 @@
+"""Micro-batched decisions (`serving.api.microbatch`): requests decided together answer
+exactly as if each had been decided alone, and no guardrail bends.
+
+Concurrent requests are sent in the app's own event loop (the `TestClient`'s portal) through
+`httpx.ASGITransport`, so they reach the batcher while it is busy, as under load; the same
+requests sent one at a time to a twin app (same clock, a store of its own) are the
+reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from datetime import datetime, timedelta
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import text
+
+from serving.api import create_app
+from serving.api.microbatch import batcher_of
+from serving.api.schemas import RecommendationRequest
+from serving.settings import ServingSettings
+from tests.api.conftest import (
+    CLIENT,
+    POLICY_YAML,
+    Clock,
+    FakeScorer,
+    FakeSnapshots,
+    loader_of,
+    make_snapshot,
+    runtime_of,
+    write_files,
+)
+from tests.conftest import postgres_schema
+
+CHAMPION = "models:/winback-policy@champion"
+CUSTOMERS = {
+    "c1": {"email": "opted_in"},
+    "c2": {"email": "opted_in", "sms": "opted_in"},
+    "c3": {"email": "opted_in", "push": "opted_in"},
+    "c4": {"sms": "opted_in"},
+    "c5": {"email": "opted_out", "sms": "opted_in"},
+    "c-noconsent": {},
+} | {f"e{i}": {"email": "opted_in"} for i in range(12)}
+FEW = ["c1", "c2", "c3", "c4", "c5", "c-noconsent", "e0", "nobody"]
+# exploration on, so that each request's own key (its request_id) changes its draw
+EXPLORING = POLICY_YAML + "exploration: {epsilon: 0.6}\n"
+SCORER = FakeScorer({"pct10": 4.0, "freeship": 3.0, "guide": 2.0, "expert": 1.0, "none": 0.5})
+
+
+def _app(root: Path, clock: Clock, url: str | None = None) -> FastAPI:
+    files = write_files(root)
+    files["policy"].write_text(EXPLORING, encoding="utf-8")
+    cfg = ServingSettings(
+        database_url=url or f"sqlite:///{files['db']}",
+        policy_path=files["policy"],
+        catalog_path=files["catalog"],
+        snapshot_dir=root / "no-snapshot",
+        model_uri=CHAMPION,
+        api_keys=["client-key"],
+        admin_keys=["admin-key"],
+        reload_state_path=root / "reload.json",
+        refresh_interval_seconds=0,
+    )
+    return create_app(
+        cfg,
+        scorer_loader=loader_of({CHAMPION: SCORER}),
+        snapshots=FakeSnapshots(make_snapshot(CUSTOMERS)),
+        clock=clock,
+    )
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def twins(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[TestClient, TestClient, Clock]]:
+    """(batched app, reference app, their shared clock), each on a store of its own:
+    SQLite, and PostgreSQL when WINBACK_TEST_DATABASE_URL is set."""
+    clock = Clock()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with ExitStack() as stack:
+        urls: list[str | None] = [None, None]
+        if request.param == "postgresql":
+            base = request.getfixturevalue("database_url")
+            urls = [stack.enter_context(postgres_schema(base)) for _ in range(2)]
+        a = stack.enter_context(TestClient(_app(tmp_path / "a", clock, urls[0])))
+        b = stack.enter_context(TestClient(_app(tmp_path / "b", clock, urls[1])))
+        yield a, b, clock
+
+
+@pytest.fixture
+def sqlite_twins(tmp_path: Path) -> Iterator[tuple[TestClient, TestClient, Clock]]:
+    """`twins` on SQLite (the faults below are SQLite triggers)."""
+    clock = Clock()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        TestClient(_app(tmp_path / "a", clock)) as a,
+        TestClient(_app(tmp_path / "b", clock)) as b,
+    ):
+        yield a, b, clock
+
+
+def _concurrently(client: TestClient, bodies: Sequence[dict[str, Any]]) -> list[httpx.Response]:
+    """The bodies posted at once, in the app's own event loop."""
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            return list(
+                await asyncio.gather(
+                    *(c.post("/v1/recommendations", json=b, headers=CLIENT) for b in bodies)
+                )
+            )
+
+    assert client.portal is not None
+    return client.portal.call(run)
+
+
+def _one_by_one(client: TestClient, bodies: Sequence[dict[str, Any]]) -> list[httpx.Response]:
+    return [client.post("/v1/recommendations", json=b, headers=CLIENT) for b in bodies]
+
+
+def _view(r: httpx.Response, keyed: bool) -> dict[str, Any]:
+    """What must be equal: the whole answer (a random decision id only if unkeyed)."""
+    body = r.json()
+    if r.status_code == 200 and not keyed:
+        body.pop("decision_id")
+    return {"status": r.status_code, "body": body}
+
+
+def _contacts(client: TestClient) -> list[tuple[str, str]]:
+    with runtime_of(client).store.engine.connect() as conn:
+        sql = "SELECT customer_id, ts FROM contacts ORDER BY ts, customer_id"
+        rows = conn.execute(text(sql)).all()
+    return [(r[0], str(r[1])) for r in rows]
+
+
+def _decisions(client: TestClient) -> int:
+    with runtime_of(client).store.engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM decisions")).scalar_one())
+
+
+def test_a_group_decides_each_customer_as_alone_with_its_own_key(
+    twins: tuple[TestClient, TestClient, Clock],
+) -> None:
+    a, b, _ = twins
+    rt = runtime_of(a)
+    bodies = [
+        {"customer_id": cid, "channel": "auto", "request_id": f"rq-{i}"}
+        for i, cid in enumerate(CUSTOMERS)
+    ] + [{"customer_id": "unknown-customer", "channel": "auto", "request_id": "rq-u"}]
+    models = [RecommendationRequest.model_validate(x) for x in bodies]
+
+    async def together() -> list[Any]:
+        batcher = batcher_of(rt)
+        return list(await asyncio.gather(*(batcher.decide(m) for m in models)))
+
+    assert a.portal is not None
+    outcomes = a.portal.call(together)
+    batcher = batcher_of(rt)
+    assert (batcher.groups, batcher.grouped) == (1, len(bodies))  # one group, one engine call
+    reference = _one_by_one(b, bodies)
+    for o, r in zip(outcomes, reference, strict=True):
+        want = r.json()
+        assert o.decision_id == want["decision_id"]
+        assert o.decision.action == want["action"]
+        assert o.decision.offer_id == want["offer_id"]
+        assert o.decision.channel == want["channel"]
+        assert o.decision.propensity == want["propensity"]
+        assert list(o.decision.reasons) == want["reasons"]
+        assert o.decision.model_version == want["model_version"] == SCORER.version
+        assert o.recorded
+    # exploration drew differently for different keys: the test can see a shared key
+    assert len({o.decision.offer_id for o in outcomes if o.decision.is_contact}) > 1
+    assert _decisions(a) == _decisions(b) == len(bodies)
+
+
+def test_one_customer_many_times_at_once_is_capped_and_answers_as_in_sequence(
+    twins: tuple[TestClient, TestClient, Clock],
+) -> None:
+    a, b, _ = twins
+    bodies = [{"customer_id": "c2", "channel": "auto", "request_id": f"k{i}"} for i in range(8)]
+    bodies += [{"customer_id": "c1", "channel": "email"} for _ in range(4)]  # unkeyed
+    got = _concurrently(a, bodies)
+    want = _one_by_one(b, bodies)
+    assert [_view(r, "request_id" in x) for r, x in zip(got, bodies, strict=True)] == [
+        _view(r, "request_id" in x) for r, x in zip(want, bodies, strict=True)
+    ]
+    sends = [r.json()["customer_id"] for r in got if r.json()["action"] in ("offer", "message")]
+    assert sorted(sends) == ["c1", "c2"]  # the cap: one contact per customer per 7 days
+    assert sorted(c for c, _ in _contacts(a)) == ["c1", "c2"]
+    assert batcher_of(runtime_of(a)).groups >= 8  # c2 waited for a group of its own each time
+
+
+request = st.fixed_dictionaries(
+    {
+        "customer_id": st.sampled_from(FEW),
+        "channel": st.sampled_from(["auto", "email", "sms"]),
+    },
+    optional={
+        "request_id": st.sampled_from(["r1", "r2", "r3", "r4"]),
+        "context": st.fixed_dictionaries({"campaign_id": st.sampled_from(["w1", "w2"])}),
+        "candidate_offer_ids": st.just(["pct10", "freeship"]),
+        "dry_run": st.booleans(),
+    },
+)
+
+
+@settings(
+    max_examples=25,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(bodies=st.lists(request, min_size=1, max_size=12))
+def test_any_concurrent_requests_answer_as_the_same_requests_in_sequence(
+    twins: tuple[TestClient, TestClient, Clock], bodies: list[dict[str, Any]]
+) -> None:
+    a, b, clock = twins
+    clock.advance(days=1)  # each example a new day; caps (7 days) and keys carry over
+    got = _concurrently(a, bodies)
+    want = _one_by_one(b, bodies)
+    for x, g, w in zip(bodies, got, want, strict=True):
+        keyed = "request_id" in x and not x.get("dry_run", False)
+        assert _view(g, keyed) == _view(w, keyed), x
+    # the guardrail itself: at most one contact per customer in any 7 days
+    recorded = _contacts(a)
+    assert recorded == [(c, t) for c, t in _contacts(b)]
+    by_customer: dict[str, list[str]] = {}
+    for cid, ts in recorded:
+        by_customer.setdefault(cid, []).append(ts)
+    for cid, times in by_customer.items():
+        at = [datetime.fromisoformat(t) for t in times]
+        assert all(t2 - t1 >= timedelta(days=7) for t1, t2 in pairwise(at)), (cid, times)
+
+
+def test_a_store_fault_in_a_group_answers_each_request_as_alone_and_loses_nothing(
+    sqlite_twins: tuple[TestClient, TestClient, Clock],
+) -> None:
+    """A write that fails for one customer (a trigger) rolls the group back; each request is
+    then decided alone: the others are recorded, the faulty one gets its own 503."""
+    a, b, _ = sqlite_twins
+    for client in (a, b):
+        with runtime_of(client).store.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "CREATE TRIGGER fault BEFORE INSERT ON decisions WHEN NEW.customer_id = 'c3' "
+                    "BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+                )
+            )
+    bodies = [
+        {"customer_id": cid, "channel": "auto", "request_id": f"f-{cid}"}
+        for cid in ("c1", "c2", "c3", "c4", "c-noconsent")
+    ]
+    got = _concurrently(a, bodies)
+    want = _one_by_one(b, bodies)
+    assert [_view(r, True) for r in got] == [_view(r, True) for r in want]
+    assert [r.status_code for r in got] == [200, 200, 503, 200, 200]
+    assert got[2].json()["error"]["code"] == "store_unavailable"
+    store = runtime_of(a).store
+    for r in got:
+        if r.status_code == 200:  # acknowledged: in the log
+            assert store.decision_exists(r.json()["decision_id"])
+    assert batcher_of(runtime_of(a)).fallbacks >= 1  # the group did fail, and was split
+    # the faulty request, repeated once the fault is gone, is decided and recorded once
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER fault"))
+    again = _concurrently(a, [bodies[2], bodies[2], bodies[0]])
+    assert [r.status_code for r in again] == [200, 200, 200]
+    assert again[0].json() == again[1].json()
+    assert again[2].json() == got[0].json()
+    assert _decisions(a) == 5
+
+
+def test_a_store_down_answers_every_request_of_the_group_503(
+    sqlite_twins: tuple[TestClient, TestClient, Clock],
+) -> None:
+    a, _, _ = sqlite_twins
+    store = runtime_of(a).store
+    with store.engine.begin() as conn:  # every write fails, as a read-only file would
+        conn.execute(
+            text(
+                "CREATE TRIGGER down BEFORE INSERT ON idempotency_keys "
+                "BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+            )
+        )
+    bodies = [{"customer_id": c, "channel": "auto", "request_id": f"d-{c}"} for c in CUSTOMERS]
+    got = _concurrently(a, bodies)
+    assert [r.status_code for r in got] == [503] * len(bodies)
+    assert {r.json()["error"]["code"] for r in got} == {"store_unavailable"}
+    assert _decisions(a) == 0
