@@ -34,7 +34,7 @@ from functools import partial
 
 from serving.api.runtime import Runtime
 from serving.api.schemas import RecommendationRequest
-from serving.api.service import Outcome, decide_and_record, decide_once, decision_time
+from serving.api.service import Outcome, decide_body
 from serving.api.together import ENDPOINT, decide_together, group_key
 
 MAX_GROUP = 64
@@ -153,29 +153,7 @@ def _fail(future: asyncio.Future[Outcome], exc: Exception) -> None:
 def decide_alone(rt: Runtime, body: RecommendationRequest) -> Outcome:
     """One request decided by itself (the path before micro-batching; dry runs, requests
     with a timestamp, and a failed group's requests)."""
-    if body.request_id is not None and not body.dry_run:
-        [outcome] = decide_once(
-            rt,
-            ENDPOINT,
-            body,
-            body.request_id,
-            [body.customer_id],
-            body.channel,
-            body.context.timestamp,
-            campaign_id=body.context.campaign_id,
-            candidate_offer_ids=body.candidate_offer_ids,
-        )
-        return outcome
-    [outcome] = decide_and_record(
-        rt,
-        [body.customer_id],
-        body.channel,
-        now=decision_time(rt, body.context.timestamp, body.dry_run),
-        campaign_id=body.context.campaign_id,
-        candidate_offer_ids=body.candidate_offer_ids,
-        dry_run=body.dry_run,
-        request_id=body.request_id,
-    )
+    [outcome] = decide_body(rt, ENDPOINT, body, [body.customer_id])
     return outcome
 
 

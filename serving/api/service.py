@@ -33,6 +33,7 @@ from features.snapshot import Snapshot
 from serving.api.decision_log import decision_from_row, get_decision, get_decisions
 from serving.api.errors import ApiError
 from serving.api.runtime import Runtime
+from serving.api.schemas import BatchRecommendationRequest, RecommendationRequest
 from serving.decide import decide_rows, decision_fields, decision_key, gather_rows
 from serving.engine import Decision
 from serving.engine.decision import NONE
@@ -448,3 +449,35 @@ def _commit(
     except DuplicateDecisionError:
         # The same deterministic id was recorded by a concurrent call: that one stands.
         return replace(base, duplicate_of=True)
+
+
+def decide_body(
+    rt: Runtime,
+    endpoint: str,
+    body: RecommendationRequest | BatchRecommendationRequest,
+    customer_ids: list[str],
+) -> list[Outcome]:
+    """A decision request's outcomes, decided now for `customer_ids`: recorded once per
+    `request_id` (idempotency key), else decided and recorded; dry runs as asked."""
+    if body.request_id is not None and not body.dry_run:
+        return decide_once(
+            rt,
+            endpoint,
+            body,
+            body.request_id,
+            customer_ids,
+            body.channel,
+            body.context.timestamp,
+            campaign_id=body.context.campaign_id,
+            candidate_offer_ids=body.candidate_offer_ids,
+        )
+    return decide_and_record(
+        rt,
+        customer_ids,
+        body.channel,
+        now=decision_time(rt, body.context.timestamp, body.dry_run),
+        campaign_id=body.context.campaign_id,
+        candidate_offer_ids=body.candidate_offer_ids,
+        dry_run=body.dry_run,
+        request_id=body.request_id,
+    )

@@ -10,8 +10,7 @@ from serving.api.errors import ApiError
 from serving.api.fastroute import DecisionRoute
 from serving.api.microbatch import decide_request
 from serving.api.present import decision_out, json_response
-from serving.api.runtime import Runtime
-from serving.api.service import Outcome, decide_and_record, decide_once, decision_time
+from serving.api.service import decide_body
 
 router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
 
@@ -34,37 +33,6 @@ router.add_api_route(
     response_model=schemas.Decision,
     route_class_override=DecisionRoute,
 )
-
-
-def _decide(
-    rt: Runtime,
-    endpoint: str,
-    body: schemas.RecommendationRequest | schemas.BatchRecommendationRequest,
-    customer_ids: list[str],
-) -> list[Outcome]:
-    """Recorded once per `request_id` (idempotency key), else decided now; dry runs as asked."""
-    if body.request_id is not None and not body.dry_run:
-        return decide_once(
-            rt,
-            endpoint,
-            body,
-            body.request_id,
-            customer_ids,
-            body.channel,
-            body.context.timestamp,
-            campaign_id=body.context.campaign_id,
-            candidate_offer_ids=body.candidate_offer_ids,
-        )
-    return decide_and_record(
-        rt,
-        customer_ids,
-        body.channel,
-        now=decision_time(rt, body.context.timestamp, body.dry_run),
-        campaign_id=body.context.campaign_id,
-        candidate_offer_ids=body.candidate_offer_ids,
-        dry_run=body.dry_run,
-        request_id=body.request_id,
-    )
 
 
 @router.post(
@@ -91,5 +59,5 @@ def recommend_batch(
                 422, "duplicate_customer", f"customer_ids: '{cid}' appears twice", "customer_ids"
             )
         seen.add(cid)
-    outcomes = _decide(rt, "recommendations/batch", body, body.customer_ids)
+    outcomes = decide_body(rt, "recommendations/batch", body, body.customer_ids)
     return schemas.BatchResponse(decisions=[decision_out(rt, o) for o in outcomes])
