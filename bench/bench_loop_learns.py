@@ -28,7 +28,7 @@ floor is spread over every allowed option; the rest over the options the model v
 contact); `--among allowed` is the uniform epsilon-greedy of earlier runs.
 
 Run: .venv/bin/python bench/bench_loop_learns.py [--customers 20000] [--world-seed 11]
-     [--rounds 3] [--days-between 35] [--bags 8] [--seed 0] [--no-crossfit]
+     [--rounds 3] [--days-between 35] [--bags 8] [--seed 0] [--no-crossfit] [--z Z]
      [--epsilon 0.2] [--among positive|allowed] [--floor 0.02]
 """
 
@@ -156,6 +156,12 @@ def main() -> None:
         default=True,
         help="train with `winback train --crossfit` (the latest, played contacts train too)",
     )
+    ap.add_argument(
+        "--z",
+        type=float,
+        default=None,
+        help="fix the decision rule's z (`winback train --z`); default: training chooses it",
+    )
     ap.add_argument("--epsilon", type=float, default=0.2)
     ap.add_argument("--among", choices=("allowed", "positive"), default="positive")
     ap.add_argument("--floor", type=float, default=0.02)
@@ -183,7 +189,7 @@ def main() -> None:
             f"{args.customers:,} customers, world seed {args.world_seed}, "
             f"{args.rounds} rounds, waves {args.days_between} days apart, {args.bags} bags, "
             f"exploration {policy.exploration!r}, holdout {policy.holdout.share}, "
-            f"crossfit {args.crossfit}"
+            f"crossfit {args.crossfit}, z {'chosen' if args.z is None else args.z}"
         )
         print(
             f"{'round':>5} {'model':>18} {'contacts':>9} {'true/contact':>13} "
@@ -199,7 +205,12 @@ def main() -> None:
                 out = folder / f"export-{r}"
                 export_log(store, out, base=base)
                 trained = train(
-                    out, seed=args.seed, settings=settings, n_bags=args.bags, crossfit=args.crossfit
+                    out,
+                    seed=args.seed,
+                    settings=settings,
+                    n_bags=args.bags,
+                    crossfit=args.crossfit,
+                    z=args.z,
                 )
                 promoted = promote(out, seed=args.seed, settings=settings)
                 champion = get_alias(CHAMPION, settings.model_name)
