@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from serving.api import schemas
 from serving.api.errors import install_error_handlers
+from serving.api.heap import settle_heap
 from serving.api.limits import BodyLimitMiddleware
 from serving.api.logs import configure_logging
 from serving.api.metrics import LatencyMiddleware, Metrics
@@ -72,6 +73,7 @@ def create_app(
                     cfg.refresh_interval_seconds,
                     app.state.snapshot_error,
                 )
+            settle_heap()  # the loaded runtime out of the collector's full passes
             # Settings win at start; only reloads published from now on are applied.
             published = read_target(cfg.reload_state_path)
             app.state.generation = published.generation if published else 0

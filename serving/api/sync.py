@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from features.errors import FeaturesError
+from serving.api.heap import settle_heap
 from serving.api.runtime import Runtime, reloaded
 from serving.errors import ServingError
 
@@ -103,6 +104,8 @@ def apply_pending(app: FastAPI) -> bool:
         if str(exc) != getattr(app.state, "snapshot_error", None):
             log.warning("snapshot refresh failed, keeping the current one: %s", exc)
         app.state.snapshot_error = str(exc)
+    if changed:
+        settle_heap()  # the new runtime or snapshot out of the collector's full passes
     return changed
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -190,3 +192,32 @@ def test_stored_scores_serve_their_model_until_a_reload_moves_on(
         r = c.post("/admin/reload", json={"model_uri": CHALLENGER}, headers=ADMIN)
         assert r.status_code == 200 and r.json()["stored_scores"] is False
         assert _recommend(c)["offer_id"] == "freeship"  # the champion's rows no longer apply
+
+
+def _in_collector_generations(obj: object) -> bool:
+    return any(o is obj for gen in (0, 1, 2) for o in gc.get_objects(generation=gen))
+
+
+def test_the_loaded_runtime_is_kept_out_of_the_collectors_full_passes(
+    model_client: TestClient,
+) -> None:
+    """A full pass of the cyclic collector visits every tracked object of the worker; the
+    runtime (snapshot, model, policy, store) is frozen once loaded, and again after a reload,
+    so those passes skip it (`serving.api.heap`), and a replaced runtime is still freed."""
+    app = model_client.app
+    assert isinstance(app, FastAPI)
+    first = app.state.runtime
+    assert gc.get_freeze_count() > 0
+    assert not _in_collector_generations(first)
+    gone = weakref.ref(first)
+    del first
+    r = model_client.post("/admin/reload", json={"model_uri": CHALLENGER}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    second = app.state.runtime
+    assert not _in_collector_generations(second)
+    # the next settle (here a second reload) collects the replaced runtimes' cycles
+    r = model_client.post("/admin/reload", json={"model_uri": CHAMPION}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    del second
+    gc.collect()
+    assert gone() is None

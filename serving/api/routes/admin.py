@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from serving.api import schemas
 from serving.api.deps import AdminKey, RuntimeDep
 from serving.api.errors import ApiError
+from serving.api.heap import settle_heap
 from serving.api.routes.health import ReadinessReport, readiness
 from serving.api.runtime import ReloadRefusedError, reloaded
 from serving.api.sync import publish
@@ -46,6 +47,7 @@ def reload(
         log.warning("reload refused: %s", exc)
         raise ApiError(422, exc.code, str(exc), exc.field) from None
     request.app.state.runtime = new
+    settle_heap()  # the new runtime out of the collector's full passes (`serving.api.heap`)
     # Tell the other worker processes; this one already runs the new generation.
     request.app.state.generation = publish(new).generation
     log.info(
