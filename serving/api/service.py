@@ -34,8 +34,9 @@ from serving.api.decision_log import decision_from_row, get_decision, get_decisi
 from serving.api.errors import ApiError
 from serving.api.runtime import Runtime
 from serving.api.schemas import BatchRecommendationRequest, RecommendationRequest
-from serving.decide import decide_rows, decision_fields, decision_key, gather_rows
+from serving.decide import Decided, decide_rows, decision_fields, decision_key, gather_rows
 from serving.engine import Decision
+from serving.engine.choose import DecisionKey
 from serving.engine.decision import NONE
 from serving.errors import DuplicateDecisionError, IdempotencyKeyTakenError
 from serving.precomputed import precomputed_scores
@@ -105,13 +106,54 @@ def _favourite_column(fs: FeatureSet) -> tuple[int, tuple[str, ...]] | None:
     return found
 
 
-def _features(
-    snapshot: Snapshot | None, ids: Sequence[str]
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | None]]:
-    """(matrix, snapshot row per id or -1, the feature row per id or None)."""
+@dataclass(frozen=True)
+class Decisions:
+    """What `decide_now` decided: the engine's result and the snapshot rows it read."""
+
+    snapshot: Snapshot | None
+    matrix: np.ndarray
+    pos: np.ndarray  # snapshot row per customer, -1 if unknown
+    decided: Decided
+
+    def features(self, i: int) -> np.ndarray | None:
+        """Customer i's feature row, or None if the snapshot does not know them."""
+        return self.matrix[i] if self.pos[i] >= 0 else None
+
+
+def decide_now(
+    rt: Runtime,
+    ids: Sequence[str],
+    at: datetime,
+    channel: str,
+    key: DecisionKey,
+    candidate_offer_ids: Sequence[str] | None,
+) -> Decisions:
+    """The engine's decisions for `ids` at `at` from the runtime's snapshot, live state and
+    budgets (nothing recorded); `key` seeds the exploration draws (one, or one per customer)."""
+    snapshot = rt.snapshot()
     matrix, pos = gather_rows(snapshot, ids)
-    rows: list[np.ndarray | None] = [matrix[i] if pos[i] >= 0 else None for i in range(len(ids))]
-    return matrix, pos, rows
+    as_of = snapshot.as_of.to_pydatetime() if snapshot is not None else at
+    budgeted = rt.budgeted_offers
+    # cached for a second: see `Store.budget_usage_cached`
+    usage = rt.store.budget_usage_cached(budgeted, at.date()) if budgeted else None
+    decided = decide_rows(
+        rt.decider,
+        matrix,
+        pos >= 0,
+        ids,
+        snapshot.feature_set if snapshot is not None else None,
+        as_of,
+        at,
+        channel,
+        key,
+        store=rt.store,
+        candidate_offer_ids=candidate_offer_ids,
+        budget_usage=usage,
+        stored=precomputed_scores(snapshot),
+        rows=pos,
+    )
+    rt.metrics.set_degraded(not decided.scored or snapshot is None)
+    return Decisions(snapshot, matrix, pos, decided)
 
 
 Segment = tuple[str | None, str | None]
@@ -348,30 +390,11 @@ def decide_and_record(
     """
     at = utc_naive(now) if now is not None else rt.clock()
     ids = list(customer_ids)
-    snapshot = rt.snapshot()
-    matrix, pos, rows = _features(snapshot, ids)
-    as_of = snapshot.as_of.to_pydatetime() if snapshot is not None else at
-    budgeted = rt.budgeted_offers
-    # cached for a second: see `Store.budget_usage_cached`
-    usage = rt.store.budget_usage_cached(budgeted, at.date()) if budgeted else None
-    decided = decide_rows(
-        rt.decider,
-        matrix,
-        pos >= 0,
-        ids,
-        snapshot.feature_set if snapshot is not None else None,
-        as_of,
-        at,
-        channel,
-        decision_key(at, request_id, campaign_id),
-        store=rt.store,
-        candidate_offer_ids=candidate_offer_ids,
-        budget_usage=usage,
-        stored=precomputed_scores(snapshot),
-        rows=pos,
+    made = decide_now(
+        rt, ids, at, channel, decision_key(at, request_id, campaign_id), candidate_offer_ids
     )
+    decided = made.decided
     result, live = decided.batch, decided.live
-    rt.metrics.set_degraded(not decided.scored or snapshot is None)
     out: list[Outcome] = []
     for i in range(len(result)):
         did = decision_ids[i] if decision_ids is not None else new_decision_id()
@@ -389,7 +412,7 @@ def decide_and_record(
         )
         if outcome.recorded:  # the key is stored with it
             claim = None
-        outcome = replace(outcome, top_categories=top_categories(snapshot, rows[i]))
+        outcome = replace(outcome, top_categories=top_categories(made.snapshot, made.features(i)))
         announce(rt, outcome, d)
         out.append(outcome)
     return out

@@ -35,6 +35,7 @@ from serving.api.service import (
     Outcome,
     Segment,
     announce,
+    decide_now,
     from_log_where_duplicate,
     keyed_decision_id,
     new_decision_id,
@@ -44,9 +45,8 @@ from serving.api.service import (
     top_categories,
     withdrawn,
 )
-from serving.decide import decide_rows, decision_key, gather_rows
+from serving.decide import decision_key
 from serving.engine import Decision
-from serving.precomputed import precomputed_scores
 from serving.store import DecisionRecord, IdempotencyClaim
 from serving.store.repository import (
     DUPLICATE,
@@ -89,27 +89,10 @@ def decide_together(
         for k, cid in zip(keys, ids, strict=True)
     ]
     prints = [request_fingerprint(ENDPOINT, b) if b.request_id else None for b in bodies]
-    snapshot = rt.snapshot()
-    matrix, pos = gather_rows(snapshot, ids)
-    as_of = snapshot.as_of.to_pydatetime() if snapshot is not None else at
-    budgeted = rt.budgeted_offers
-    usage = rt.store.budget_usage_cached(budgeted, at.date()) if budgeted else None
-    decided = decide_rows(
-        rt.decider,
-        matrix,
-        pos >= 0,
-        ids,
-        snapshot.feature_set if snapshot is not None else None,
-        as_of,
-        at,
-        channel,
-        [decision_key(at, k, campaign_id) for k in keys],
-        store=rt.store,
-        candidate_offer_ids=offers,
-        budget_usage=usage,
-        stored=precomputed_scores(snapshot),
-        rows=pos,
+    engine_out = decide_now(
+        rt, ids, at, channel, [decision_key(at, k, campaign_id) for k in keys], offers
     )
+    decided = engine_out.decided
     result, live = decided.batch, decided.live
     made: list[Decision] = []
     entries: list[GroupEntry] = []
@@ -137,7 +120,6 @@ def decide_together(
         )
         made.append(d)
     results = rt.store.record_group(entries)  # raises: nothing written, decide each alone
-    rt.metrics.set_degraded(not decided.scored or snapshot is None)
     out: list[Outcome | Exception] = []
     for i, res in enumerate(results):
         body, d = bodies[i], made[i]
@@ -153,7 +135,7 @@ def decide_together(
                 campaign_id,
                 False,
                 res.status != DUPLICATE,
-                top_categories(snapshot, matrix[i] if pos[i] >= 0 else None),
+                top_categories(engine_out.snapshot, engine_out.features(i)),
                 duplicate_of=res.status == DUPLICATE,
             )
             announce(rt, outcome, d)  # as `decide_and_record`, a twin's too
