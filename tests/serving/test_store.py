@@ -193,6 +193,52 @@ def test_two_processes_under_cap_of_one_record_exactly_one(store: Store, url: st
     assert _contacts(store) == 1
 
 
+def _withdrawn_as_none(rec: DecisionRecord) -> Any:
+    return lambda code: replace(
+        rec, action="none", offer_id=None, channel=None, reasons=[code, *rec.reasons]
+    )
+
+
+def _group_worker(url: str, prefix: str, n: int) -> list[str]:
+    """`n` threads at once, each a group commit of a contact for c1 and one for a customer
+    of its own; the statuses of the c1 entries."""
+    from serving.store.repository import GroupEntry
+
+    store = Store.from_url(url)
+    barrier = threading.Barrier(n)
+
+    def one(i: int) -> str:
+        recs = [offer(f"{prefix}g{i}", "c1"), offer(f"{prefix}h{i}", f"{prefix}-own{i}")]
+        entries = [GroupEntry(r, caps=CAP_ONE, withdrawn=_withdrawn_as_none(r)) for r in recs]
+        barrier.wait()
+        first, own = store.record_group(entries)
+        assert own.status == "recorded", own  # nothing else blocks a customer of its own
+        return first.status
+
+    try:
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            return list(pool.map(one, range(n)))
+    finally:
+        store.dispose()
+
+
+def test_group_commits_in_two_processes_under_cap_of_one_record_exactly_one(
+    store: Store, url: str
+) -> None:
+    """The API's micro-batched groups from two worker processes racing for one customer:
+    exactly one contact, every other group's entry for that customer withdrawn, not lost."""
+    from serving.store.repository import RECORDED, WITHDRAWN
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        statuses = pool.starmap(_group_worker, [(url, "p0", 10), (url, "p1", 10)])
+    flat = [s for part in statuses for s in part]
+    assert flat.count(RECORDED) == 1 and flat.count(WITHDRAWN) == 19
+    assert _contacts(store) == 1
+    with store.engine.connect() as conn:  # every decision logged, 20 for c1 and 20 others
+        assert conn.execute(select(func.count()).select_from(Decision)).scalar_one() == 40
+
+
 class _LockedCursor:
     """A cursor whose WAL switch finds the file locked `locked` times, then succeeds."""
 
