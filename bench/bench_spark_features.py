@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from features import frozen
-from features.partitioned import read_layout
+from features.partition_layout import read_layout
 from features.snapshot import VERSIONS_DIR, current_version
 from features.spark_features import materialize_spark, spark_session
 from features.streaming import materialize_partitioned

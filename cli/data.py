@@ -25,7 +25,7 @@ def validate(
     references between its tables, each row in its customer's partition), then the ids that
     must be unique across partitions."""
     from features.datadir import validate_data_dir
-    from features.partitioned import is_partitioned, read_layout
+    from features.partition_layout import is_partitioned, read_layout
 
     try:
         if is_partitioned(directory):
@@ -57,7 +57,7 @@ def partition(
     """Split a data directory by a stable hash of the customer id into OUT/<table>/part=NNN/
     (loads it whole: for data that fits in memory; `generate` and `import` write partitions
     directly)."""
-    from features.partitioned import partition_data_dir
+    from features.datadir import partition_data_dir
 
     try:
         with console.status(f"splitting {directory} into {partitions} partitions"):

@@ -93,7 +93,7 @@ def frames(
     """Write OUT/reactivation.parquet and OUT/offer_response.parquet, then summarize them."""
     from features.datadir import load_data_dir
     from features.frames import summarize_offer_response, summarize_reactivation, write_frames
-    from features.partitioned import is_partitioned
+    from features.partition_layout import is_partitioned
 
     cuts = [x.strip() for raw in cutoffs or [] for x in raw.split(",") if x.strip()]
     _spark_needs_partitions(directory, engine)
@@ -129,7 +129,7 @@ def _frames_partitioned(
     from cli.progress import partition_bar
     from features import constants as c
     from features import modeling_frame as mf
-    from features.partitioned import read_layout
+    from features.partition_layout import read_layout
     from features.streaming import write_frames_partitioned
 
     if engine is EngineName.spark:
@@ -190,7 +190,7 @@ def materialize(
 
     from features.build import build_customer_view
     from features.datadir import load_data_dir
-    from features.partitioned import is_partitioned
+    from features.partition_layout import is_partitioned
     from features.settings import get_settings
     from features.snapshot import Attachment, write_snapshot
 
@@ -258,7 +258,7 @@ def _materialize_partitioned(
     import numpy as np
 
     from cli.progress import partition_bar
-    from features.partitioned import read_layout
+    from features.partition_layout import read_layout
     from features.streaming import materialize_partitioned
 
     attach: Callable[[CustomerView], dict[str, dict[str, np.ndarray]]] | None = None
@@ -308,7 +308,7 @@ def _materialize_partitioned(
 
 def _spark_needs_partitions(directory: Path, engine: EngineName) -> None:
     """Refuse `--engine spark` on an unpartitioned directory before a session starts."""
-    from features.partitioned import is_partitioned
+    from features.partition_layout import is_partitioned
 
     if engine is EngineName.spark and not is_partitioned(directory):
         fail(

@@ -18,7 +18,7 @@ import pandas as pd
 
 from features import constants as c
 from features.config import FeatureConfig
-from features.datadir import DataSet
+from features.dataset import DataSet
 from features.engine import FeatureEngine
 from features.errors import FeaturesError
 from features.featureset import DEFAULT_FEATURE_SET, FeatureSet

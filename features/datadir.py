@@ -5,16 +5,13 @@ A data directory holds `customers`, `orders`, `contacts`, `events` and `consent`
 (`features.partitioned`: `<name>/part=NNN/*.parquet` and `partitions.json`), which
 `load_data_dir` reads whole and the streaming stages read one partition at a time.
 `customers` and `orders` are required; the other tables may be absent, which means "no rows"
-(CDNOW has no contacts at all).
+(CDNOW has no contacts at all). A loaded directory is a `features.dataset.DataSet`;
+`partition_data_dir` splits a directory of either layout into customer partitions.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -22,37 +19,11 @@ import pyarrow.parquet as pq
 
 from features import constants as c
 from features.contract import SCHEMAS, Problem, ValidationReport
+from features.dataset import DataSet, check_tables, read_dataset_meta
 from features.errors import DataContractError, DataSourceError, OfferCatalogError
 from features.offers import OfferCatalog, dump_catalog, load_catalog
-from features.validation import empty_table, validate_tables
-
-
-@dataclass(frozen=True)
-class DataSet:
-    """A validated data directory in memory, in the contract's dtypes."""
-
-    customers: pd.DataFrame
-    orders: pd.DataFrame
-    contacts: pd.DataFrame
-    events: pd.DataFrame
-    consent: pd.DataFrame
-    catalog: OfferCatalog
-    source: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
-    """`dataset.json`: how the data was imported (source, mapping, assumed margin rate)."""
-    assumed_margin_rate: float | None = None
-    """The rate behind every assumed margin, None when every order carries its own margin."""
-
-    @property
-    def orders_margin_assumed(self) -> int:
-        """How many orders carry an assumed margin (revenue x `assumed_margin_rate`)."""
-        if c.MARGIN_ASSUMED not in self.orders.columns:
-            return 0
-        return int(self.orders[c.MARGIN_ASSUMED].sum())
-
-    def table(self, name: str) -> pd.DataFrame:
-        frame: pd.DataFrame = getattr(self, name)
-        return frame
+from features.partition_layout import PartitionLayout, is_partitioned
+from features.validation import empty_table
 
 
 def find_table(directory: Path, name: str) -> Path | None:
@@ -80,35 +51,6 @@ def read_table(path: Path) -> pd.DataFrame:
     raise DataSourceError(f"{path}: unsupported format '{path.suffix}' (use .parquet or .csv)")
 
 
-def read_dataset_meta(directory: Path) -> dict[str, Any]:
-    """`dataset.json` of a data directory ({} when absent); a malformed file is an error."""
-    path = Path(directory) / c.DATASET_FILE
-    if not path.exists():
-        return {}
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataSourceError(f"{path}: cannot read the data set's description: {exc}") from None
-    if not isinstance(meta, dict):
-        raise DataSourceError(f"{path}: expected a JSON object")
-    return meta
-
-
-def margin_rate_of(meta: dict[str, Any]) -> float:
-    """The margin rate assumed for orders without a margin: the data's own
-    (`dataset.json` `assumed_margin_rate`) or `WINBACK_ASSUMED_MARGIN_RATE` (default 0.25)."""
-    from features.settings import get_settings
-
-    rate = meta.get("assumed_margin_rate")
-    if rate is None:
-        return get_settings().assumed_margin_rate
-    if not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
-        raise DataSourceError(
-            f"{c.DATASET_FILE}: assumed_margin_rate must be a number in [0, 1], got {rate!r}"
-        )
-    return float(rate)
-
-
 def _read_raw(directory: Path) -> tuple[dict[str, pd.DataFrame], list[Problem]]:
     raw: dict[str, pd.DataFrame] = {}
     problems: list[Problem] = []
@@ -133,7 +75,7 @@ def validate_data_dir(directory: Path) -> tuple[ValidationReport, DataSet | None
     report = ValidationReport(source=str(directory))
     if not directory.is_dir():
         raise DataSourceError(f"{directory}: not a directory")
-    from features.partitioned import is_partitioned, load_all_partitions
+    from features.partitioned import load_all_partitions
 
     if is_partitioned(directory):  # the whole data in memory: see features.partitioned
         return load_all_partitions(directory)
@@ -146,38 +88,6 @@ def validate_data_dir(directory: Path) -> tuple[ValidationReport, DataSet | None
     raw, problems = _read_raw(directory)
     report.problems += problems
     return report, check_tables(raw, catalog, read_dataset_meta(directory), directory, report)
-
-
-def check_tables(
-    raw: dict[str, pd.DataFrame],
-    catalog: OfferCatalog | None,
-    meta: dict[str, Any],
-    directory: Path,
-    report: ValidationReport,
-    more_problems: Callable[[dict[str, pd.DataFrame]], list[Problem]] | None = None,
-) -> DataSet | None:
-    """Validate raw tables into `report` (every problem, the row counts); the `DataSet` when
-    they and the catalog are valid, else None. `more_problems` adds checks on the validated
-    tables (a partition's placement rule)."""
-    rate = margin_rate_of(meta)
-    offer_ids = catalog.offer_ids if catalog else ()
-    tables, problems = validate_tables(raw, offer_ids, margin_rate=rate)
-    if catalog is None:  # contacts cannot be checked against a catalog we could not read
-        problems = [p for p in problems if not (p.table == c.CONTACTS and p.column == c.OFFER_ID)]
-    report.problems += problems
-    if more_problems is not None:
-        report.problems += more_problems(tables)
-    report.row_counts = {name: len(df) for name, df in tables.items()}
-    if not report.ok or catalog is None:
-        return None
-    assumed = bool(tables[c.ORDERS][c.MARGIN_ASSUMED].any())
-    return DataSet(
-        **tables,
-        catalog=catalog,
-        source=str(directory),
-        meta=meta,
-        assumed_margin_rate=rate if assumed else None,
-    )
 
 
 def load_data_dir(directory: Path) -> DataSet:
@@ -216,3 +126,18 @@ def write_data_dir(
             df = empty_table(schema)
         write_table(df, directory / f"{name}.{fmt}")
     (directory / c.OFFERS_FILE).write_text(dump_catalog(catalog), encoding="utf-8")
+
+
+def partition_data_dir(src: Path, out: Path, n_partitions: int) -> PartitionLayout:
+    """Split a data directory (either layout) into `n_partitions` customer partitions in `out`.
+
+    The source is loaded and validated in memory first (an invalid one raises
+    `DataContractError`), so `out` holds the contract's dtypes; `dataset.json` is carried over.
+    """
+    from features.partitioned import write_partitioned
+
+    if Path(src).resolve() == Path(out).resolve():
+        raise DataSourceError(f"{out}: write the partitions to another directory than {src}")
+    data = load_data_dir(Path(src))
+    tables = {name: data.table(name) for name in c.TABLES}
+    return write_partitioned(Path(out), tables, data.catalog, n_partitions, data.meta or None)

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from features import constants as c
 from features.asof_index import NS_PER_DAY, GroupedIndex, TimeAxis, expand_ranges, range_sum
 from features.config import FeatureConfig
-from features.datadir import DataSet
+from features.dataset import DataSet
 from features.errors import FeaturesError
 from features.featureset import (
     CONSENT_STATES,

@@ -30,7 +30,7 @@ from features import modeling_frame as mf
 from features.asof_index import NS_PER_DAY, GroupedIndex, range_sum
 from features.build import resolve_feature_set, to_timestamp
 from features.config import FeatureConfig, FeatureConfigError
-from features.datadir import DataSet
+from features.dataset import DataSet
 from features.engine import FeatureEngine
 from features.featureset import FeatureSet
 

@@ -29,7 +29,7 @@ from features.config import FeatureConfig, FeatureConfigError
 from features.contract import SCHEMAS, Problem
 from features.errors import FeaturesError
 from features.featureset import DEFAULT_FEATURE_SET, FeatureSet
-from features.partitioned import partition_files, read_layout, scan_column
+from features.partition_layout import partition_files, read_layout, scan_column
 from features.validation import MAX_EXAMPLES, coerce_table
 
 

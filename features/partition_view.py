@@ -28,7 +28,7 @@ from features import constants as c
 from features.build import CustomerView, engine_view, to_timestamp
 from features.config import FeatureConfig
 from features.contract import SCHEMAS
-from features.datadir import DataSet
+from features.dataset import DataSet
 from features.engine import FeatureEngine
 from features.featureset import FeatureSet
 from features.offers import OfferCatalog

@@ -18,21 +18,22 @@ The contract:
   Parquet files (a writer appends one per chunk); a missing directory means "no rows".
 - `partitions.json` is written last: a directory without it is not partitioned (a writer that
   crashed leaves no half-valid partitioned directory behind). A reader refuses a manifest of
-  another layout or hash scheme.
+  another layout or hash scheme (`features.partition_layout` reads the manifest and the files).
 - `iter_partitions` yields each partition as a validated `DataSet` (the same contract as
   `features.datadir.load_data_dir`, applied to that partition's rows, plus a check that every
   row is in its customer's partition). Values that must be the same for the whole feature set
   (the favourite_category vocabulary, the data's last timestamp) come from a streaming first
   pass over a few columns (`features.frozen`), never from one partition.
 - Unpartitioned directories (`DIR/<table>.parquet|csv`) keep working everywhere;
-  `is_partitioned` tells them apart.
+  `features.partition_layout.is_partitioned` tells them apart; `features.datadir`
+  `partition_data_dir` splits either layout into partitions.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,123 +44,19 @@ import pyarrow.parquet as pq
 
 from features import constants as c
 from features.contract import SCHEMAS, Problem, ValidationReport
+from features.dataset import DataSet, check_tables, read_dataset_meta
 from features.errors import DataContractError, DataSourceError, OfferCatalogError
 from features.offers import OfferCatalog, dump_catalog, load_catalog
+from features.partition_layout import (
+    PARTITIONS_FILE,
+    PartitionLayout,
+    check_n_partitions,
+    read_layout,
+    read_partition_table,
+)
 from features.partitions import PARTITION_HASH, partition_dir_name, partition_of
 
 T = TypeVar("T")
-
-PARTITIONS_FILE = "partitions.json"
-LAYOUT = "winback-partitioned-v1"
-MAX_PARTITIONS = 1000  # partition_dir_name writes three digits
-
-
-@dataclass(frozen=True)
-class PartitionLayout:
-    """`partitions.json`: how a directory is split."""
-
-    n_partitions: int
-    hash: str = PARTITION_HASH
-    row_counts: dict[str, int] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "layout": LAYOUT,
-                "n_partitions": self.n_partitions,
-                "hash": self.hash,
-                "row_counts": self.row_counts,
-            },
-            indent=2,
-        )
-
-
-def update_row_counts(directory: Path, added: dict[str, int]) -> PartitionLayout:
-    """Add `added` rows per table to the manifest's row counts (after rows were appended)."""
-    layout = read_layout(directory)
-    counts = dict(layout.row_counts)
-    for name, n in added.items():
-        counts[name] = counts.get(name, 0) + n
-    layout = PartitionLayout(layout.n_partitions, layout.hash, counts)
-    tmp = Path(directory) / (PARTITIONS_FILE + ".tmp")
-    tmp.write_text(layout.to_json() + "\n", encoding="utf-8")
-    tmp.replace(Path(directory) / PARTITIONS_FILE)
-    return layout
-
-
-def check_n_partitions(n: object) -> int:
-    """`n` as a partition count (1..1000); anything else is a DataSourceError naming it."""
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_PARTITIONS:
-        raise DataSourceError(f"partitions: must be an integer in 1..{MAX_PARTITIONS}, got {n!r}")
-    return n
-
-
-def is_partitioned(directory: Path) -> bool:
-    """Whether `directory` is a partitioned data directory (it has `partitions.json`)."""
-    return (Path(directory) / PARTITIONS_FILE).is_file()
-
-
-def read_layout(directory: Path) -> PartitionLayout:
-    """The manifest of a partitioned directory.
-
-    Raises:
-        DataSourceError: no readable manifest, another layout, or another hash scheme.
-    """
-    path = Path(directory) / PARTITIONS_FILE
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataSourceError(f"{path}: cannot read the partition manifest: {exc}") from None
-    if not isinstance(raw, dict) or raw.get("layout") != LAYOUT:
-        raise DataSourceError(f"{path}: not a winback partition manifest (layout {LAYOUT})")
-    if raw.get("hash") != PARTITION_HASH:
-        raise DataSourceError(
-            f"{path}: split by hash scheme {raw.get('hash')!r}, this winback reads "
-            f"{PARTITION_HASH!r}; re-split the data (`winback partition`)"
-        )
-    try:
-        n = check_n_partitions(raw.get("n_partitions"))
-    except DataSourceError as exc:
-        raise DataSourceError(f"{path}: n_partitions: {exc}") from None
-    counts = raw.get("row_counts") or {}
-    return PartitionLayout(n, PARTITION_HASH, {str(k): int(v) for k, v in counts.items()})
-
-
-def partition_files(directory: Path, table: str, part: int) -> list[Path]:
-    """The Parquet files of `table` in partition `part`, sorted by name (may be empty)."""
-    folder = Path(directory) / table / partition_dir_name(part)
-    return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-
-
-def read_partition_table(
-    directory: Path, table: str, part: int, columns: Sequence[str] | None = None
-) -> pd.DataFrame | None:
-    """One table of one partition as stored (all its files, in name order); None when it has
-    no file. `columns` limits the columns read (absent ones are left out)."""
-    files = partition_files(directory, table, part)
-    if not files:
-        return None
-    frames = []
-    for path in files:
-        try:
-            pf = pq.ParquetFile(path)
-            cols = None if columns is None else [x for x in columns if x in pf.schema_arrow.names]
-            frames.append(pf.read(columns=cols).to_pandas())
-        except (OSError, ValueError, pa.ArrowException) as exc:
-            raise DataSourceError(f"{path}: cannot read table: {exc}") from None
-    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-
-
-def scan_column(
-    directory: Path, table: str, columns: Sequence[str]
-) -> Iterator[tuple[int, pd.DataFrame]]:
-    """(partition, raw columns) of `table`, partition by partition, skipping empty ones: the
-    cheap read behind the streaming first passes (`features.frozen`)."""
-    layout = read_layout(directory)
-    for part in range(layout.n_partitions):
-        df = read_partition_table(directory, table, part, columns)
-        if df is not None and len(df):
-            yield part, df
 
 
 def _misplaced(tables: dict[str, pd.DataFrame], part: int, n: int) -> list[Problem]:
@@ -194,7 +91,7 @@ class Partition:
 
     index: int
     report: ValidationReport
-    data: Any  # features.datadir.DataSet | None (typed loosely: datadir imports this module)
+    data: DataSet | None
 
 
 def _catalog_problems(directory: Path) -> tuple[OfferCatalog | None, list[Problem]]:
@@ -224,7 +121,6 @@ def validate_partition(
     are checked within the partition here; `features.frozen.check_unique_keys` checks them
     across partitions.
     """
-    from features.datadir import check_tables, read_dataset_meta
     from features.validation import empty_table
 
     directory = Path(directory)
@@ -271,8 +167,6 @@ def iter_partitions(
     """
     directory = Path(directory)
     layout = read_layout(directory)
-    from features.datadir import read_dataset_meta
-
     meta = read_dataset_meta(directory)
     catalog, _ = _catalog_problems(directory)
     for part in range(layout.n_partitions) if parts is None else parts:
@@ -391,13 +285,11 @@ def write_partitioned(
     return writer.close(catalog, meta)
 
 
-def load_all_partitions(directory: Path) -> tuple[ValidationReport, Any]:
+def load_all_partitions(directory: Path) -> tuple[ValidationReport, DataSet | None]:
     """Every partition validated and concatenated in memory (for stages that need the whole
     data set, such as training): (report, DataSet or None). Peak memory is the whole data."""
-    from features.datadir import DataSet
-
     report = ValidationReport(source=str(directory))
-    parts: list[Any] = []
+    parts: list[DataSet] = []
     for p in iter_partitions(directory, strict=False):
         report.problems += p.report.problems
         for name, n in p.report.row_counts.items():
@@ -425,18 +317,3 @@ def load_all_partitions(directory: Path) -> tuple[ValidationReport, Any]:
         assumed_margin_rate=rates[0] if rates else None,
     )
     return report, data
-
-
-def partition_data_dir(src: Path, out: Path, n_partitions: int) -> PartitionLayout:
-    """Split a data directory (either layout) into `n_partitions` customer partitions in `out`.
-
-    The source is loaded and validated in memory first (an invalid one raises
-    `DataContractError`), so `out` holds the contract's dtypes; `dataset.json` is carried over.
-    """
-    from features.datadir import load_data_dir
-
-    if Path(src).resolve() == Path(out).resolve():
-        raise DataSourceError(f"{out}: write the partitions to another directory than {src}")
-    data = load_data_dir(Path(src))
-    tables = {name: data.table(name) for name in c.TABLES}
-    return write_partitioned(Path(out), tables, data.catalog, n_partitions, data.meta or None)

@@ -122,7 +122,8 @@ def _task(
     """The function each Spark task runs on its partition numbers."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from features.partitioned import read_layout, validate_partition
+        from features.partition_layout import read_layout
+        from features.partitioned import validate_partition
 
         layout = read_layout(Path(directory))
         for rb in batches:
@@ -186,7 +187,7 @@ def run_partitions(
     """Run `work(partition DataSet) -> {subfolder: table}` on every partition as Spark tasks
     (one partition per task); each table lands in `staging/<subfolder>/part=NNN/data.parquet`.
     Returns {partition: (rows, seconds)}."""
-    from features.partitioned import read_layout
+    from features.partition_layout import read_layout
 
     n = read_layout(directory).n_partitions
     staging.mkdir(parents=True, exist_ok=True)
@@ -219,7 +220,7 @@ def read_staged(staging: Path, part: int) -> pa.Table | None:
 
 
 def _require_partitioned(directory: Path) -> int:
-    from features.partitioned import is_partitioned, read_layout
+    from features.partition_layout import is_partitioned, read_layout
 
     if not is_partitioned(directory):
         raise DataSourceError(

@@ -42,13 +42,8 @@ from features.frames import (
     offer_response_frame,
     reactivation_frame,
 )
-from features.partitioned import (
-    Partition,
-    iter_partitions,
-    map_partitions,
-    read_layout,
-    validate_partition,
-)
+from features.partition_layout import read_layout
+from features.partitioned import Partition, iter_partitions, map_partitions, validate_partition
 from features.snapshot_stream import SnapshotWriter
 
 OnPartition = Callable[[int, int], None]
@@ -153,7 +148,10 @@ def view_partitioned(
     cfg = config or FeatureConfig()
     when = to_timestamp(as_of)
     fs = frozen.resolve_feature_set(Path(directory), when, feature_set, cfg)
-    views = [engine_view(FeatureEngine(p.data, cfg), when, fs) for p in iter_partitions(directory)]
+    views = []
+    for p in iter_partitions(directory):
+        assert p.data is not None  # strict: an invalid partition raised
+        views.append(engine_view(FeatureEngine(p.data, cfg), when, fs))
     return CustomerView(
         when,
         fs,
@@ -248,6 +246,7 @@ def write_frames_partitioned(
     files: dict[str, list[Path]] = {REACTIVATION_FILE: [], OFFER_RESPONSE_FILE: []}
     with tempfile.TemporaryDirectory(prefix=".frames-", dir=Path(out).parent) as tmp:
         for p in iter_partitions(directory):
+            assert p.data is not None  # strict: an invalid partition raised
             engine = FeatureEngine(p.data, cfg)
             frames = plan.frames(engine)
             for name, frame in frames.items():

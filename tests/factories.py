@@ -179,7 +179,7 @@ def small_world() -> World:
     return w
 
 
-from features.datadir import DataSet  # noqa: E402  (appended helper; see `dataset`)
+from features.dataset import DataSet  # noqa: E402  (appended helper; see `dataset`)
 
 
 def dataset(world: World) -> DataSet:

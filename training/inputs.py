@@ -216,7 +216,7 @@ def load_training_inputs(
     processes building partitions side by side.
     """
     from features.engine import FeatureEngine  # heavy; imported only when building frames
-    from features.partitioned import is_partitioned
+    from features.partition_layout import is_partitioned
 
     source = Path(source)
     if not source.exists():

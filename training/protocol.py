@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from features.datadir import DataSet
+from features.dataset import DataSet
 from features.frames import POPULATION_MEANING, POPULATIONS, data_end
 from training.errors import TrainingError
 

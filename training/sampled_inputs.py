@@ -62,7 +62,7 @@ from pandas.api.types import is_integer_dtype
 from features import constants as c
 from features import modeling_frame as mf
 from features.config import FeatureConfig, FeatureConfigError
-from features.datadir import DataSet
+from features.dataset import DataSet
 from features.frames import Frame, offer_response_frame
 from features.partitions import partition_dir_name
 from training.errors import TrainingError
@@ -223,7 +223,7 @@ def _part_times(directory: Path, part: int) -> tuple[_Stamp, _Stamp, _Stamp, _St
     validation coerces them, UTC, tz-naive, as the in-memory path reads them): the first and
     the last order, the last event, the last contact and every contact time (ns)."""
     from features import frozen
-    from features.partitioned import read_partition_table
+    from features.partition_layout import read_partition_table
 
     def column(table: str, col: str) -> pd.Series:
         raw = read_partition_table(directory, table, part, (col,))
@@ -254,7 +254,7 @@ def _part_categories(
     """Per `as_of`, one partition's orders per category placed strictly before it
     (`features.frozen.category_counts`), the orders read once for all of them."""
     from features import frozen
-    from features.partitioned import read_partition_table
+    from features.partition_layout import read_partition_table
 
     cols = (c.ORDER_TS, c.CATEGORY)
     out: list[Counter[str]] = [Counter() for _ in as_ofs]
@@ -287,7 +287,8 @@ def _freeze_partitioned(
     `features.frozen`'s one-value-per-pass functions (`data_end`, `last_contact_ts`,
     `resolve_feature_set`), which read the orders four times on one core."""
     from features import frozen
-    from features.partitioned import map_partitions, read_layout
+    from features.partition_layout import read_layout
+    from features.partitioned import map_partitions
 
     layout = read_layout(directory)
     parts = range(layout.n_partitions)
@@ -531,7 +532,7 @@ def build_sampled_inputs(
     """
     from features.datadir import load_data_dir
     from features.engine import FeatureEngine
-    from features.partitioned import is_partitioned, read_layout
+    from features.partition_layout import is_partitioned, read_layout
 
     if n_customers < 1:
         raise TrainingError(f"--sample-customers: must be at least 1, got {n_customers}")

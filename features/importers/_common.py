@@ -66,7 +66,7 @@ def _remove_partitioned(out: Path) -> None:
     """Remove a previous partitioned import's tables and manifest (`features.partitioned`)."""
     import shutil
 
-    from features.partitioned import PARTITIONS_FILE
+    from features.partition_layout import PARTITIONS_FILE
 
     (out / PARTITIONS_FILE).unlink(missing_ok=True)
     for name in c.TABLES:

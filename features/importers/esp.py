@@ -175,7 +175,7 @@ def _append(data_dir: Path, table: str, new: pd.DataFrame) -> int:
 
 
 def _finish(out: Path, rows: int, counts: Counter[str], added: dict[str, int]) -> EspImport:
-    from features.partitioned import is_partitioned
+    from features.partition_layout import is_partitioned
 
     if is_partitioned(out):  # partition by partition, never the whole data in memory
         from features.streaming import validate_partitioned
@@ -332,7 +332,7 @@ def _import(
 ) -> EspImport:
     """Read, keep the rows of known customers, shape them and add them to the directory."""
     _check_mapping(columns, fields)
-    from features.partitioned import is_partitioned
+    from features.partition_layout import is_partitioned
 
     counts: Counter[str]
     if is_partitioned(data_dir):
@@ -366,7 +366,7 @@ def _import_partitioned(
     without the rows whose key the partition already holds. Peak memory: one chunk, then
     one partition's new rows and keys.
     """
-    from features.partitioned import read_layout, read_partition_table, update_row_counts
+    from features.partition_layout import read_layout, read_partition_table, update_row_counts
     from features.partitions import partition_dir_name, partition_of
 
     layout = read_layout(data_dir)
@@ -413,7 +413,7 @@ def _append_partition(data_dir: Path, table: str, part: int, new: pd.DataFrame, 
     """Add `new` rows of partition `part` to `table` as one more file (`name`.parquet): rows
     whose key the partition already holds, or that repeat within `new`, are left out. The file
     takes the column types of the table's existing files. Returns the rows added."""
-    from features.partitioned import read_partition_table
+    from features.partition_layout import read_partition_table
     from features.partitions import partition_dir_name
 
     schema = SCHEMAS[table]

@@ -24,7 +24,8 @@ import numpy as np
 
 from features import constants as c
 from features.errors import FeaturesError
-from features.partitioned import PartitionLayout, PartitionWriter
+from features.partition_layout import PartitionLayout
+from features.partitioned import PartitionWriter
 from features.synthetic.catalog import default_catalog
 from features.synthetic.generate import (
     MAX_CUSTOMERS,

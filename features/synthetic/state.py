@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features import constants as c
-from features.datadir import DataSet
+from features.dataset import DataSet
 from features.synthetic import config as wcfg
 from features.synthetic.generate import SyntheticWorld
 from features.synthetic.truth import CustomerState

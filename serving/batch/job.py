@@ -17,7 +17,7 @@ from features.build import build_customer_view
 from features.config import FeatureConfig
 from features.datadir import load_data_dir
 from features.offers import load_catalog
-from features.partitioned import is_partitioned
+from features.partition_layout import is_partitioned
 from features.snapshot import CURRENT_FILE, Snapshot, write_snapshot
 from features.snapshot_stream import SnapshotStream
 from serving.batch.errors import BatchError

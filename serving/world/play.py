@@ -31,7 +31,8 @@ import pyarrow as pa
 
 from features import constants as c
 from features.build import build_customer_view
-from features.datadir import DataSet, load_data_dir
+from features.datadir import load_data_dir
+from features.dataset import DataSet
 from features.errors import FeaturesError
 from features.featureset import DEFAULT_FEATURE_SET, FeatureSet
 from features.snapshot import Snapshot, write_snapshot

@@ -90,8 +90,9 @@ def test_esp_import_into_a_partitioned_directory_equals_the_flat_one(
 
     # every import within the same second: their files must not replace one another
     monkeypatch.setattr(esp.time, "strftime", lambda fmt, *a: "20240201T000000")
+    from features.datadir import partition_data_dir
     from features.importers import transactions as tx
-    from features.partitioned import partition_data_dir, read_layout
+    from features.partition_layout import read_layout
 
     ids = [f"k{i:03d}" for i in range(60)]
     orders = tmp_path / "orders.csv"

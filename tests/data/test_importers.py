@@ -289,7 +289,7 @@ def test_real_files_through_cli(shared_data: Path, tmp_path: Path) -> None:
 
 
 def test_cdnow_import_writes_partitions_when_asked(tmp_path: Path) -> None:
-    from features.partitioned import is_partitioned, read_layout
+    from features.partition_layout import is_partitioned, read_layout
 
     body = "".join(f" {i:05d} 1997010{1 + i % 9}  1   {10 + i}.50\r\n" for i in range(1, 40))
     src = _write(tmp_path / "cdnow.txt", CDNOW_HEADER + body)

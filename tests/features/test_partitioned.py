@@ -17,18 +17,12 @@ from typer.testing import CliRunner
 
 from features import constants as c
 from features.build import build_customer_view
-from features.datadir import load_data_dir, validate_data_dir
+from features.datadir import load_data_dir, partition_data_dir, validate_data_dir
 from features.errors import DataContractError, DataSourceError
 from features.frames import write_frames
 from features.modeling_frame import read_frame
-from features.partitioned import (
-    PARTITIONS_FILE,
-    is_partitioned,
-    iter_partitions,
-    partition_data_dir,
-    read_layout,
-    write_partitioned,
-)
+from features.partition_layout import PARTITIONS_FILE, is_partitioned, read_layout
+from features.partitioned import iter_partitions, write_partitioned
 from features.partitions import partition_dir_name, partition_of
 from features.snapshot import Attachment, Snapshot, write_snapshot
 from features.snapshot_stream import SnapshotStream

@@ -30,7 +30,8 @@ import pytest
 from features import constants as c
 from features import modeling_frame as mf
 from features.build import build_customer_view
-from features.datadir import DataSet, load_data_dir
+from features.datadir import load_data_dir
+from features.dataset import DataSet
 from features.featureset import FeatureSet
 from features.snapshot import Snapshot, write_snapshot
 from features.synthetic import CustomerState, SyntheticWorld, generate_world, write_world

@@ -108,7 +108,7 @@ def test_default_cutoff_is_the_last_labelled_date(shop: Path) -> None:
 
 def test_cutoff_mirrors_the_cdnow_bench() -> None:
     """The bench's origins and label horizon for 1997-10-01 and 273 days."""
-    from features.datadir import DataSet
+    from features.dataset import DataSet
     from features.importers.transactions import default_catalog
 
     orders = pd.DataFrame({c.ORDER_TS: pd.to_datetime(["1997-01-01", "1998-06-30"])})

@@ -285,7 +285,7 @@ def test_held_out_rows_fall_back_to_lightgbm_when_trees_cannot_compile(
 def test_freeze_reads_each_table_at_most_twice_and_freezes_what_the_one_value_passes_do(
     worlds: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import features.partitioned
+    import features.partition_layout
     from features import frozen
     from features.config import FeatureConfig
     from training.protocol import protocol_between
@@ -294,13 +294,13 @@ def test_freeze_reads_each_table_at_most_twice_and_freezes_what_the_one_value_pa
     _, part = worlds
     cfg = FeatureConfig()
     reads: list[tuple[str, int]] = []
-    original = features.partitioned.read_partition_table
+    original = features.partition_layout.read_partition_table
 
     def spy(directory: Path, table: str, p: int, columns: object = None) -> object:
         reads.append((table, p))
         return original(directory, table, p, columns)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(features.partitioned, "read_partition_table", spy)
+    monkeypatch.setattr(features.partition_layout, "read_partition_table", spy)
     got = _freeze_partitioned(part, cfg.horizon_days, None, "all", cfg)
     monkeypatch.undo()
     # orders once for the times and once for both vocabularies (the one-value passes read
