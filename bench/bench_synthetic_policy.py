@@ -35,6 +35,7 @@ import training.fit
 import training.held_out_eval
 import training.inputs
 import training.pipeline
+import training.protocol
 from features import constants as c
 from features import modeling_frame as mf
 from features.frames import Frame
@@ -171,7 +172,7 @@ def instrumented() -> Iterator[None]:
         ti, tp = training.inputs, training.pipeline
         stack.enter_context(timed(ti, "load_data_dir", "load data directory"))
         stack.enter_context(timed(features.engine.FeatureEngine, "__init__", "index (engine)"))
-        stack.enter_context(timed(ti, "reactivation_frame", "reactivation frame"))
+        stack.enter_context(timed(training.protocol, "reactivation_frame", "reactivation frame"))
         stack.enter_context(timed(ti, "offer_response_frame", "offer-response frame"))
         stack.enter_context(timed(tp, "fit_reactivation", "fit reactivation"))
         stack.enter_context(timed(tp, "fit_response", "fit response (S and T)"))

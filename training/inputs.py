@@ -30,15 +30,19 @@ from features.frames import (
     REACTIVATION_FILE,
     Frame,
     offer_response_frame,
-    reactivation_frame,
 )
 from features.offers import OfferCatalog, load_catalog
 from training.errors import NothingToTrainError, TrainingError
-from training.protocol import POPULATION_DEFAULT, CutoffProtocol, choose_protocol
+from training.protocol import (
+    POPULATION_DEFAULT,
+    CutoffProtocol,
+    choose_protocol,
+    protocol_frame,
+    protocol_origins,
+)
 
 if TYPE_CHECKING:
     from features.engine import FeatureEngine
-    from features.featureset import FeatureSet
     from training.sampled_inputs import HeldOut, SampleReport
 
 
@@ -115,48 +119,6 @@ def _usable_reactivation(frame: Frame, skipped: dict[str, str]) -> Frame | None:
     return frame
 
 
-def protocol_frame(
-    engine: FeatureEngine,
-    protocol: CutoffProtocol,
-    feature_set: FeatureSet | None = None,
-    end: pd.Timestamp | None = None,
-    train_customers: np.ndarray | None = None,
-) -> Frame:
-    """The reactivation frame of `protocol`: its origins with the short labels, then (when the
-    data reaches) the cutoff with the question's labels; one feature set, resolved at the
-    cutoff, for all of them. The protocol is stored in the frame's notes (`reactivation_split`
-    reads it). On one partition of the data, give the whole data's frozen `feature_set` and
-    `end` (`training.sampled_inputs`). `train_customers`: a boolean mask over the engine's
-    customers; the origins' rows are built for them only (the cutoff's for everyone)."""
-    from features.build import resolve_feature_set
-
-    cut = protocol.cutoff_ts
-    fs = resolve_feature_set(engine, cut, feature_set)
-    train = reactivation_frame(
-        engine,
-        protocol_origins(protocol),
-        protocol.train_horizon_days,
-        fs,
-        population=protocol.population,
-        end=end,
-        customers=train_customers,
-    )
-    parts = [train.data]
-    if protocol.labelled:
-        test = reactivation_frame(
-            engine, [cut], protocol.horizon_days, fs, population=protocol.population, end=end
-        )
-        parts.append(test.data)
-    df = pd.concat(parts, ignore_index=True)
-    notes = dict(train.spec.notes)
-    notes.update(
-        protocol=protocol.to_json(),
-        horizon_days=str(protocol.horizon_days),
-        cutoffs=",".join(str(x) for x in sorted(df[mf.CUTOFF].unique())),
-    )
-    return Frame(df, replace(train.spec, notes=notes))
-
-
 def _capped_protocol_frame(engine: FeatureEngine, protocol: CutoffProtocol, seed: int) -> Frame:
     """`protocol_frame` whose origin rows are built only for the customers the training split
     keeps under its row caps (`training.fit.protocol_cap`, decided from labels before any
@@ -179,11 +141,6 @@ def _capped_protocol_frame(engine: FeatureEngine, protocol: CutoffProtocol, seed
     mask = np.asarray(pd.Index(engine.customer_ids.astype(str)).isin(list(keep)))
     frame = protocol_frame(engine, protocol, train_customers=mask)
     return Frame(frame.data, replace(frame.spec, notes={**frame.spec.notes, **notes}))
-
-
-def protocol_origins(protocol: CutoffProtocol) -> list[str]:
-    """The origins whose rows a model learns from: the training ones and the validation one."""
-    return [*protocol.train_origins, protocol.validation_origin]
 
 
 def protocol_args(metadata: dict[str, str]) -> dict[str, object]:

@@ -15,18 +15,28 @@ This is the protocol `bench/bench_cdnow.py` uses for its CDNOW figure (DATE 1997
 N = 273 days: origins 1997-04-01 .. 08-01, validation 09-01, 30-day labels), and the default of
 the command line. Without a DATE, the default is the latest date whose N-day labels the data
 holds: data end + 1 day - N days, so no training label overlaps the evaluated period.
+
+`protocol_frame` builds the protocol's reactivation frame, the same for a whole data directory
+(`training.inputs`) and for one partition of it (`training.sampled_inputs`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
+from features import modeling_frame as mf
 from features.dataset import DataSet
-from features.frames import POPULATION_MEANING, POPULATIONS, data_end
+from features.frames import POPULATION_MEANING, POPULATIONS, Frame, data_end, reactivation_frame
 from training.errors import TrainingError
+
+if TYPE_CHECKING:
+    from features.engine import FeatureEngine
+    from features.featureset import FeatureSet
 
 N_ORIGINS = 5  # training origins; one more (DATE - 1 month) validates
 POPULATION_DEFAULT = "all"
@@ -144,3 +154,50 @@ def protocol_between(
         labelled=bool(labelled),
         reason=reason,
     )
+
+
+def protocol_origins(protocol: CutoffProtocol) -> list[str]:
+    """The origins whose rows a model learns from: the training ones and the validation one."""
+    return [*protocol.train_origins, protocol.validation_origin]
+
+
+def protocol_frame(
+    engine: FeatureEngine,
+    protocol: CutoffProtocol,
+    feature_set: FeatureSet | None = None,
+    end: pd.Timestamp | None = None,
+    train_customers: np.ndarray | None = None,
+) -> Frame:
+    """The reactivation frame of `protocol`: its origins with the short labels, then (when the
+    data reaches) the cutoff with the question's labels; one feature set, resolved at the
+    cutoff, for all of them. The protocol is stored in the frame's notes (`reactivation_split`
+    reads it). On one partition of the data, give the whole data's frozen `feature_set` and
+    `end` (`training.sampled_inputs`). `train_customers`: a boolean mask over the engine's
+    customers; the origins' rows are built for them only (the cutoff's for everyone)."""
+    from features.build import resolve_feature_set
+
+    cut = protocol.cutoff_ts
+    fs = resolve_feature_set(engine, cut, feature_set)
+    train = reactivation_frame(
+        engine,
+        protocol_origins(protocol),
+        protocol.train_horizon_days,
+        fs,
+        population=protocol.population,
+        end=end,
+        customers=train_customers,
+    )
+    parts = [train.data]
+    if protocol.labelled:
+        test = reactivation_frame(
+            engine, [cut], protocol.horizon_days, fs, population=protocol.population, end=end
+        )
+        parts.append(test.data)
+    df = pd.concat(parts, ignore_index=True)
+    notes = dict(train.spec.notes)
+    notes.update(
+        protocol=protocol.to_json(),
+        horizon_days=str(protocol.horizon_days),
+        cutoffs=",".join(str(x) for x in sorted(df[mf.CUTOFF].unique())),
+    )
+    return Frame(df, replace(train.spec, notes=notes))

@@ -20,7 +20,7 @@ partition). The run:
 3. keeps the partition's candidates: hash number below a bound a little above
    N / population, or among the ceil(rate x stratum size) + 2 smallest numbers of their
    stratum in the partition (a small stratum's share can exceed what the bound keeps of it);
-4. builds features (`training.inputs.protocol_frame`, `features.frames.offer_response_frame`)
+4. builds features (`training.protocol.protocol_frame`, `features.frames.offer_response_frame`)
    for the candidates' learnable rows only, and for every held-out row (the cutoff's
    customers; later contacts), which is written to Parquet in a scratch folder, never sampled.
    The features of the other customers' learnable rows are never computed: at 10M customers
@@ -413,7 +413,7 @@ def _partition_rows(
     from features.engine import FeatureEngine
     from features.frames import contact_conversions, reactivation_labels
     from features.partitioned import iter_partitions
-    from training.inputs import protocol_frame, protocol_origins
+    from training.protocol import protocol_frame, protocol_origins
 
     out = _PartRows(part, pd.Series(dtype=np.int64), pd.DataFrame())
     clock = _Clock(out.seconds)

@@ -210,6 +210,7 @@ def test_capped_origin_rows_are_built_only_for_the_customers_the_split_keeps(
     then keeps exactly the rows, and says exactly what, the full frame's split does."""
     import training.fit as fit
     import training.inputs as ti
+    from training.protocol import protocol_frame
 
     full = load_training_inputs(shop, horizon_days=120, cutoff=DATE, seed=4).reactivation
     assert full is not None
@@ -220,7 +221,7 @@ def test_capped_origin_rows_are_built_only_for_the_customers_the_split_keeps(
     monkeypatch.setattr(
         ti,
         "_capped_protocol_frame",
-        lambda engine, protocol, seed: ti.protocol_frame(engine, protocol),
+        lambda engine, protocol, seed: protocol_frame(engine, protocol),
     )
     built_all = load_training_inputs(shop, horizon_days=120, cutoff=DATE, seed=4).reactivation
     assert capped is not None and built_all is not None

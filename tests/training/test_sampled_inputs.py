@@ -20,8 +20,9 @@ from features.synthetic.generate import generate_world, write_world
 from training.evaluate import Evaluation
 from training.fit import RESPONSE_TEST_AFTER, response_split
 from training.held_out_eval import evaluate_held_out, scoring_model
-from training.inputs import load_training_inputs, protocol_origins
+from training.inputs import load_training_inputs
 from training.pipeline import fit_policy, train
+from training.protocol import protocol_origins
 from training.sampled_inputs import allocate, strata
 
 pytestmark = pytest.mark.slow
