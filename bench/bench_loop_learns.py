@@ -29,7 +29,7 @@ contact); `--among allowed` is the uniform epsilon-greedy of earlier runs.
 
 Run: .venv/bin/python bench/bench_loop_learns.py [--customers 20000] [--world-seed 11]
      [--rounds 3] [--days-between 35] [--bags 8] [--seed 0] [--no-crossfit] [--z Z]
-     [--epsilon 0.2] [--among positive|allowed] [--floor 0.02]
+     [--epsilon 0.2] [--among positive|allowed] [--floor 0.02] [--diagnose]
 """
 
 from __future__ import annotations
@@ -85,9 +85,10 @@ channel_preference: [email, sms, push]
 """
 
 
-def oracle_and_eligible(world, data, decider, store, at, folder):  # type: ignore[no-untyped-def]
+def oracle_and_eligible(world, data, decider, store, at, folder, diagnose=False):  # type: ignore[no-untyped-def]
     """Per eligible customer, decided before the wave is recorded: the oracle's true value, the
     oracle's under the policy's exploration, and the true value of the decider's greedy choice.
+    `diagnose`: also print where the model's values part from the truth (`print_diagnosis`).
     """
     fs = model_feature_set(decider)
     write_snapshot(build_customer_view(data, pd.Timestamp(at), feature_set=fs), folder, keep=1)
@@ -139,7 +140,66 @@ def oracle_and_eligible(world, data, decider, store, at, folder):  # type: ignor
     explored = np.where(eligible & (top > 0), spread, 0.0)
     chosen = d.chosen
     mine = np.where(chosen >= 0, true_im[np.arange(len(ids)), np.maximum(chosen, 0)], 0.0)
+    if diagnose:
+        scorer = decider.scorer
+        values = None
+        if scorer is not None:
+            scores = scorer.model.score(snap.matrix)
+            order = pd.Index(scorer.model.options).get_indexer(pd.Index(list(d.options.offer_ids)))
+            values = scores.value[:, order][eligible]
+        print_diagnosis(
+            list(d.options.offer_ids),
+            true_im[eligible],
+            allowed[eligible],
+            values,
+            state.take(rows[eligible]),
+        )
     return best[eligible], explored[eligible], mine[eligible]
+
+
+def print_diagnosis(offers, true_im, allowed, values, state):  # type: ignore[no-untyped-def]
+    """Where the played model's values part from the truth, on the eligible customers.
+
+    Per option: mean true and model incremental margin, their correlation across customers.
+    Then the share of the oracle reached by a policy that knows the true mean value of every
+    option in each segment (tier x purchase in the last 180 days x any delivery issue x
+    discount share over 0.3 x contacts this lapse, capped at 2: the drivers of the true model)
+    and gives each segment its best option: how far segment-level knowledge goes. Without a
+    model (rules-only) only that line is printed.
+    """
+    oracle = np.maximum(np.where(allowed, true_im, -np.inf).max(axis=1), 0.0).mean()
+    if values is not None:
+        for j, offer in enumerate(offers):
+            a = allowed[:, j] & np.isfinite(values[:, j])
+            if a.sum() < 10:
+                continue
+            corr = np.corrcoef(true_im[a, j], values[a, j])[0, 1]
+            print(
+                f"      {offer:>12}: allowed {a.sum():6,}  true {true_im[a, j].mean():+.3f}  "
+                f"model {values[a, j].mean():+.3f}  correlation {corr:+.2f}"
+            )
+    segments = pd.DataFrame(
+        {
+            "tier": state.tier,
+            "recent": state.recency_days < 180,
+            "delivery": state.delivery_issues > 0,
+            "discount": state.discount_share > 0.3,
+            "contacts": np.minimum(state.prior_contacts, 2),
+        }
+    )
+    total = 0.0
+    masked = np.where(allowed, true_im, np.nan)
+    for rows in segments.groupby(list(segments.columns)).indices.values():
+        counts = allowed[rows].sum(axis=0)
+        means = np.nansum(masked[rows], axis=0) / np.maximum(counts, 1)
+        means[counts == 0] = -np.inf
+        j = int(np.argmax(means))
+        if means[j] > 0:
+            total += np.where(allowed[rows, j], true_im[rows, j], 0.0).sum()
+    print(
+        f"      segment oracle (best option per tier x recent x delivery issue x discount "
+        f"share x contacts segment, true means): {total / len(true_im) / oracle:.1%} of the oracle"
+    )
 
 
 def main() -> None:
@@ -165,6 +225,11 @@ def main() -> None:
     ap.add_argument("--epsilon", type=float, default=0.2)
     ap.add_argument("--among", choices=("allowed", "positive"), default="positive")
     ap.add_argument("--floor", type=float, default=0.02)
+    ap.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="per round: each option's true vs model value and the segment oracle's share",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="winback-loop-") as tmp:
         folder = Path(tmp)
@@ -231,7 +296,7 @@ def main() -> None:
                     flush=True,
                 )
             oracle, ceiling, greedy = oracle_and_eligible(
-                world, data, decider, store, at, folder / "oracle-snapshot"
+                world, data, decider, store, at, folder / "oracle-snapshot", args.diagnose
             )
             wave = Wave(f"loop-w{r}", at, "auto")
             until = at + timedelta(days=args.days_between)
