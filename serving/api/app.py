@@ -1,9 +1,10 @@
 """The FastAPI application: `create_app(settings)`.
 
 The lifespan does the heavy work once per process: it opens the store's engine, runs the
-migrations, loads policy, catalog, snapshot handle and scorer into one `Runtime`, and keeps
-it on `app.state.runtime` (swapped whole by `POST /admin/reload`, and by the watcher of
-`serving.api.sync` in the other worker processes). Tests pass fakes for the
+migrations, starts the worker's decision thread (`serving.api.decision_thread`), loads policy,
+catalog, snapshot handle and scorer into one `Runtime`, and keeps it on `app.state.runtime`
+(swapped whole by `POST /admin/reload`, and by the watcher of `serving.api.sync` in the other
+worker processes); at shutdown it stops the thread. Tests pass fakes for the
 scorer loader, the snapshot handle and the clock instead of patching anything.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from serving.api import schemas
+from serving.api.decision_thread import DecisionThread
 from serving.api.errors import install_error_handlers
 from serving.api.heap import settle_heap
 from serving.api.limits import BodyLimitMiddleware
@@ -57,10 +59,17 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = Store.from_url(cfg.database_url)
         watcher: asyncio.Task[None] | None = None
+        thread = DecisionThread()  # the worker's one deciding thread (`decision_thread`)
         try:
             upgrade_database(store.engine)
             app.state.runtime = build_runtime(
-                cfg, store, metrics, scorer_loader, snapshots=snapshots, clock=clock
+                cfg,
+                store,
+                metrics,
+                scorer_loader,
+                snapshots=snapshots,
+                clock=clock,
+                decision_thread=thread,
             )
             # Load the snapshot now: loaded by the first request instead, a 1M-customer
             # snapshot held that request and those queued behind it for seconds (in each
@@ -84,6 +93,7 @@ def create_app(
             if watcher is not None:
                 watcher.cancel()
             app.state.runtime = None
+            thread.close()
             store.dispose()
 
     app = FastAPI(
