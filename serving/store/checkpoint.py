@@ -7,8 +7,8 @@ its write transaction's commit, behind the store's write gate (`serving.store.en
 the bench about 1% of commits ran a checkpoint there (page copies and an fsync), and every
 other writer of both workers queued behind it (commit p99 11.4 ms).
 
-`WalCheckpointer` runs `PRAGMA wal_checkpoint(PASSIVE)` on a connection of its own, in a
-background thread, every `interval` seconds: a PASSIVE checkpoint copies what no reader
+`WalCheckpointer` runs `PRAGMA wal_checkpoint(PASSIVE)` in a background thread every
+`interval` seconds, outside the write gate: a PASSIVE checkpoint copies what no reader
 still needs without taking the write lock and without waiting for anyone, so writers go on
 meanwhile, and the next writer restarts the WAL from its start once it is all copied (the
 file then stops growing). Request connections keep SQLite's autocheckpoint as a backstop,
@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Final
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from serving.store.engine import _stale_sqlite_error
 
 log = logging.getLogger("winback.store")
 
@@ -38,20 +41,24 @@ WAL at the default page size: reached only if the checkpointer falls behind)."""
 
 
 class WalCheckpointer:
-    """A thread checkpointing one SQLite database's WAL every `interval` seconds.
+    """A thread checkpointing one SQLite engine's WAL every `interval` seconds.
+
+    Each checkpoint runs on a connection checked out of the engine's pool and returned at
+    once: the process then holds no SQLite connection outside the pool. (A connection kept
+    open by the checkpointer made SQLite's unix VFS hand its writable file descriptor to
+    connections the pool opened later, so a file made read-only would still be written.)
 
     Attributes:
         runs: checkpoints attempted so far.
         last: the last checkpoint's result row (busy, WAL frames, frames checkpointed), or
-            None before the first; -1 frames when the database is not in WAL mode.
+            None before the first succeeded; -1 frames when the database is not in WAL mode.
     """
 
-    def __init__(self, database: str | Path, interval: float, busy_timeout_ms: int = 1000):
+    def __init__(self, engine: Engine, interval: float) -> None:
         if interval <= 0:
             raise ValueError(f"interval: must be > 0 seconds, got {interval}")
-        self.database = Path(database)
+        self.engine = engine
         self.interval = interval
-        self.busy_timeout_ms = busy_timeout_ms
         self.runs = 0
         self.last: tuple[int, int, int] | None = None
         self._stop = threading.Event()
@@ -65,7 +72,7 @@ class WalCheckpointer:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread (after the checkpoint in hand, if any) and close its connection."""
+        """Stop the thread (after the checkpoint in hand, if any)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -75,42 +82,39 @@ class WalCheckpointer:
         return self._thread.is_alive()
 
     def _loop(self) -> None:
-        conn: sqlite3.Connection | None = None
+        while not self._stop.wait(self.interval):
+            try:
+                self.last = self.checkpoint()
+                self._error = None
+            except (sqlite3.Error, SQLAlchemyError) as exc:
+                # a file gone or read-only: retried at the next tick, said once
+                if str(exc) != self._error:
+                    log.warning("WAL checkpoint of %s failed: %s", self.engine.url, exc)
+                    self._error = str(exc)
+            finally:
+                self.runs += 1
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """One PASSIVE checkpoint now: (busy, WAL frames, frames checkpointed).
+
+        Raises:
+            sqlite3.Error, SQLAlchemyError: the database could not be opened or checkpointed
+                (a connection that went stale is discarded, as the store's own are).
+        """
+        raw = self.engine.raw_connection()
         try:
-            while not self._stop.wait(self.interval):
-                try:
-                    if conn is None:
-                        conn = self._connect()
-                    self.last = self.checkpoint(conn)
-                    self._error = None
-                except sqlite3.Error as exc:
-                    # a file that went away or read-only: reopen next time; said once
-                    if str(exc) != self._error:
-                        log.warning("WAL checkpoint of %s failed: %s", self.database, exc)
-                        self._error = str(exc)
-                    if conn is not None:
-                        conn.close()
-                        conn = None
-                finally:
-                    self.runs += 1
+            cur = raw.cursor()
+            try:
+                row = cur.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            finally:
+                cur.close()
+            return (int(row[0]), int(row[1]), int(row[2]))
+        except sqlite3.Error as exc:
+            if _stale_sqlite_error(exc):
+                raw.invalidate(exc)
+            raise
         finally:
-            if conn is not None:
-                conn.close()
-
-    def _connect(self) -> sqlite3.Connection:
-        # autocommit: the pragma must not run inside a transaction; no WAL switch here (the
-        # store's own connections set the mode; checkpointing a rollback journal is a no-op)
-        conn = sqlite3.connect(
-            self.database, timeout=self.busy_timeout_ms / 1000, isolation_level=None
-        )
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-        return conn
-
-    @staticmethod
-    def checkpoint(conn: sqlite3.Connection) -> tuple[int, int, int]:
-        """One PASSIVE checkpoint on `conn`: (busy, WAL frames, frames checkpointed)."""
-        row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return (int(row[0]), int(row[1]), int(row[2]))
+            raw.close()
 
 
 def sqlite_file(engine: Engine) -> Path | None:
@@ -127,4 +131,4 @@ def start_checkpointer(engine: Engine, interval: float) -> WalCheckpointer | Non
     path = sqlite_file(engine)
     if path is None or interval <= 0:
         return None
-    return WalCheckpointer(path, interval).start()
+    return WalCheckpointer(engine, interval).start()

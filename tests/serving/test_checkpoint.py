@@ -1,9 +1,12 @@
 """The background WAL checkpointer of a SQLite store (`serving.store.checkpoint`): it really
 checkpoints (the database file receives the pages, the WAL restarts from its start), off
-the writers' path, and stops cleanly; request connections keep a raised autocheckpoint."""
+the writers' path, and stops cleanly, holding no connection outside the store's pool (a
+file turned read-only then fails the store's new connections, as without it); request
+connections keep a raised autocheckpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable
@@ -11,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
 
 from serving.store import create_store_engine
 from serving.store.checkpoint import (
@@ -19,6 +23,7 @@ from serving.store.checkpoint import (
     sqlite_file,
     start_checkpointer,
 )
+from tests.api.test_faults import read_only
 
 ROWS = 400  # about 400 pages of WAL (4 KB blobs)
 
@@ -92,16 +97,55 @@ def test_the_checkpointer_copies_the_wal_into_the_database_and_the_wal_restarts(
         engine.dispose()
 
 
+def test_between_checkpoints_no_connection_is_held_and_a_read_only_file_is_seen(
+    tmp_path: Path,
+) -> None:
+    """Between its checkpoints the checkpointer holds no connection (it borrows one from the
+    store's pool per checkpoint). One held open made SQLite's unix VFS keep the pool's
+    closed file descriptors for reuse, and hand a writable one to connections opened after
+    the file was turned read-only: the store then wrote on without seeing the fault."""
+    db = tmp_path / "store.db"
+    engine = create_store_engine(f"sqlite:///{db}", wal_autocheckpoint=BACKSTOP_PAGES)
+    cp = start_checkpointer(engine, 0.5)
+    assert cp is not None
+    try:
+        _fill(engine, rows=50)
+        _until(lambda: cp.runs >= 1)  # just after a checkpoint: the next is 0.5 s away
+        assert cp.last is not None and cp.last[2] > 0
+        engine.dispose()
+        assert _open_files(db) == []
+        with read_only(db):
+            with pytest.raises(OperationalError, match="readonly"), engine.begin() as conn:
+                conn.execute(text("INSERT INTO t (id, b) VALUES (-1, x'00')"))
+            engine.dispose()
+    finally:
+        cp.stop()
+        engine.dispose()
+
+
+def _open_files(db: Path) -> list[str]:
+    """This process's open descriptors of the database file itself."""
+    out = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if fd.readlink() == db:
+                out.append(fd.name)
+    return out
+
+
 def test_a_checkpointer_that_fails_keeps_trying_and_stops_cleanly(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A database it cannot open (the folder is gone) is logged once and retried."""
-    cp = WalCheckpointer(tmp_path / "gone" / "store.db", 0.02).start()
+    engine = create_store_engine(f"sqlite:///{tmp_path / 'gone' / 'store.db'}")
+    (tmp_path / "gone").rmdir()
+    cp = WalCheckpointer(engine, 0.02).start()
     try:
         _until(lambda: cp.runs >= 3)
         assert cp.alive and cp.last is None
     finally:
         cp.stop()
+        engine.dispose()
     assert not cp.alive
     failures = [r for r in caplog.records if "WAL checkpoint" in r.getMessage()]
     assert len(failures) == 1
@@ -120,7 +164,7 @@ def test_no_checkpointer_for_postgresql_memory_or_interval_zero(tmp_path: Path) 
         with sqlite_engine.connect() as conn:  # no checkpointer: SQLite's default
             assert conn.execute(text("PRAGMA wal_autocheckpoint")).scalar_one() == 1000
         with pytest.raises(ValueError, match="interval"):
-            WalCheckpointer(db, 0)
+            WalCheckpointer(sqlite_engine, 0)
     finally:
         for e in (sqlite_engine, pg_engine, memory):
             e.dispose()
