@@ -287,8 +287,10 @@ async def _paced(url: str, bodies: list[str], rate: float, duration: float) -> d
         loop = asyncio.get_running_loop()
         t0 = loop.time() + 0.05
 
+        run = f"paced-{os.getpid()}"  # each paced run its own keys (runs share a server)
+
         async def one(i: int, due: float) -> None:
-            body = bodies[i % len(bodies)].replace("@RID@", f"paced-{i}")
+            body = bodies[i % len(bodies)].replace("@RID@", f"{run}-{i}")
             try:
                 async with s.post(url, data=body) as r:
                     await r.read()

@@ -85,6 +85,12 @@ class ServingSettings(BaseSettings):
     refresh_interval_seconds: float = Field(5.0, ge=0)
     """How often each worker checks for a published reload and a new snapshot (0 = never)."""
 
+    wal_checkpoint_interval_seconds: float = Field(0.5, ge=0)
+    """SQLite store: how often each worker checkpoints the WAL in a background thread,
+    off the request path (`serving.store.checkpoint`); 0 leaves it to SQLite's own
+    autocheckpoint, run by whichever request commits when the WAL reaches 1,000 pages.
+    Ignored for PostgreSQL."""
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1)

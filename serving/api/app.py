@@ -1,9 +1,11 @@
 """The FastAPI application: `create_app(settings)`.
 
 The lifespan does the heavy work once per process: it opens the store's engine, runs the
-migrations, loads policy, catalog, snapshot handle and scorer into one `Runtime`, and keeps
-it on `app.state.runtime` (swapped whole by `POST /admin/reload`, and by the watcher of
-`serving.api.sync` in the other worker processes). Tests pass fakes for the
+migrations, starts the SQLite store's WAL checkpointer (`serving.store.checkpoint`) and the
+worker's decision thread (`serving.api.decision_thread`), loads policy, catalog, snapshot
+handle and scorer into one `Runtime`, and keeps it on `app.state.runtime` (swapped whole by
+`POST /admin/reload`, and by the watcher of `serving.api.sync` in the other worker
+processes); at shutdown it stops the thread and the checkpointer. Tests pass fakes for the
 scorer loader, the snapshot handle and the clock instead of patching anything.
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from serving.api import schemas
+from serving.api.decision_thread import DecisionThread
 from serving.api.errors import install_error_handlers
 from serving.api.heap import settle_heap
 from serving.api.limits import BodyLimitMiddleware
@@ -30,6 +33,7 @@ from serving.api.sync import read_target, watch
 from serving.scoring import ScorerLoader
 from serving.settings import ServingSettings, get_serving_settings
 from serving.store import Store, upgrade_database
+from serving.store.checkpoint import BACKSTOP_PAGES, WalCheckpointer, start_checkpointer
 
 log = logging.getLogger("winback.api")
 
@@ -55,12 +59,26 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store.from_url(cfg.database_url)
+        background = cfg.wal_checkpoint_interval_seconds > 0
+        # with the background checkpointer, SQLite's own only as a backstop (ignored by PG)
+        store = Store.from_url(
+            cfg.database_url, wal_autocheckpoint=BACKSTOP_PAGES if background else None
+        )
         watcher: asyncio.Task[None] | None = None
+        checkpointer: WalCheckpointer | None = None
+        thread = DecisionThread()  # the worker's one deciding thread (`decision_thread`)
         try:
             upgrade_database(store.engine)
+            checkpointer = start_checkpointer(store.engine, cfg.wal_checkpoint_interval_seconds)
+            app.state.checkpointer = checkpointer
             app.state.runtime = build_runtime(
-                cfg, store, metrics, scorer_loader, snapshots=snapshots, clock=clock
+                cfg,
+                store,
+                metrics,
+                scorer_loader,
+                snapshots=snapshots,
+                clock=clock,
+                decision_thread=thread,
             )
             # Load the snapshot now: loaded by the first request instead, a 1M-customer
             # snapshot held that request and those queued behind it for seconds (in each
@@ -84,6 +102,9 @@ def create_app(
             if watcher is not None:
                 watcher.cancel()
             app.state.runtime = None
+            thread.close()
+            if checkpointer is not None:
+                checkpointer.stop()
             store.dispose()
 
     app = FastAPI(
@@ -98,6 +119,7 @@ def create_app(
     )
     app.state.metrics = metrics
     app.state.runtime = None
+    app.state.checkpointer = None
     app.state.generation = 0
     install_error_handlers(app)
     for module in (recommendations, customers, events, reports, admin):

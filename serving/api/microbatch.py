@@ -8,8 +8,10 @@ read, one engine call on the arrays, one write transaction (`serving.api.togethe
 
 Self-clocking, no timer: a request that finds the worker idle starts a drain task, which
 runs at the loop's next tick (at most one tick of added latency, none at low load) and
-decides the queue; requests that arrive meanwhile (the loop parses them between groups)
-form the next group. So a group is as large as what arrived during the previous one, up to
+hands the queue to the worker's decision thread (`serving.api.decision_thread`) as one
+group; requests that arrive meanwhile (the loop keeps reading and parsing them while the
+thread decides) form the next group, handed over once the previous one is done. So groups
+are strictly sequential, a group is as large as what arrived during the previous one, up to
 `MAX_GROUP`, and an idle worker decides each request at once.
 
 What goes together: requests of one runtime with equal `together.group_key` (channel,
@@ -39,6 +41,9 @@ from serving.api.together import ENDPOINT, decide_together, group_key
 
 MAX_GROUP = 64
 """Most requests decided in one group (bounds one group's latency)."""
+
+Result = Outcome | Exception
+"""A request's outcome, or the error it answers with."""
 
 
 @dataclass(eq=False)
@@ -94,55 +99,63 @@ class DecisionBatcher:
         return group
 
     async def _run(self) -> None:
+        group: list[_Waiting] = []
         try:
             while self._queue:
-                group = self._take()
-                self._decide(group)
-                await asyncio.sleep(0)  # answer this group, let new requests arrive
+                # a request cancelled while it waited is not decided
+                group = [w for w in self._take() if not w.future.done()]
+                if group:
+                    work = partial(self._decide, [w.body for w in group], group[0].key is None)
+                    results = await self._in_thread(work)
+                    for w, res in zip(group, results, strict=True):
+                        if isinstance(res, Exception):
+                            _fail(w.future, res)
+                        elif not w.future.done():
+                            w.future.set_result(res)
+                group = []
         finally:
             self._drain = None
-            for w in self._queue:  # only if cancelled (the loop is closing)
+            for w in (*group, *self._queue):  # only if cancelled (the loop is closing)
                 if not w.future.done():
                     w.future.cancel()
             self._queue.clear()
 
-    def _decide(self, group: list[_Waiting]) -> None:
+    async def _in_thread(self, work: Callable[[], list[Result]]) -> list[Result]:
+        """`work()` in the worker's decision thread (`serving.api.decision_thread`), or on
+        the loop for a runtime built without one (then the loop ticks once after it, so
+        that requests arrive between groups)."""
         rt = self._rt()
-        live = [w for w in group if not w.future.done()]  # a cancelled request is not decided
-        if not live:
-            return
+        thread = rt.decision_thread if rt is not None else None
+        if thread is not None:
+            return await thread.run(work)
+        results = work()
+        await asyncio.sleep(0)
+        return results
+
+    def _decide(self, bodies: list[RecommendationRequest], alone: bool) -> list[Result]:
+        """The outcome or error of each request of one group (run in the decision thread:
+        it touches no future and nothing of the event loop)."""
+        rt = self._rt()
         if rt is None:
-            for w in live:
-                w.future.set_exception(RuntimeError("the runtime was replaced and released"))
-            return
-        if live[0].key is None:  # a request decided alone (a dry run, a caller's timestamp)
-            _settle(live[0].future, partial(decide_alone, rt, live[0].body))
-            return
+            return [RuntimeError("the runtime was replaced and released") for _ in bodies]
+        if alone:  # a request decided alone (a dry run, a caller's timestamp)
+            return [_attempt(partial(decide_alone, rt, bodies[0]))]
         try:
-            results = decide_together(rt, [w.body for w in live])
+            results = decide_together(rt, bodies)
         except Exception:
             # Nothing was written: each request decided alone, with its own answer or error.
             self.fallbacks += 1
-            for w in live:
-                _settle(w.future, partial(decide_alone, rt, w.body))
-            return
+            return [_attempt(partial(decide_alone, rt, b)) for b in bodies]
         self.groups += 1
-        self.grouped += len(live)
-        for w, res in zip(live, results, strict=True):
-            if isinstance(res, Exception):
-                _fail(w.future, res)
-            elif not w.future.done():
-                w.future.set_result(res)
+        self.grouped += len(bodies)
+        return results
 
 
-def _settle(future: asyncio.Future[Outcome], work: Callable[[], Outcome]) -> None:
+def _attempt(work: Callable[[], Outcome]) -> Result:
     try:
-        result = work()
+        return work()
     except Exception as exc:
-        _fail(future, exc)
-        return
-    if not future.done():
-        future.set_result(result)
+        return exc
 
 
 def _fail(future: asyncio.Future[Outcome], exc: Exception) -> None:

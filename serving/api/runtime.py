@@ -23,6 +23,7 @@ from typing import Protocol
 
 from features.offers import OfferCatalog, load_catalog
 from features.snapshot import Snapshot, SnapshotError, SnapshotStore
+from serving.api.decision_thread import DecisionThread
 from serving.api.metrics import Metrics
 from serving.decide import Decider
 from serving.engine import OptionSet
@@ -93,6 +94,9 @@ class Runtime:
     metrics: Metrics
     store_probe: StoreProbe
     clock: Clock = utc_now
+    decision_thread: DecisionThread | None = None
+    """The worker's decision thread (the app's; kept by a reload), or None: decided on the
+    caller's thread (runtimes built outside an app)."""
 
     def snapshot(self) -> Snapshot | None:
         """The live snapshot, or None when there is none (every customer is then unknown).
@@ -137,6 +141,7 @@ def build_runtime(
     scorer_loader: ScorerLoader | None = None,
     snapshots: SnapshotSource | None = None,
     clock: Clock = utc_now,
+    decision_thread: DecisionThread | None = None,
 ) -> Runtime:
     """Load policy, catalog and model per `settings` (errors name the file and the key)."""
     policy = load_policy(settings.policy_path)
@@ -160,6 +165,7 @@ def build_runtime(
         metrics=metrics,
         store_probe=StoreProbe(store.engine),
         clock=clock,
+        decision_thread=decision_thread,
     )
 
 

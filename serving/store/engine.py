@@ -140,7 +140,9 @@ def _stale_sqlite_error(exc: BaseException | None) -> bool:
     return isinstance(name, str) and name.startswith(_STALE_SQLITE_ERRORS)
 
 
-def _sqlite_engine(u: URL, busy_timeout_ms: int, echo: bool) -> Engine:
+def _sqlite_engine(
+    u: URL, busy_timeout_ms: int, echo: bool, wal_autocheckpoint: int | None
+) -> Engine:
     in_memory = u.database in (None, "", ":memory:")
     kwargs: dict[str, Any] = {"echo": echo}
     if in_memory:
@@ -160,6 +162,8 @@ def _sqlite_engine(u: URL, busy_timeout_ms: int, echo: bool) -> Engine:
             if not in_memory:
                 _switch_to_wal(cur, busy_timeout_ms)
                 cur.execute("PRAGMA synchronous = NORMAL")
+                if wal_autocheckpoint is not None:
+                    cur.execute(f"PRAGMA wal_autocheckpoint = {int(wal_autocheckpoint)}")
             cur.execute("PRAGMA foreign_keys = ON")
         finally:
             cur.close()
@@ -185,6 +189,7 @@ def create_store_engine(
     busy_timeout_ms: int = 10_000,
     pool_size: int = 10,
     echo: bool = False,
+    wal_autocheckpoint: int | None = None,
 ) -> Engine:
     """An engine for the store at `url` (no connection is opened yet).
 
@@ -194,6 +199,9 @@ def create_store_engine(
         busy_timeout_ms: SQLite only: how long a writer waits for the write lock.
         pool_size: PostgreSQL only: connections kept open.
         echo: log every SQL statement.
+        wal_autocheckpoint: SQLite only: the WAL size in pages at which a committing
+            connection checkpoints (None: SQLite's default, 1,000); raised while a
+            background checkpointer runs (`serving.store.checkpoint`).
 
     Raises:
         StoreUnavailableError: the URL cannot be parsed or its driver is not installed.
@@ -201,7 +209,7 @@ def create_store_engine(
     u = normalize_url(url)
     try:
         if u.get_backend_name() == "sqlite":
-            return _sqlite_engine(u, busy_timeout_ms, echo)
+            return _sqlite_engine(u, busy_timeout_ms, echo, wal_autocheckpoint)
         return create_engine(
             u,
             echo=echo,

@@ -224,7 +224,7 @@ class Store:
         self._budget_lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: str, **engine_kwargs: int | bool) -> Store:
+    def from_url(cls, url: str, **engine_kwargs: int | bool | None) -> Store:
         """A store on a new engine for `url` (see `create_store_engine`)."""
         return cls(create_store_engine(url, **engine_kwargs))  # type: ignore[arg-type]
 

@@ -10,14 +10,19 @@ reference.
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -27,6 +32,7 @@ from sqlalchemy import text
 
 from serving.api import create_app
 from serving.api.microbatch import batcher_of
+from serving.api.runtime import reloaded
 from serving.api.schemas import RecommendationRequest
 from serving.settings import ServingSettings
 from tests.api.conftest import (
@@ -57,9 +63,15 @@ EXPLORING = POLICY_YAML + "exploration: {epsilon: 0.6}\n"
 SCORER = FakeScorer({"pct10": 4.0, "freeship": 3.0, "guide": 2.0, "expert": 1.0, "none": 0.5})
 
 
-def _app(root: Path, clock: Clock, url: str | None = None) -> FastAPI:
+def _app(
+    root: Path,
+    clock: Clock,
+    url: str | None = None,
+    scorer: FakeScorer = SCORER,
+    policy: str = EXPLORING,
+) -> FastAPI:
     files = write_files(root)
-    files["policy"].write_text(EXPLORING, encoding="utf-8")
+    files["policy"].write_text(policy, encoding="utf-8")
     cfg = ServingSettings(
         database_url=url or f"sqlite:///{files['db']}",
         policy_path=files["policy"],
@@ -73,7 +85,7 @@ def _app(root: Path, clock: Clock, url: str | None = None) -> FastAPI:
     )
     return create_app(
         cfg,
-        scorer_loader=loader_of({CHAMPION: SCORER}),
+        scorer_loader=loader_of({CHAMPION: scorer}),
         snapshots=FakeSnapshots(make_snapshot(CUSTOMERS)),
         clock=clock,
     )
@@ -300,3 +312,131 @@ def test_a_store_down_answers_every_request_of_the_group_503(
     assert [r.status_code for r in got] == [503] * len(bodies)
     assert {r.json()["error"]["code"] for r in got} == {"store_unavailable"}
     assert _decisions(a) == 0
+
+
+@dataclass
+class WatchedScorer(FakeScorer):
+    """`FakeScorer` taking `pause` seconds per call (the GIL released, as in a booster or
+    a store wait), noting the threads it ran on and how many calls ran at once."""
+
+    pause: float = 0.0
+    threads: set[str] = field(default_factory=set)
+    calls: int = 0
+    most_at_once: int = 0
+    _active: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def score(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            self.threads.add(threading.current_thread().name)
+            self.calls += 1
+            self._active += 1
+            self.most_at_once = max(self.most_at_once, self._active)
+        try:
+            time.sleep(self.pause)
+            return super().score(features)
+        finally:
+            with self._lock:
+                self._active -= 1
+
+
+def _decide_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("winback-decide")}
+
+
+def test_groups_and_lone_requests_run_one_at_a_time_in_one_decision_thread_off_the_loop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every group and every request decided alone (dry runs, a caller's timestamp) runs in
+    the worker's one decision thread, strictly one after another, while the event loop
+    stays free; every decision keeps its record, cap, log line and metric."""
+    before = _decide_threads()
+    scorer = WatchedScorer(dict(SCORER.values), pause=0.02)
+    clock = Clock()
+    bodies: list[dict[str, Any]] = [
+        {"customer_id": cid, "channel": "auto", "request_id": f"t-{cid}"}
+        for cid in CUSTOMERS
+        if cid.startswith("e")
+    ]
+    bodies += [{"customer_id": "c1", "channel": "email"} for _ in range(3)]  # one customer
+    bodies += [{"customer_id": "c2", "channel": "auto", "dry_run": True} for _ in range(2)]
+    stamp = {"timestamp": clock.now.isoformat() + "Z"}
+    bodies += [{"customer_id": "c3", "channel": "auto", "context": stamp}]
+    with TestClient(_app(tmp_path, clock, scorer=scorer)) as a:
+        rt = runtime_of(a)
+        assert rt.decision_thread is not None
+        assert reloaded(rt)[0].decision_thread is rt.decision_thread  # a reload keeps it
+
+        async def run() -> tuple[list[httpx.Response], int]:
+            ticks, done = 0, False
+
+            async def ticker() -> None:  # counts the loop's turns while the groups run
+                nonlocal ticks
+                while not done:
+                    await asyncio.sleep(0.002)
+                    ticks += 1
+
+            tick = asyncio.create_task(ticker())
+            transport = httpx.ASGITransport(app=a.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+                got = await asyncio.gather(
+                    *(c.post("/v1/recommendations", json=b, headers=CLIENT) for b in bodies)
+                )
+            done = True
+            await tick
+            return list(got), ticks
+
+        assert a.portal is not None
+        with caplog.at_level(logging.INFO, logger="winback.api"):
+            got, ticks = a.portal.call(run)
+        assert [r.status_code for r in got] == [200] * len(bodies)
+        [thread] = scorer.threads  # one thread decided everything, never two calls at once
+        assert thread.startswith("winback-decide")
+        assert scorer.most_at_once == 1
+        batcher = batcher_of(rt)
+        assert batcher.groups >= 3 and batcher.grouped < len(bodies)  # grouped, and alone
+        # the loop kept turning while the thread decided (on the loop it could not)
+        assert ticks >= scorer.calls * 3, (ticks, scorer.calls)
+        # every invariant of a decision decided in the thread
+        recorded = [r.json() for r, b in zip(got, bodies, strict=True) if not b.get("dry_run")]
+        store = rt.store
+        assert all(store.decision_exists(x["decision_id"]) for x in recorded)
+        assert _decisions(a) == len(recorded)
+        assert sorted(c for c, _ in _contacts(a)).count("c1") == 1  # the cap
+        lines = [r for r in caplog.records if r.getMessage() == "decision"]
+        assert sorted(line.__dict__["decision_id"] for line in lines) == sorted(
+            r.json()["decision_id"] for r in got
+        )
+        metrics = a.get("/metrics").text
+        counted = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("winback_decisions_total{")
+        )
+        assert counted == len(bodies)
+    assert _decide_threads() == before  # stopped at shutdown
+
+
+def test_a_group_in_the_decision_thread_keeps_each_customers_holdout(
+    tmp_path: Path,
+) -> None:
+    """The control group: a customer held out alone is held out in a group (same draw)."""
+    policy = POLICY_YAML.replace(
+        "holdout: {share: 0.0, salt: tests}", "holdout: {share: 0.5, salt: tests}"
+    )
+    clock = Clock()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    bodies = [
+        {"customer_id": cid, "channel": "auto", "request_id": f"h-{cid}"} for cid in CUSTOMERS
+    ]
+    with (
+        TestClient(_app(tmp_path / "a", clock, policy=policy)) as a,
+        TestClient(_app(tmp_path / "b", clock, policy=policy)) as b,
+    ):
+        got = _concurrently(a, bodies)
+        want = _one_by_one(b, bodies)
+        assert [_view(r, True) for r in got] == [_view(r, True) for r in want]
+        assert batcher_of(runtime_of(a)).groups >= 1
+        actions = [r.json()["action"] for r in got]
+        assert "holdout" in actions and any(x in ("offer", "message") for x in actions)

@@ -17,9 +17,9 @@ router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
 
 async def recommend(body: schemas.RecommendationRequest, rt: ClientRuntime) -> Response:
     """Decide offer, channel and stage (or no contact) for one customer, and log it."""
-    # Runs on the event loop, not in the thread pool: a decision is CPU-bound work (the GIL
-    # allows no overlap anyway) and the hand-off to a thread cost as much. Requests that
-    # arrive while the worker is busy are decided together (`serving.api.microbatch`). The
+    # An `async def`: not one thread-pool hand-off per request. Requests that arrive while
+    # the worker is busy are decided together, each group in the worker's one decision
+    # thread while the loop reads the next requests (`serving.api.microbatch`). The
     # response is serialised once here instead of validated again by FastAPI.
     outcome = await decide_request(rt, body)
     return json_response(decision_out(rt, outcome))
