@@ -106,11 +106,12 @@ def test_between_checkpoints_no_connection_is_held_and_a_read_only_file_is_seen(
     the file was turned read-only: the store then wrote on without seeing the fault."""
     db = tmp_path / "store.db"
     engine = create_store_engine(f"sqlite:///{db}", wal_autocheckpoint=BACKSTOP_PAGES)
-    cp = start_checkpointer(engine, 0.5)
+    # 3 s between checkpoints: the checks below run between two of them even on a busy host
+    cp = start_checkpointer(engine, 3.0)
     assert cp is not None
     try:
         _fill(engine, rows=50)
-        _until(lambda: cp.runs >= 1)  # just after a checkpoint: the next is 0.5 s away
+        _until(lambda: cp.runs >= 1)  # just after a checkpoint: the next is 3 s away
         assert cp.last is not None and cp.last[2] > 0
         engine.dispose()
         assert _open_files(db) == []
