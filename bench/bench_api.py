@@ -95,6 +95,14 @@ end
 """.replace("%KEY%", API_KEY)
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    """`KEY=VALUE` of `--server-env`."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
 # --- set-up -------------------------------------------------------------------------------------
 def _env(work: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WINBACK_")}
@@ -560,6 +568,7 @@ def launch(
             WINBACK_MODEL_BACKEND=args.backend if name == "api-live" else "lightgbm",
             WINBACK_COMPILED_CACHE_DIR=str(work / "compiled"),  # not the repo's mlruns/
         )
+        env |= args.server_env  # --server-env: settings under test (both api and baseline)
         if name == "api-baseline":  # the same, served by another checkout's venv
             bin_ = args.baseline_bin
         return f"{bin_}/winback serve --port {port} --workers {args.api_workers}", env, PATHS[name]
@@ -630,9 +639,19 @@ def main() -> None:
         help="the bin/ of another checkout's venv (e.g. the main branch's): adds target "
         "api-baseline, `api` served by that code in the same run",
     )
+    p.add_argument(
+        "--server-env",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment variable for every decision API server, after the bench's own "
+        "(repeatable; e.g. WINBACK_WAL_CHECKPOINT_INTERVAL_SECONDS=0 to A/B a setting)",
+    )
     p.add_argument("--profile", default="", help="targets to profile with py-spy (e.g. api)")
     p.add_argument("--profile-top", type=int, default=30)
     args = p.parse_args()
+    args.server_env = dict(args.server_env)
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     snap, scored, _ = prepare(args.world, work, args.train_customers, args.seed)
