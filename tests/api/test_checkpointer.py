@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import text
@@ -32,11 +33,15 @@ def _autocheckpoint(client: TestClient) -> int:
         return int(conn.execute(text("PRAGMA wal_autocheckpoint")).scalar_one())
 
 
+def _app(settings: ServingSettings, clock: Clock, interval: float) -> FastAPI:
+    cfg = settings.model_copy(update={"wal_checkpoint_interval_seconds": interval})
+    return create_app(cfg, snapshots=FakeSnapshots(make_snapshot(CUSTOMERS)), clock=clock)
+
+
 def test_the_app_checkpoints_what_requests_commit_and_stops_at_shutdown(
     settings: ServingSettings, clock: Clock
 ) -> None:
-    cfg = settings.model_copy(update={"wal_checkpoint_interval_seconds": 0.05})
-    app = create_app(cfg, snapshots=FakeSnapshots(make_snapshot(CUSTOMERS)), clock=clock)
+    app = _app(settings, clock, 0.05)
     with TestClient(app) as c:
         cp = app.state.checkpointer
         assert cp is not None and cp.alive
@@ -55,8 +60,7 @@ def test_the_app_checkpoints_what_requests_commit_and_stops_at_shutdown(
 def test_an_interval_of_zero_leaves_checkpoints_to_sqlite(
     settings: ServingSettings, clock: Clock
 ) -> None:
-    cfg = settings.model_copy(update={"wal_checkpoint_interval_seconds": 0})
-    app = create_app(cfg, snapshots=FakeSnapshots(make_snapshot(CUSTOMERS)), clock=clock)
+    app = _app(settings, clock, 0)
     with TestClient(app) as c:
         assert app.state.checkpointer is None
         assert _autocheckpoint(c) == 1000  # SQLite's default
