@@ -25,13 +25,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from pathlib import Path
 from typing import Final
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from serving.store.engine import _stale_sqlite_error
+from serving.store.engine import sqlite_file, stale_sqlite_error
 
 log = logging.getLogger("winback.store")
 
@@ -110,25 +109,16 @@ class WalCheckpointer:
                 cur.close()
             return (int(row[0]), int(row[1]), int(row[2]))
         except sqlite3.Error as exc:
-            if _stale_sqlite_error(exc):
+            if stale_sqlite_error(exc):
                 raw.invalidate(exc)
             raise
         finally:
             raw.close()
 
 
-def sqlite_file(engine: Engine) -> Path | None:
-    """The database file of a file-backed SQLite engine, else None."""
-    url = engine.url
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return None
-    return Path(str(url.database)).expanduser()
-
-
 def start_checkpointer(engine: Engine, interval: float) -> WalCheckpointer | None:
     """A running checkpointer for `engine`'s SQLite file, or None (PostgreSQL, an in-memory
     database, or `interval` 0: SQLite's own autocheckpoint alone)."""
-    path = sqlite_file(engine)
-    if path is None or interval <= 0:
+    if sqlite_file(engine) is None or interval <= 0:
         return None
     return WalCheckpointer(engine, interval).start()

@@ -15,7 +15,7 @@ process blocked in `flock` is woken by the kernel the moment the lock is release
 A pooled SQLite connection can go stale without being closed: one opened while the file was
 read-only (SQLite then silently opens it read-only) keeps failing with "attempt to write a
 readonly database" after the file is writable again, and so does one that met an I/O error.
-Such errors count as disconnects (`_stale_sqlite_error`): SQLAlchemy then discards that
+Such errors count as disconnects (`stale_sqlite_error`): SQLAlchemy then discards that
 connection and every other one the pool held, and the next request opens fresh ones, so
 the store recovers by itself once the file is writable again.
 
@@ -134,10 +134,18 @@ def _switch_to_wal(cur: Any, busy_timeout_ms: int) -> None:
 _STALE_SQLITE_ERRORS: Final = ("SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN")
 
 
-def _stale_sqlite_error(exc: BaseException | None) -> bool:
+def stale_sqlite_error(exc: BaseException | None) -> bool:
     """Whether a DBAPI error means the SQLite connection itself must be replaced."""
     name = getattr(exc, "sqlite_errorname", None) or ""
     return isinstance(name, str) and name.startswith(_STALE_SQLITE_ERRORS)
+
+
+def sqlite_file(engine: Engine) -> Path | None:
+    """The database file of a file-backed SQLite engine, else None (PostgreSQL, in memory)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        return None
+    return Path(str(database)).expanduser()
 
 
 def _sqlite_engine(
@@ -170,7 +178,7 @@ def _sqlite_engine(
 
     @event.listens_for(engine, "handle_error")
     def _on_error(ctx: ExceptionContext) -> None:
-        if not ctx.is_disconnect and _stale_sqlite_error(ctx.original_exception):
+        if not ctx.is_disconnect and stale_sqlite_error(ctx.original_exception):
             ctx.is_disconnect = True  # invalidate this connection and the pool's others
 
     @event.listens_for(engine, "begin")

@@ -35,7 +35,7 @@ from typing import Final
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from serving.store.engine import WRITE_OPTION, gated
+from serving.store.engine import WRITE_OPTION, gated, sqlite_file
 
 MIN_FREE_BYTES: Final = 4 * 1024 * 1024
 """Below this much free space on the SQLite file's file system the store counts as full."""
@@ -66,13 +66,6 @@ class StoreHealth:
 def _sqlite_error_name(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
     return str(getattr(orig, "sqlite_errorname", "") or "")
-
-
-def _sqlite_file(engine: Engine) -> Path | None:
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
-        return None
-    return Path(str(database)).expanduser()
 
 
 def _file_problem(path: Path) -> StoreHealth | None:
@@ -129,7 +122,7 @@ def _postgres_probe(engine: Engine) -> StoreHealth:
 
 def probe_store(engine: Engine) -> StoreHealth:
     """Probe now (no rate limit); never raises."""
-    path = _sqlite_file(engine)
+    path = sqlite_file(engine)
     if path is not None:
         found = _file_problem(path)
         if found is not None and found.problem == UNREACHABLE:

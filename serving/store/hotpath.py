@@ -34,7 +34,7 @@ from typing import Any, Final
 from sqlalchemy import Engine
 
 from serving.errors import StoreError, StoreUnavailableError
-from serving.store.engine import _stale_sqlite_error
+from serving.store.engine import stale_sqlite_error
 
 _SQLITE_TS: Final = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
 
@@ -130,7 +130,7 @@ class HotPath:
             raw.close()
 
     def _invalidate_if_stale(self, raw: Any, exc: Exception) -> None:
-        stale = _stale_sqlite_error(exc) if self.sqlite else False
+        stale = stale_sqlite_error(exc) if self.sqlite else False
         with suppress(Exception):
             dialect = self.engine.dialect
             gone = dialect.is_disconnect(exc, raw.dbapi_connection, None)  # type: ignore[arg-type]

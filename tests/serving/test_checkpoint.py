@@ -17,12 +17,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
 from serving.store import create_store_engine
-from serving.store.checkpoint import (
-    BACKSTOP_PAGES,
-    WalCheckpointer,
-    sqlite_file,
-    start_checkpointer,
-)
+from serving.store.checkpoint import BACKSTOP_PAGES, WalCheckpointer, start_checkpointer
+from serving.store.engine import sqlite_file
 from tests.api.test_faults import read_only
 
 ROWS = 400  # about 400 pages of WAL (4 KB blobs)
