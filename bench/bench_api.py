@@ -225,17 +225,40 @@ def start(name: str, cmd: str, env: dict[str, str], log: Path) -> Server:
     return Server(name, f"http://127.0.0.1:{PORTS[name]}", proc)
 
 
+STARTED = "Application startup complete"
+"""What each uvicorn worker logs (at level info) once its lifespan start-up is done."""
+
+
 def wait_ready(
-    server: Server, path: str, body: str, headers: dict[str, str], timeout: float = 600
+    server: Server,
+    path: str,
+    body: str,
+    headers: dict[str, str],
+    timeout: float = 600,
+    log: Path | None = None,
+    workers: int = 0,
 ) -> None:
-    """Poll until `path` answers 200 several times in a row fast (every worker warmed up)."""
+    """Once (given `log`) `workers` workers have logged the end of their start-up, poll until
+    `path` answers 200 several times in a row fast, each on a new connection (so the polls
+    reach every worker: `winback serve` gives each worker its own listening socket and the
+    kernel spreads connections over them). Polls on one keep-alive connection reached one
+    worker only, and the first load run could start while another still loaded its
+    snapshot."""
     import httpx
 
     deadline, fast = time.monotonic() + timeout, 0
-    with httpx.Client(base_url=server.url, timeout=60, headers=headers) as client:
+
+    def check() -> None:
+        if server.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{server.name} did not start (exit {server.proc.poll()})")
+
+    while log is not None and log.read_text(errors="replace").count(STARTED) < workers:
+        check()
+        time.sleep(0.5)
+    fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection per poll
+    with httpx.Client(base_url=server.url, timeout=60, headers=headers, limits=fresh) as client:
         while fast < 40:
-            if server.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{server.name} did not start (exit {server.proc.poll()})")
+            check()
             t = time.perf_counter()
             try:
                 r = client.post(path, content=body.encode())
@@ -679,7 +702,9 @@ def main() -> None:
         try:
             t = time.perf_counter()
             headers = {"Content-Type": "application/json", "X-API-Key": API_KEY}
-            wait_ready(server, path, warm, headers)
+            # the API's workers log at info; the ceiling's start at once (no lifespan work)
+            workers = args.api_workers if name in API_TARGETS else 0
+            wait_ready(server, path, warm, headers, log=work / f"{name}.log", workers=workers)
             print(f"{name} ready in {time.perf_counter() - t:.0f} s", flush=True)
             results[name] = measure(server, path, bodies[name], args, lua)
         finally:
