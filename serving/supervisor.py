@@ -67,19 +67,35 @@ def _exited_meanwhile(process: Process, wait: float = 1.0) -> bool:
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to (host, port) with `SO_REUSEPORT`, not yet listening (the worker
-    that serves it listens once started)."""
+    that serves it listens once started).
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-    except OSError as exc:
+    except OSError:
         sock.close()
-        log.error(exc)
-        raise SystemExit(STARTUP_FAILURE) from exc
+        raise
     sock.set_inheritable(True)
     return sock
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise OSError (address in use) if any socket listens on (host, port).
+
+    A plain bind fails where a socket listens; a `SO_REUSEPORT` bind would succeed beside
+    another server's `SO_REUSEPORT` sockets (a second `winback serve` on the same port) and
+    silently share its connections with it.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
 
 
 class Supervisor(Multiprocess):
@@ -93,8 +109,16 @@ class Supervisor(Multiprocess):
         self.host, self.port = str(config.host), int(config.port)
         self.slots: list[socket.socket] = []
         if shared is None:
-            for _ in range(config.workers):
-                self.slots.append(self._bind())
+            try:
+                if self.port != 0:
+                    check_port_free(self.host, self.port)
+                for _ in range(config.workers):
+                    self.slots.append(self._bind())
+            except OSError as exc:
+                for sock in self.slots:
+                    sock.close()
+                log.error("cannot listen on %s:%d: %s", self.host, self.port, exc)
+                raise SystemExit(STARTUP_FAILURE) from exc
             log.info(
                 "Uvicorn running on http://%s:%d, one SO_REUSEPORT socket per worker (%d)",
                 config.host,
@@ -116,11 +140,18 @@ class Supervisor(Multiprocess):
         process.start()
         return process
 
-    def _renew(self, idx: int) -> None:
-        """A dead worker's socket closed and a fresh one bound for its replacement."""
+    def _renew(self, idx: int) -> bool:
+        """A dead worker's socket closed and a fresh one bound for its replacement; False
+        (logged, the server stopping) if the address can no longer be bound."""
         if self.shared is None:
             self.slots[idx].close()
-            self.slots[idx] = self._bind()
+            try:
+                self.slots[idx] = self._bind()
+            except OSError as exc:
+                log.error("cannot bind a socket for a replacement worker, stopping: %s", exc)
+                self.should_exit.set()
+                return False
+        return True
 
     def init_processes(self) -> None:
         self.processes = [self._start(i) for i in range(self.processes_num)]
@@ -150,7 +181,11 @@ class Supervisor(Multiprocess):
     def handle_ttin(self) -> None:
         log.info("Received SIGTTIN, increasing the number of processes.")
         if self.shared is None:
-            self.slots.append(self._bind())
+            try:
+                self.slots.append(self._bind())
+            except OSError as exc:
+                log.error("cannot bind a socket for another worker, not adding one: %s", exc)
+                return
         self.processes_num += 1
         self.processes.append(self._start(len(self.processes)))
 
@@ -184,7 +219,8 @@ class Supervisor(Multiprocess):
                 )
             process.kill()
             process.join()
-            self._renew(idx)
+            if not self._renew(idx):
+                return
             if process.exitcode == STARTUP_FAILURE:
                 # as uvicorn: a worker that failed before serving would fail every restart
                 log.error(

@@ -224,7 +224,8 @@ def test_each_worker_listens_on_its_own_socket_and_a_dead_ones_is_not_left_liste
     SO_REUSEPORT socket and the kernel spreads connections over them (the chance that 16 all
     hash to one of two sockets is 2 / 2**16). A killed worker's socket is closed and a new one
     only listens once its replacement has started: left listening, it would hold its share of
-    new connections unanswered while the replacement loads."""
+    new connections unanswered while the replacement loads. A second server on the same port
+    is refused, as with one shared socket."""
     port = _free_port()
     deadline = time.monotonic() + 2 * READY_WITHIN
     with _two_workers(tmp_path, port) as (server, log):
@@ -232,6 +233,22 @@ def test_each_worker_listens_on_its_own_socket_and_a_dead_ones_is_not_left_liste
         assert _listening(port) == 2
         held = _spread_of_a_pool(pids, port)
         assert sum(held.values()) == 16 and min(held.values()) > 0, held
+
+        # a second server on the same port fails: SO_REUSEPORT alone would let it join the
+        # first one's sockets and silently take a share of its connections
+        other = tmp_path / "other"
+        other.mkdir()
+        second = subprocess.run(
+            [str(SCRIPT), "serve", "--workers", "2", "--port", str(port)],
+            cwd=other,
+            env=_serve_env(other),
+            capture_output=True,
+            text=True,
+            timeout=READY_WITHIN,
+        )
+        assert second.returncode == 3, second.stdout + second.stderr
+        assert "Address already in use" in second.stdout + second.stderr
+        assert _listening(port) == 2
 
         os.kill(pids[0], signal.SIGKILL)
         _wait_for_replacement(log, deadline)
