@@ -150,6 +150,37 @@ def _insert_decision_sql(hot: HotPath) -> str:
     return f"INSERT INTO decisions ({', '.join(_DECISION_COLUMNS)}) VALUES ({', '.join(values)})"
 
 
+def _unnest_insert_sql(table: str, columns: Sequence[str], tail: str = "") -> str:
+    """PostgreSQL: an INSERT of any number of rows in ONE statement (one text for every
+    group size, so the driver prepares it once): each column travels as one array parameter
+    of the column's own type (`:name` = the list of the rows' values), JSON as text."""
+    types = Decision.metadata.tables[table].c
+    arrays = []
+    for c in columns:
+        sql_type = "TEXT" if c in _JSON_COLUMNS else types[c].type.compile(postgresql.dialect())
+        arrays.append(f"CAST(:{c} AS {sql_type}[])")
+    picked = [f"CAST(u.{c} AS JSONB)" if c in _JSON_COLUMNS else f"u.{c}" for c in columns]
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(picked)} "
+        f"FROM unnest({', '.join(arrays)}) AS u({', '.join(columns)}){tail}"
+    )
+
+
+_CLAIM_COLUMNS: Final = ("key", "fingerprint", "endpoint", "ts")
+_CLAIM_KEYS_SQL: Final = _unnest_insert_sql(
+    "idempotency_keys", _CLAIM_COLUMNS, " ON CONFLICT (key) DO NOTHING RETURNING key"
+)
+_INSERT_DECISIONS_SQL: Final = _unnest_insert_sql(
+    "decisions", _DECISION_COLUMNS, " ON CONFLICT DO NOTHING RETURNING decision_id"
+)
+_INSERT_CONTACTS_SQL: Final = _unnest_insert_sql("contacts", _CONTACT_COLUMNS)
+
+
+def _columns_of(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[str, list[Any]]:
+    """Row parameters as one list per column (the arrays of `_unnest_insert_sql`)."""
+    return {c: [r[c] for r in rows] for c in columns}
+
+
 _KEY_FINGERPRINT: Final = select(IdempotencyKey.fingerprint, IdempotencyKey.endpoint).where(
     IdempotencyKey.key == bindparam("key")
 )
@@ -399,20 +430,20 @@ class Store:
         return blocked
 
     def _insert_contact(self, cur: HotCursor, decision: DecisionRecord) -> None:
-        cur.execute(
-            _INSERT_CONTACT_SQL,
-            {
-                "contact_id": decision.decision_id,
-                "decision_id": decision.decision_id,
-                "customer_id": decision.customer_id,
-                "ts": self._hot.ts(utc_naive(decision.ts)),
-                "channel": decision.channel,
-                "offer_id": decision.offer_id,
-                "campaign_id": decision.campaign_id,
-                "stage": decision.stage,
-                "status": SENT,
-            },
-        )
+        cur.execute(_INSERT_CONTACT_SQL, self._contact_row(decision))
+
+    def _contact_row(self, decision: DecisionRecord) -> dict[str, Any]:
+        return {
+            "contact_id": decision.decision_id,
+            "decision_id": decision.decision_id,
+            "customer_id": decision.customer_id,
+            "ts": self._hot.ts(utc_naive(decision.ts)),
+            "channel": decision.channel,
+            "offer_id": decision.offer_id,
+            "campaign_id": decision.campaign_id,
+            "stage": decision.stage,
+            "status": SENT,
+        }
 
     def record_group(self, entries: Sequence[GroupEntry]) -> list[GroupResult]:
         """Record the decisions of several requests in ONE write transaction (group commit).
@@ -434,35 +465,86 @@ class Store:
         customers = [e.record.customer_id for e in entries]
         if len(set(customers)) != len(customers):
             raise StoreError("store: a group commit must not hold one customer twice")
-        out: list[GroupResult] = []
         with self._hot_transaction(write=True) as cur:
             contacts = [e.record.customer_id for e in entries if e.record.implies_contact]
             if contacts and self.dialect == "postgresql":
                 cur.all(_LOCK_CUSTOMERS_SQL, {"cids": contacts})
-            for e in entries:
-                out.append(self._record_entry(cur, e))
-        return out
+            return self._record_entries(cur, entries)
 
-    def _record_entry(self, cur: HotCursor, e: GroupEntry) -> GroupResult:
-        claim = e.claim
-        if claim is not None and not self._claimed(cur, claim):
-            return GroupResult(KEY_TAKEN)
-        d, status, reason = e.record, RECORDED, None
-        if d.implies_contact:
-            if not d.channel:
-                raise StoreError(f"store: decision {d.decision_id}: a contact needs a channel")
-            blocked = self._contact_blocked(cur, d, e.caps or ContactCaps(), utc_naive(d.ts))
-            if blocked is not None:
-                if e.withdrawn is None:
-                    raise StoreError(f"store: decision {d.decision_id}: no withdrawn record")
-                reason = blocked[0]
-                d, status = e.withdrawn(reason), WITHDRAWN
-        row = cur.first(self._insert_decision_new, _decision_row(self._hot, d))
-        if row is None:
-            return GroupResult(DUPLICATE)
-        if status == RECORDED and d.implies_contact:
-            self._insert_contact(cur, d)
-        return GroupResult(status, reason)
+    def _record_entries(self, cur: HotCursor, entries: Sequence[GroupEntry]) -> list[GroupResult]:
+        """`record_group`'s work, in phases: every key claimed, every contact checked, every
+        decision inserted, every contact inserted. The entries' customers are distinct, so
+        no entry's check reads what another writes, and each entry gets what it would get
+        alone; on PostgreSQL each phase is one statement (`_claim_all`, ...)."""
+        out: list[GroupResult | None] = [None] * len(entries)
+        claimed = [i for i, e in enumerate(entries) if e.claim is not None]
+        taken = self._claim_all(cur, [e.claim for e in entries if e.claim is not None])
+        key_taken = {i for i, t in zip(claimed, taken, strict=True) if t}
+        todo: list[tuple[int, DecisionRecord, str, str | None]] = []
+        for i, e in enumerate(entries):
+            if i in key_taken:
+                out[i] = GroupResult(KEY_TAKEN)
+                continue
+            d, status, reason = e.record, RECORDED, None
+            if d.implies_contact:
+                if not d.channel:
+                    raise StoreError(f"store: decision {d.decision_id}: a contact needs a channel")
+                blocked = self._contact_blocked(cur, d, e.caps or ContactCaps(), utc_naive(d.ts))
+                if blocked is not None:
+                    if e.withdrawn is None:
+                        raise StoreError(f"store: decision {d.decision_id}: no withdrawn record")
+                    reason = blocked[0]
+                    d, status = e.withdrawn(reason), WITHDRAWN
+            todo.append((i, d, status, reason))
+        written = self._insert_decisions(cur, [d for _, d, _, _ in todo])
+        sent: list[DecisionRecord] = []
+        for (i, d, status, reason), new in zip(todo, written, strict=True):
+            if not new:
+                out[i] = GroupResult(DUPLICATE)
+                continue
+            if status == RECORDED and d.implies_contact:
+                sent.append(d)
+            out[i] = GroupResult(status, reason)
+        self._insert_contacts(cur, sent)
+        return [r for r in out if r is not None]
+
+    def _claim_all(self, cur: HotCursor, claims: Sequence[IdempotencyClaim]) -> list[bool]:
+        """Store every claim's key in this transaction; whether each one's key existed."""
+        keys = [c.key for c in claims]
+        if self.dialect != "postgresql" or len(claims) < 2 or len(set(keys)) < len(keys):
+            # one statement each, in order (a key twice: the later one finds it taken)
+            return [not self._claimed(cur, c) for c in claims]
+        rows = [
+            {
+                "key": c.key,
+                "fingerprint": c.fingerprint,
+                "endpoint": c.endpoint,
+                "ts": self._hot.ts(utc_naive(c.ts)),
+            }
+            for c in claims
+        ]
+        new = {k for (k,) in cur.all(_CLAIM_KEYS_SQL, _columns_of(rows, _CLAIM_COLUMNS))}
+        return [k not in new for k in keys]
+
+    def _insert_decisions(self, cur: HotCursor, records: Sequence[DecisionRecord]) -> list[bool]:
+        """Insert each record unless its decision id exists; whether each was written."""
+        ids = [d.decision_id for d in records]
+        rows = [_decision_row(self._hot, d) for d in records]
+        if self.dialect != "postgresql" or len(records) < 2 or len(set(ids)) < len(ids):
+            return [cur.first(self._insert_decision_new, row) is not None for row in rows]
+        new = {i for (i,) in cur.all(_INSERT_DECISIONS_SQL, _columns_of(rows, _DECISION_COLUMNS))}
+        return [i in new for i in ids]
+
+    def _insert_contacts(self, cur: HotCursor, records: Sequence[DecisionRecord]) -> None:
+        """The `sent` contact of each recorded contact decision."""
+        if self.dialect != "postgresql" or len(records) < 2:
+            for d in records:
+                self._insert_contact(cur, d)
+            return
+        cur.execute(
+            _INSERT_CONTACTS_SQL,
+            _columns_of([self._contact_row(d) for d in records], _CONTACT_COLUMNS),
+        )
 
     def _claimed(self, cur: HotCursor, claim: IdempotencyClaim) -> bool:
         try:

@@ -605,6 +605,105 @@ def test_a_group_read_of_live_state_equals_the_general_read(store: Store) -> Non
     assert grouped["c2"].preferences is not None and grouped["c3"].last_order_ts is not None
 
 
+_IDS = ("decision_id", "contact_id", "customer_id", "key")
+
+
+def _logged(store: Store, ids: list[str]) -> list[tuple[dict[str, Any], ...]]:
+    """The decision, contact and key rows of decisions `ids`, without their ids."""
+    from serving.store.models import IdempotencyKey
+
+    def row(table: Any, where: Any) -> dict[str, Any]:
+        found = conn.execute(select(*table.__table__.c).where(where)).one_or_none()
+        return {} if found is None else {k: v for k, v in found._mapping.items() if k not in _IDS}
+
+    out = []
+    with store.engine.connect() as conn:
+        for i in ids:
+            out.append(
+                (
+                    row(Decision, Decision.decision_id == i),
+                    row(Contact, Contact.decision_id == i),
+                    row(IdempotencyKey, IdempotencyKey.key == f"k-{i}"),
+                )
+            )
+    return out
+
+
+def test_a_group_writes_the_rows_each_entry_writes_alone(store: Store) -> None:
+    """Several contacts, messages and non-contacts in one group: every column of every
+    decision, contact and key row equals what the entry writes alone (PostgreSQL writes a
+    group's rows in one statement per table, JSON, timestamps, NULLs and flags included)."""
+    from serving.store.repository import RECORDED, GroupEntry, GroupResult
+
+    def records(tag: str) -> list[DecisionRecord]:
+        full = {
+            "reasons": ["chosen_best_value"],
+            "scores": {"pct10": 1.25, "none": None, "guide": -0.5},
+            "excluded": [{"offer_id": "bundle", "reason": "margin_floor"}],
+            "model_version": "7",
+            "policy_version": "p1",
+            "campaign_id": "spring",
+            "propensity": 0.9,
+            "expected_value": 1.25,
+            "value_tier": "gold",
+            "lapse_state": "lapsed",
+            "p_convert": 0.125,
+        }
+        return [
+            offer(f"{tag}1", f"{tag}-c1", request_id="r1", **full),  # type: ignore[arg-type]
+            offer(f"{tag}2", f"{tag}-c2", offer_id="guide", stage=2),
+            DecisionRecord(f"{tag}3", f"{tag}-c3", T0, "message", channel="sms", stage=3),
+            DecisionRecord(f"{tag}4", f"{tag}-c4", T0, "none", reasons=["no_allowed_option"]),
+            DecisionRecord(
+                f"{tag}5",
+                f"{tag}-c5",
+                T0,
+                "holdout",
+                offer_id="pct10",
+                channel="email",
+                propensity=0.05,
+                replaced_propensity=0.8,
+                scores=None,
+                excluded=None,
+            ),
+        ]
+
+    def entry(r: DecisionRecord) -> GroupEntry:
+        claim = IdempotencyClaim(f"k-{r.decision_id}", "f", "recommendations", T0)
+        return GroupEntry(r, caps=CAP_ONE, claim=claim)
+
+    together = records("g")
+    assert store.record_group([entry(r) for r in together]) == [GroupResult(RECORDED)] * 5
+    alone = records("a")
+    for r in alone:
+        assert store.record_group([entry(r)]) == [GroupResult(RECORDED)]
+    grouped = _logged(store, [r.decision_id for r in together])
+    assert grouped == _logged(store, [r.decision_id for r in alone])
+    assert [c != {} for _, c, _ in grouped] == [True, True, True, False, False]
+    assert grouped[0][0]["scores"] == {"pct10": 1.25, "none": None, "guide": -0.5}
+
+
+def test_a_group_with_a_key_or_decision_id_twice_judges_them_in_order(store: Store) -> None:
+    """A key or a decision id twice in one group (the API never sends that): the first entry
+    is written, the later one finds it taken, as if each entry were recorded alone in turn."""
+    from serving.store.repository import DUPLICATE, KEY_TAKEN, RECORDED, GroupEntry, GroupResult
+
+    claim = IdempotencyClaim("same", "f", "recommendations", T0)
+    entries = [
+        GroupEntry(offer("d1", "c1"), caps=CAP_ONE, claim=claim),
+        GroupEntry(offer("d2", "c2"), caps=CAP_ONE, claim=claim),
+        GroupEntry(offer("d3", "c3"), caps=CAP_ONE),
+        GroupEntry(offer("d3", "c4"), caps=CAP_ONE),
+    ]
+    assert store.record_group(entries) == [
+        GroupResult(RECORDED),
+        GroupResult(KEY_TAKEN),
+        GroupResult(RECORDED),
+        GroupResult(DUPLICATE),
+    ]
+    assert [_contacts(store, c) for c in ("c1", "c2", "c3", "c4")] == [1, 0, 1, 0]
+
+
 def test_a_group_commit_records_each_entry_as_alone(store: Store) -> None:
     """`record_group`: caps, consent, keys and duplicates judged per entry, as the
     one-decision methods judge them, in one transaction."""
