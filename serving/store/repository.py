@@ -16,6 +16,7 @@ SQLAlchemy errors are translated into `serving.errors` at this boundary.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -150,35 +151,48 @@ def _insert_decision_sql(hot: HotPath) -> str:
     return f"INSERT INTO decisions ({', '.join(_DECISION_COLUMNS)}) VALUES ({', '.join(values)})"
 
 
-def _unnest_insert_sql(table: str, columns: Sequence[str], tail: str = "") -> str:
-    """PostgreSQL: an INSERT of any number of rows in ONE statement (one text for every
-    group size, so the driver prepares it once): each column travels as one array parameter
-    of the column's own type (`:name` = the list of the rows' values), JSON as text."""
+def _recordset_insert_sql(table: str, columns: Sequence[str], tail: str = "") -> str:
+    """PostgreSQL: an INSERT of any number of rows in ONE statement with ONE parameter,
+    `:rows`, the rows as a JSON array (`_rows_json`), unpacked by `jsonb_to_recordset` into
+    the columns' own types; JSON columns travel as their text and are cast, so they store
+    exactly what the one-row INSERT stores. One text for every group size (prepared once);
+    measured against one INSERT per row, a group of 16 decisions: 0.75-0.94 against
+    1.8-2.1 ms of client CPU and 2.2-2.5 against 4.5-5.0 ms until PostgreSQL answered."""
     types = Decision.metadata.tables[table].c
-    arrays = []
-    for c in columns:
-        sql_type = "TEXT" if c in _JSON_COLUMNS else types[c].type.compile(postgresql.dialect())
-        arrays.append(f"CAST(:{c} AS {sql_type}[])")
-    picked = [f"CAST(u.{c} AS JSONB)" if c in _JSON_COLUMNS else f"u.{c}" for c in columns]
+    spec = ", ".join(
+        f"{c} {'TEXT' if c in _JSON_COLUMNS else types[c].type.compile(postgresql.dialect())}"
+        for c in columns
+    )
+    picked = ", ".join(f"CAST(u.{c} AS JSONB)" if c in _JSON_COLUMNS else f"u.{c}" for c in columns)
     return (
-        f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(picked)} "
-        f"FROM unnest({', '.join(arrays)}) AS u({', '.join(columns)}){tail}"
+        f"INSERT INTO {table} ({', '.join(columns)}) SELECT {picked} "
+        f"FROM jsonb_to_recordset(CAST(:rows AS JSONB)) AS u({spec}){tail}"
     )
 
 
 _CLAIM_COLUMNS: Final = ("key", "fingerprint", "endpoint", "ts")
-_CLAIM_KEYS_SQL: Final = _unnest_insert_sql(
+_CLAIM_KEYS_SQL: Final = _recordset_insert_sql(
     "idempotency_keys", _CLAIM_COLUMNS, " ON CONFLICT (key) DO NOTHING RETURNING key"
 )
-_INSERT_DECISIONS_SQL: Final = _unnest_insert_sql(
+_INSERT_DECISIONS_SQL: Final = _recordset_insert_sql(
     "decisions", _DECISION_COLUMNS, " ON CONFLICT DO NOTHING RETURNING decision_id"
 )
-_INSERT_CONTACTS_SQL: Final = _unnest_insert_sql("contacts", _CONTACT_COLUMNS)
+_INSERT_CONTACTS_SQL: Final = _recordset_insert_sql("contacts", _CONTACT_COLUMNS)
 
 
-def _columns_of(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[str, list[Any]]:
-    """Row parameters as one list per column (the arrays of `_unnest_insert_sql`)."""
-    return {c: [r[c] for r in rows] for c in columns}
+def _iso(value: object) -> str:
+    if isinstance(value, datetime):  # naive UTC, to the microsecond
+        return value.isoformat()
+    raise TypeError(f"store: cannot write {type(value).__name__} in a group's rows")
+
+
+def _rows_json(rows: Sequence[dict[str, Any]]) -> dict[str, str] | None:
+    """The `:rows` parameter of `_recordset_insert_sql`, or None when a value has no JSON
+    spelling (a NaN or infinite float): the caller then writes the rows one by one."""
+    try:
+        return {"rows": json.dumps(list(rows), default=_iso, allow_nan=False)}
+    except ValueError:
+        return None
 
 
 _KEY_FINGERPRINT: Final = select(IdempotencyKey.fingerprint, IdempotencyKey.endpoint).where(
@@ -398,7 +412,7 @@ class Store:
                     return RecordResult(False, decision.decision_id, reason=code, detail=detail)
                 # decision first (the contact refers to it)
                 cur.execute(self._insert_decision, _decision_row(self._hot, decision))
-                self._insert_contact(cur, decision)
+                cur.execute(_INSERT_CONTACT_SQL, self._contact_row(decision))
         except StoreError as exc:
             raise self._duplicate_or(exc, decision.decision_id) from None
         return RecordResult(True, decision.decision_id, contact_id=decision.decision_id)
@@ -428,9 +442,6 @@ class Store:
                 )
             blocked = check_caps(past, own, at, channel, offer)
         return blocked
-
-    def _insert_contact(self, cur: HotCursor, decision: DecisionRecord) -> None:
-        cur.execute(_INSERT_CONTACT_SQL, self._contact_row(decision))
 
     def _contact_row(self, decision: DecisionRecord) -> dict[str, Any]:
         return {
@@ -523,28 +534,33 @@ class Store:
             }
             for c in claims
         ]
-        new = {k for (k,) in cur.all(_CLAIM_KEYS_SQL, _columns_of(rows, _CLAIM_COLUMNS))}
+        params = _rows_json(rows)
+        if params is None:
+            return [not self._claimed(cur, c) for c in claims]
+        new = {k for (k,) in cur.all(_CLAIM_KEYS_SQL, params)}
         return [k not in new for k in keys]
 
     def _insert_decisions(self, cur: HotCursor, records: Sequence[DecisionRecord]) -> list[bool]:
         """Insert each record unless its decision id exists; whether each was written."""
         ids = [d.decision_id for d in records]
         rows = [_decision_row(self._hot, d) for d in records]
-        if self.dialect != "postgresql" or len(records) < 2 or len(set(ids)) < len(ids):
+        params = None
+        if self.dialect == "postgresql" and len(records) > 1 and len(set(ids)) == len(ids):
+            params = _rows_json(rows)
+        if params is None:
             return [cur.first(self._insert_decision_new, row) is not None for row in rows]
-        new = {i for (i,) in cur.all(_INSERT_DECISIONS_SQL, _columns_of(rows, _DECISION_COLUMNS))}
+        new = {i for (i,) in cur.all(_INSERT_DECISIONS_SQL, params)}
         return [i in new for i in ids]
 
     def _insert_contacts(self, cur: HotCursor, records: Sequence[DecisionRecord]) -> None:
         """The `sent` contact of each recorded contact decision."""
-        if self.dialect != "postgresql" or len(records) < 2:
-            for d in records:
-                self._insert_contact(cur, d)
+        rows = [self._contact_row(d) for d in records]
+        params = _rows_json(rows) if self.dialect == "postgresql" and len(rows) > 1 else None
+        if params is None:
+            for row in rows:
+                cur.execute(_INSERT_CONTACT_SQL, row)
             return
-        cur.execute(
-            _INSERT_CONTACTS_SQL,
-            _columns_of([self._contact_row(d) for d in records], _CONTACT_COLUMNS),
-        )
+        cur.execute(_INSERT_CONTACTS_SQL, params)
 
     def _claimed(self, cur: HotCursor, claim: IdempotencyClaim) -> bool:
         try:

@@ -704,6 +704,25 @@ def test_a_group_with_a_key_or_decision_id_twice_judges_them_in_order(store: Sto
     assert [_contacts(store, c) for c in ("c1", "c2", "c3", "c4")] == [1, 0, 1, 0]
 
 
+def test_a_group_with_a_value_json_cannot_spell_is_written_row_by_row(store: Store) -> None:
+    """A NaN expected value has no JSON spelling (PostgreSQL's one-statement group write
+    carries the rows as JSON): the group is written one row at a time, as before, not lost."""
+    import math
+
+    from serving.store.repository import RECORDED, GroupEntry, GroupResult
+
+    recs = [offer("n1", "c1", expected_value=float("nan")), offer("n2", "c2")]
+    assert (
+        store.record_group([GroupEntry(r, caps=CAP_ONE) for r in recs])
+        == [GroupResult(RECORDED)] * 2
+    )
+    with store.engine.connect() as conn:
+        q = select(Decision.expected_value).where(Decision.decision_id == "n1")
+        stored = conn.execute(q).scalar_one()
+    assert stored is None or math.isnan(stored)  # SQLite stores a NaN as NULL
+    assert (_contacts(store, "c1"), _contacts(store, "c2")) == (1, 1)
+
+
 def test_a_group_commit_records_each_entry_as_alone(store: Store) -> None:
     """`record_group`: caps, consent, keys and duplicates judged per entry, as the
     one-decision methods judge them, in one transaction."""
