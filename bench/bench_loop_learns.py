@@ -27,9 +27,14 @@ The policy explores with epsilon 0.2 `among: positive` with `floor` 0.02 by defa
 floor is spread over every allowed option; the rest over the options the model values above no
 contact); `--among allowed` is the uniform epsilon-greedy of earlier runs.
 
+`--promote always` promotes every challenger (`winback promote --force`), so each round plays
+the newest model; with `--diagnose`, rounds from 2 on also print the greedy share of the oracle
+on that round's customers of every earlier version that does not play, beside the played one.
+
 Run: .venv/bin/python bench/bench_loop_learns.py [--customers 20000] [--world-seed 11]
      [--rounds 3] [--days-between 35] [--bags 8] [--seed 0] [--no-crossfit] [--z Z]
-     [--epsilon 0.2] [--among positive|allowed] [--floor 0.02] [--diagnose]
+     [--epsilon 0.2] [--among positive|allowed] [--floor 0.02] [--promote rule|always]
+     [--diagnose]
 """
 
 from __future__ import annotations
@@ -85,11 +90,9 @@ channel_preference: [email, sms, push]
 """
 
 
-def oracle_and_eligible(world, data, decider, store, at, folder, diagnose=False):  # type: ignore[no-untyped-def]
-    """Per eligible customer, decided before the wave is recorded: the oracle's true value, the
-    oracle's under the policy's exploration, and the true value of the decider's greedy choice.
-    `diagnose`: also print where the model's values part from the truth (`print_diagnosis`).
-    """
+def greedy_decision(decider, data, store, at, folder):  # type: ignore[no-untyped-def]
+    """The decider's choices without exploration at `at` on a snapshot in its model's feature
+    set (nothing is recorded): the snapshot, its customer ids and the decided batch."""
     fs = model_feature_set(decider)
     write_snapshot(build_customer_view(data, pd.Timestamp(at), feature_set=fs), folder, keep=1)
     snap = Snapshot.load(folder)
@@ -113,6 +116,17 @@ def oracle_and_eligible(world, data, decider, store, at, folder, diagnose=False)
         "oracle",
         store=store,
     ).batch
+    return snap, ids, d
+
+
+def oracle_and_eligible(world, data, decider, store, at, folder, diagnose=False, others=None):  # type: ignore[no-untyped-def]
+    """Per eligible customer, decided before the wave is recorded: the oracle's true value, the
+    oracle's under the policy's exploration, and the true value of the decider's greedy choice.
+    `diagnose`: also print where the model's values part from the truth (`print_diagnosis`).
+    `others`: {label: decider} of models that do not play; with `diagnose`, each one's greedy
+    share of the oracle on the same customers is printed beside the played one's.
+    """
+    snap, ids, d = greedy_decision(decider, data, store, at, folder)
     state = true_state(world, data, at)
     im = world.model.incremental_margin(state)
     world_ids = pd.Index(world.tables[c.CUSTOMERS][c.CUSTOMER_ID].astype(str))
@@ -140,6 +154,24 @@ def oracle_and_eligible(world, data, decider, store, at, folder, diagnose=False)
     explored = np.where(eligible & (top > 0), spread, 0.0)
     chosen = d.chosen
     mine = np.where(chosen >= 0, true_im[np.arange(len(ids)), np.maximum(chosen, 0)], 0.0)
+    if diagnose and others:
+        oracle_mean = best[eligible].mean()
+        print(
+            f"      greedy share of the oracle on this round's customers: played "
+            f"{mine[eligible].mean() / oracle_mean:.1%}",
+            end="",
+        )
+        for name, other in others.items():
+            _, other_ids, od = greedy_decision(other, data, store, at, folder.with_name("other"))
+            assert list(other_ids) == list(ids)
+            assert list(od.options.offer_ids) == list(d.options.offer_ids)
+            assert (od.exclusion == d.exclusion).all()
+            ochosen = od.chosen
+            theirs = np.where(
+                ochosen >= 0, true_im[np.arange(len(ids)), np.maximum(ochosen, 0)], 0.0
+            )
+            print(f", {name} {theirs[eligible].mean() / oracle_mean:.1%}", end="", flush=True)
+        print()
     if diagnose:
         scorer = decider.scorer
         values = None
@@ -226,6 +258,13 @@ def main() -> None:
     ap.add_argument("--among", choices=("allowed", "positive"), default="positive")
     ap.add_argument("--floor", type=float, default=0.02)
     ap.add_argument(
+        "--promote",
+        choices=("rule", "always"),
+        default="rule",
+        help="rule: `winback promote` (better with confidence); always: `winback promote "
+        "--force`, so every round plays the newest model",
+    )
+    ap.add_argument(
         "--diagnose",
         action="store_true",
         help="per round: each option's true vs model value and the segment oracle's share",
@@ -254,7 +293,8 @@ def main() -> None:
             f"{args.customers:,} customers, world seed {args.world_seed}, "
             f"{args.rounds} rounds, waves {args.days_between} days apart, {args.bags} bags, "
             f"exploration {policy.exploration!r}, holdout {policy.holdout.share}, "
-            f"crossfit {args.crossfit}, z {'chosen' if args.z is None else args.z}"
+            f"crossfit {args.crossfit}, z {'chosen' if args.z is None else args.z}, "
+            f"promote {args.promote}"
         )
         print(
             f"{'round':>5} {'model':>18} {'contacts':>9} {'true/contact':>13} "
@@ -262,6 +302,7 @@ def main() -> None:
             f"{'ceiling':>8} {'s':>5}"
         )
         shares, per_contact = [], []
+        others: dict[str, Decider] = {}
         for r in range(args.rounds + 1):
             t0 = time.perf_counter()
             at = first + timedelta(days=r * args.days_between)
@@ -277,7 +318,9 @@ def main() -> None:
                     crossfit=args.crossfit,
                     z=args.z,
                 )
-                promoted = promote(out, seed=args.seed, settings=settings)
+                promoted = promote(
+                    out, seed=args.seed, settings=settings, force=args.promote == "always"
+                )
                 champion = get_alias(CHAMPION, settings.model_name)
                 assert champion is not None
                 model = load_policy_model(champion.uri)
@@ -287,6 +330,21 @@ def main() -> None:
                     PolicyScorer(model, f"{settings.model_name}/{champion.version}"),
                     decider.base_caps,
                 )
+                # every other version trained so far (the champion replaced, the challengers
+                # kept out), for the diagnosis's greedy comparison on this round's customers
+                others = {
+                    f"v{v}": Decider(
+                        options,
+                        policy,
+                        PolicyScorer(
+                            load_policy_model(f"models:/{settings.model_name}/{v}"),
+                            f"{settings.model_name}/{v}",
+                        ),
+                        decider.base_caps,
+                    )
+                    for v in range(1, int(trained.version) + 1)
+                    if str(v) != champion.version and args.diagnose
+                }
                 kept = "" if promoted.promoted else f" kept v{champion.version}"
                 label = f"v{trained.version}{kept}"
                 print(
@@ -296,7 +354,14 @@ def main() -> None:
                     flush=True,
                 )
             oracle, ceiling, greedy = oracle_and_eligible(
-                world, data, decider, store, at, folder / "oracle-snapshot", args.diagnose
+                world,
+                data,
+                decider,
+                store,
+                at,
+                folder / "oracle-snapshot",
+                args.diagnose,
+                others,
             )
             wave = Wave(f"loop-w{r}", at, "auto")
             until = at + timedelta(days=args.days_between)
