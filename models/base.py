@@ -81,6 +81,21 @@ def check_weights(w: Any, n: int, name: str = "sample_weight") -> np.ndarray:
     return arr
 
 
+# The smallest logged propensity an inverse-propensity weight divides by. An exploration floor
+# spread over every allowed option logs propensities of 0.002-0.005; unclipped, eleven such
+# rows of one wave outweighed its 361 holdout rows, and the next model made that option its
+# default. Every learner and the option calibrator clip here, as the DR pseudo-outcome does.
+PROPENSITY_FLOOR = 0.01
+
+
+def inverse_propensity(propensity: Any, n: int, name: str = "propensity") -> np.ndarray:
+    """1 / max(propensity, PROPENSITY_FLOOR) for n logged propensities, each in (0, 1]."""
+    e = np.asarray(propensity, dtype=float).ravel()
+    if e.shape[0] != n or not np.all((e > 0) & (e <= 1)):
+        raise InvalidInputError(f"{name}: need one value in (0, 1] per row")
+    return 1.0 / np.maximum(e, PROPENSITY_FLOOR)
+
+
 def check_fitted(est: Any, attr: str = "feature_names_in_") -> None:
     if not hasattr(est, attr):
         raise NotFittedError(f"{type(est).__name__} is not fitted yet: call fit first")

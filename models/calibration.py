@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from models.base import inverse_propensity
 from models.errors import InvalidInputError, NotFittedError, TrainingError
 
 Method = Literal["isotonic", "sigmoid"]
@@ -109,7 +110,8 @@ class OptionCalibrator:
 
     For option o with rows R_o (treatment == o), finds delta_o such that
     sum_{i in R_o} w_i * expit(logit(p_io) + delta_o) = sum_{i in R_o} w_i * y_i,
-    with w_i = 1 / propensity_i (1 when not given). Options without rows keep delta 0.
+    with w_i = 1 / max(propensity_i, PROPENSITY_FLOOR) (1 when not given). Options without rows
+    keep delta 0.
 
     Attributes:
         options_: the option labels (columns of the probability frame).
@@ -127,7 +129,7 @@ class OptionCalibrator:
         n = len(p_options)
         if t.shape[0] != n or y_arr.shape[0] != n:
             raise InvalidInputError("OptionCalibrator: treatment, y and p_options differ in length")
-        w = np.ones(n) if propensity is None else 1.0 / np.asarray(propensity, dtype=float)
+        w = np.ones(n) if propensity is None else inverse_propensity(propensity, n)
         self.options_ = [str(c) for c in p_options.columns]
         self.shift_: dict[str, float] = {}
         for o in self.options_:

@@ -20,7 +20,9 @@ Learners:
   one regression per option of the pseudo-outcome on x (estimates E[Y(o) | x]).
 
 Where assignment was not uniform, pass the logged `propensity` (probability of the option the
-row received): S and T weight rows by 1 / propensity, DR uses it in the pseudo-outcome.
+row received): S and T weight rows by 1 / propensity, DR uses it in the pseudo-outcome; every
+propensity is clipped at `models.base.PROPENSITY_FLOOR` first, so a handful of rows logged at
+an exploration floor's tiny probability cannot outweigh the rest.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from models.base import (
     check_columns,
     check_features,
     check_weights,
+    inverse_propensity,
     lgb_params,
     train_on_rows,
 )
@@ -253,14 +256,12 @@ class BaggedOptionLearner(BaseEstimator):
         self.control_ = self.control
         codes = pd.Categorical(t, categories=self.options_).codes.astype(np.int64)
         if propensity is None:
-            self._propensity = (np.bincount(codes) / n)[codes]
+            # assignment taken as random at each option's share: the DR pseudo-outcome's 1/e
+            self._inv_propensity = inverse_propensity((np.bincount(codes) / n)[codes], n)
             w = sw
         else:
-            e = np.asarray(propensity, dtype=float).ravel()
-            if e.shape[0] != n or not np.all((e > 0) & (e <= 1)):
-                raise InvalidInputError("propensity: need one value in (0, 1] per row")
-            self._propensity = e
-            w = sw / e
+            self._inv_propensity = inverse_propensity(propensity, n)
+            w = sw * self._inv_propensity
         w = w / w.mean()
         self._cats = check_categoricals(X, self.categorical_features)
         self.arm_rates_ = pd.Series(
@@ -313,7 +314,7 @@ class BaggedOptionLearner(BaseEstimator):
             else:
                 results = [one_bag(b) for b in range(self.n_bags)]
         finally:
-            del self._propensity
+            del self._inv_propensity
         # summed in bag order, whatever order the threads finished in: same data, same sums
         oob_sum = np.zeros((n, len(self.options_)))
         oob_cnt = np.zeros(n)
@@ -372,7 +373,7 @@ def _check_groups(groups: Any, n: int, n_bags: int) -> tuple[np.ndarray | None, 
 
 
 class SLearner(BaggedOptionLearner):
-    """One booster on x plus the option (a categorical feature); weights 1 / propensity."""
+    """One booster on x plus the option (a categorical feature); weights 1 / clipped propensity."""
 
     def _design(self, X: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, list[str], list[str]]:
         out = np.empty((X.shape[0], X.shape[1] + 1))
@@ -474,8 +475,9 @@ class DRLearner(BaggedOptionLearner):
                 )
                 rows = fold == f
                 mu[rows, j] = booster_predict(m, X[rows], "DR-learner")
-        # 1/propensity enters the pseudo-outcome, so the final fit is weighted by counts only.
-        inv_e = 1.0 / np.clip(self._propensity, 0.01, 1.0)
+        # 1/propensity (clipped at fit) enters the pseudo-outcome, so the final fit is weighted
+        # by counts only.
+        inv_e = self._inv_propensity
         finals = []
         for j, o in enumerate(self.options_):
             phi = mu[:, j] + (t == j) * inv_e * (y - mu[:, j])

@@ -40,6 +40,20 @@ def test_calibrator_errors_are_clear() -> None:
         BinaryCalibrator().transform([0.5])
     with pytest.raises(InvalidInputError, match="method"):
         BinaryCalibrator("platt").fit([0.1, 0.9], [0, 1])  # type: ignore[arg-type]
+    p = pd.DataFrame({"holdout": [0.1, 0.1], "a": [0.2, 0.2]})
+    with pytest.raises(InvalidInputError, match="propensity"):
+        OptionCalibrator().fit(p, ["holdout", "a"], [0, 1], propensity=[0.5, 0.0])
+
+
+def test_option_calibrator_clips_tiny_propensities() -> None:
+    # 1,000 rows of option a at propensity 0.5 converting 10%, and five at 0.001 that all
+    # converted: unclipped those five weigh 5,000 against 2,000 and a reads 72%.
+    rng = np.random.default_rng(3)
+    y = np.concatenate([(rng.random(1000) < 0.1).astype(float), np.ones(5)])
+    e = np.concatenate([np.full(1000, 0.5), np.full(5, 0.001)])
+    p = pd.DataFrame({"a": np.full(1005, 0.1)})
+    out = OptionCalibrator().fit(p, ["a"] * 1005, y, e).transform(p)
+    assert out["a"].mean() < 0.4
 
 
 def test_option_calibrator_matches_observed_rates_per_arm() -> None:

@@ -149,6 +149,32 @@ def test_inverse_propensity_weighting_corrects_confounded_assignment() -> None:
     np.testing.assert_allclose(p[["holdout", "pct10", "freeship"]], truth, atol=0.03)
 
 
+def a_few_rows_at_a_tiny_propensity(seed: int) -> dict[str, Any]:
+    """3,000 rows randomised at 1/3 over three options (10% convert), then eleven pct10 rows
+    logged at 0.003 (an exploration floor spread over many options) that all converted."""
+    rng = np.random.default_rng(seed)
+    n = 3000
+    t = np.concatenate([rng.choice(list(OPTIONS), n), ["pct10"] * 11])
+    y = np.concatenate([(rng.random(n) < 0.1).astype(int), np.ones(11, dtype=int)])
+    e = np.concatenate([np.full(n, 1 / 3), np.full(11, 0.003)])
+    return {"X": pd.DataFrame({"x": rng.normal(size=n + 11)}), "t": t, "y": y, "e": e}
+
+
+@pytest.mark.parametrize("cls", (SLearner, TLearner))
+def test_a_few_rows_at_a_tiny_propensity_do_not_outweigh_the_rest(cls: type) -> None:
+    # Unclipped, the eleven rows weigh 11 / 0.003 = 3,667 against the other ~1,000 pct10 rows'
+    # 3,000 and pct10 reads 61% converting (the loop's next model made such an option its
+    # default); clipped at the propensity floor they weigh 1,100 and the thousand rows decide.
+    w = a_few_rows_at_a_tiny_propensity(0)
+    learner = cls(control="holdout", n_bags=4, n_estimators=100).fit(
+        w["X"], w["t"], w["y"], propensity=w["e"]
+    )
+    assert learner.arm_rates_["pct10"] < 0.4
+    p = learner.predict_proba_options(w["X"]).mean()
+    assert p["pct10"] < 0.4
+    assert p["holdout"] < 0.16  # the S-learner's shared trees are not dragged up either
+
+
 def test_oob_predictions_and_uplift_std(world: dict, fitted: dict) -> None:
     learner = fitted[TLearner]
     oob = learner.oob_proba_options_
