@@ -35,13 +35,14 @@ For each: the highest requests/s `wrk` sustains over `--duration` seconds with n
 `--paced-share` (default half) of that target's own maximum, from a paced client (asyncio
 protocols on uvloop, `--paced-connections` keep-alive connections, default 64) that times
 every request from its scheduled send time (so a stalled server is charged for the queue it
-causes, in the client's queue as in its own); server CPU per request, and the cores the load client and every other
-process used meanwhile (the machine may be shared: 'others'). Customer ids are drawn from
-the snapshot with `--seed`, each run on its own slice. The API's action mix and the number
-of decisions recorded are read back from its store. The issue 19 targets are printed with
-their verdicts. `--profile api` adds a py-spy profile of one worker under load (py-spy on
-PATH, in the venv, or `PY_SPY=/path/to/py-spy`; it is not a project dependency). Needs
-`wrk` (`apt-get install wrk`). Servers run with `OMP_NUM_THREADS=--omp-threads` (default 1).
+causes, in the client's queue as in its own); server CPU per request, and the cores the load
+client and every other process used meanwhile (the machine may be shared: 'others').
+Customer ids are drawn from the snapshot with `--seed`, each run on its own slice. The API's
+action mix and the number of decisions recorded are read back from its store. The issue 19
+targets are printed with their verdicts. `--profile api` adds a py-spy profile of one worker
+under load (py-spy on PATH, in the venv, or `PY_SPY=/path/to/py-spy`; it is not a project
+dependency). Needs `wrk` (`apt-get install wrk`). Servers run with
+`OMP_NUM_THREADS=--omp-threads` (default 1).
 """
 
 from __future__ import annotations
@@ -362,7 +363,7 @@ async def _paced(
     stalled server is charged for the queue it causes, in the client's queue as in its own.
 
     Written on asyncio's protocols rather than an HTTP client library: it shares the two cores
-    with the server, and aiohttp's client took 0.4-0.5 cores at 1,400-1,800 req/s."""
+    with the server, and aiohttp's client took 0.33-0.57 cores at 1,400-2,300 req/s."""
     from collections import deque
     from urllib.parse import urlsplit
 
