@@ -79,7 +79,7 @@ def test_a_checkpointer_only_for_sqlite(store_client: TestClient) -> None:
 def test_a_negative_interval_is_refused_naming_the_setting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert ServingSettings().wal_checkpoint_interval_seconds == 0.5
+    assert ServingSettings().wal_checkpoint_interval_seconds == 0.1
     with pytest.raises(ValidationError) as err:
         ServingSettings(wal_checkpoint_interval_seconds=-1)
     [problem] = err.value.errors()
