@@ -7,10 +7,12 @@ back, at most once per `min_interval` seconds per process (concurrent callers sh
 last result):
 
 - SQLite: under the store's write gate, `BEGIN IMMEDIATE`, `CREATE TABLE` (which must
-  allocate a new page, so a database at its page limit fails with SQLITE_FULL and a
-  connection that opened the file read-only fails with SQLITE_READONLY), `ROLLBACK`; nothing
-  is left behind. A failed probe on a stale read-only connection also invalidates the pool
-  (`serving.store.engine`), so the probe helps the store recover even without traffic.
+  allocate a page, so a connection that opened the file read-only fails with
+  SQLITE_READONLY, and a database at its page limit with no free page inside fails with
+  SQLITE_FULL), a count of the pages left for writes (fewer than `MIN_FREE_PAGES`, free pages
+  inside the file included, is full too), `ROLLBACK`; nothing is left behind. A failed
+  probe on a stale read-only connection also invalidates the pool (`serving.store.engine`),
+  so the probe helps the store recover even without traffic.
   Besides, the database file must open for writing *now* (a pooled connection opened before
   a `chmod` keeps writing through its old descriptor while every new one is read-only), and
   its file system must have `MIN_FREE_BYTES` free.
@@ -39,6 +41,11 @@ from serving.store.engine import WRITE_OPTION, gated, sqlite_file
 
 MIN_FREE_BYTES: Final = 4 * 1024 * 1024
 """Below this much free space on the SQLite file's file system the store counts as full."""
+
+MIN_FREE_PAGES: Final = 32
+"""Below this many pages left for writes (under the file's `max_page_count`, counting the
+free pages inside it) the SQLite store counts as full: one group commit can need a few new
+pages per B-tree, more than the single page the probe's `CREATE TABLE` takes."""
 
 PROBE_TABLE: Final = "winback_write_probe"
 
@@ -96,6 +103,11 @@ def _sqlite_write_probe(engine: Engine) -> StoreHealth:
             conn.execution_options(**{WRITE_OPTION: True})  # BEGIN IMMEDIATE (see engine)
             with conn.begin() as tx:
                 conn.exec_driver_sql(f"CREATE TABLE {PROBE_TABLE} (x INTEGER)")
+                left = conn.exec_driver_sql(
+                    "SELECT m.max_page_count - c.page_count + f.freelist_count "
+                    "FROM pragma_max_page_count() AS m, pragma_page_count() AS c, "
+                    "pragma_freelist_count() AS f"
+                ).scalar()
                 tx.rollback()
     except SQLAlchemyError as exc:
         name = _sqlite_error_name(exc)
@@ -104,6 +116,8 @@ def _sqlite_write_probe(engine: Engine) -> StoreHealth:
         if name == "SQLITE_FULL":
             return StoreHealth(FULL, "the database is full (no page left for a write)")
         return StoreHealth(UNREACHABLE, "the database cannot be opened or written")
+    if left is not None and int(left) < MIN_FREE_PAGES:
+        return StoreHealth(FULL, f"the database is full ({int(left)} pages left for writes)")
     return StoreHealth()
 
 

@@ -66,7 +66,7 @@ class Decision(Base):
     __tablename__ = "decisions"
 
     decision_id: Mapped[str] = mapped_column(ID, primary_key=True)
-    request_id: Mapped[str | None] = mapped_column(ID, index=True)
+    request_id: Mapped[str | None] = mapped_column(ID)  # no index since 0005
     customer_id: Mapped[str] = mapped_column(ID)
     ts: Mapped[datetime] = mapped_column(DateTime())
     action: Mapped[str] = mapped_column(String(16))

@@ -81,7 +81,7 @@ def test_migrations_build_the_models_schema_and_are_idempotent(url: str) -> None
     upgrade_database(url)  # second run at head does nothing
     engine = create_store_engine(url)
     try:
-        assert current_revision(engine) == "0004"
+        assert current_revision(engine) == "0005"
         names = set(inspect(engine).get_table_names())
         assert set(Base.metadata.tables) <= names
         with engine.connect() as conn:
