@@ -85,7 +85,7 @@ def decide_together(
     ids = [b.customer_id for b in bodies]
     keys = [b.request_id for b in bodies]
     dids = [
-        keyed_decision_id(k, cid) if k is not None else new_decision_id()
+        keyed_decision_id(k, cid, at) if k is not None else new_decision_id()
         for k, cid in zip(keys, ids, strict=True)
     ]
     prints = [request_fingerprint(ENDPOINT, b) if b.request_id else None for b in bodies]
@@ -125,7 +125,7 @@ def decide_together(
         body, d = bodies[i], made[i]
         try:
             if res.status == KEY_TAKEN:  # as `decide_once`: the repeat path, this one alone
-                out.append(_repeat_alone(rt, body, prints[i] or "", dids[i]))
+                out.append(_repeat_alone(rt, body, prints[i] or ""))
                 continue
             decision = withdrawn(d, res.reason or "cap") if res.status == WITHDRAWN else d
             outcome = Outcome(
@@ -154,16 +154,13 @@ def _withdrawn_record(
     return record_of(withdrawn(d, code), decision_id, at, meta, segment)
 
 
-def _repeat_alone(
-    rt: Runtime, body: RecommendationRequest, fingerprint: str, decision_id: str
-) -> Outcome:
+def _repeat_alone(rt: Runtime, body: RecommendationRequest, fingerprint: str) -> Outcome:
     key = body.request_id or ""  # only keyed requests claim a key
     [outcome] = repeat(
         rt,
         ENDPOINT,
         fingerprint,
         key,
-        [decision_id],
         [body.customer_id],
         body.channel,
         body.context.timestamp,

@@ -195,9 +195,9 @@ def _rows_json(rows: Sequence[dict[str, Any]]) -> dict[str, str] | None:
         return None
 
 
-_KEY_FINGERPRINT: Final = select(IdempotencyKey.fingerprint, IdempotencyKey.endpoint).where(
-    IdempotencyKey.key == bindparam("key")
-)
+_KEY_CLAIM: Final = select(
+    IdempotencyKey.fingerprint, IdempotencyKey.endpoint, IdempotencyKey.ts
+).where(IdempotencyKey.key == bindparam("key"))
 
 
 def _utc_now() -> datetime:
@@ -602,11 +602,16 @@ class Store:
         return consent_blocks(status, prefs, channel)
 
     # --- idempotency keys -------------------------------------------------------------------
+    def idempotency_claim(self, key: str) -> IdempotencyClaim | None:
+        """The claim stored for `key` (fingerprint, endpoint, time), or None when it is new."""
+        with self._connection(write=False) as s:
+            row = s.execute(_KEY_CLAIM, {"key": key}).first()
+        return IdempotencyClaim(key, row[0], row[1], row[2]) if row is not None else None
+
     def idempotency_fingerprint(self, key: str) -> tuple[str, str] | None:
         """(fingerprint, endpoint) stored for `key`, or None when the key is new."""
-        with self._connection(write=False) as s:
-            row = s.execute(_KEY_FINGERPRINT, {"key": key}).first()
-        return (row[0], row[1]) if row is not None else None
+        claim = self.idempotency_claim(key)
+        return (claim.fingerprint, claim.endpoint) if claim is not None else None
 
     def claim_idempotency_key(
         self, key: str, fingerprint: str, endpoint: str, ts: datetime

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from serving.api.service import decision_time, withdrawn
+from serving.api.service import decision_time, legacy_keyed_decision_id, withdrawn
 from serving.store.models import Contact, Decision, Event
 from tests.api.conftest import CLIENT, T0, Clock, runtime_of
 
@@ -207,6 +207,41 @@ def test_a_repeated_request_id_after_an_opt_out_does_not_say_send(
     again = _decide(store_client, request_id="k-1")
     assert again["action"] == "none" and again["reasons"][0] == "consent_opted_out"
     assert _count(store_client, Decision, request_id="k-1") == 1
+
+
+def test_keyed_decision_ids_sort_by_claim_time_and_a_late_repeat_finds_its_own(
+    store_client: TestClient, clock: Clock
+) -> None:
+    first = _decide(store_client, "c1", request_id="k-1")
+    clock.advance(seconds=1)
+    second = _decide(store_client, "c2", request_id="k-2")
+    clock.advance(hours=2)  # out of the clock tolerance of a new request: a repeat still answers
+    again = _decide(store_client, "c1", request_id="k-1")
+    assert first["decision_id"] < second["decision_id"]  # the B-trees take them in order
+    assert again["decision_id"] == first["decision_id"]
+    assert _count(store_client, Decision) == 2
+
+
+def test_a_request_recorded_under_a_revision_0004_id_is_repeated_from_the_log(
+    store_client: TestClient,
+) -> None:
+    first = _decide(store_client, "c1", request_id="k-old")
+    assert first["action"] == "message"
+    old = legacy_keyed_decision_id("k-old", "c1")  # as recorded before the ids held the time
+    with runtime_of(store_client).store.engine.begin() as conn:
+        conn.execute(
+            Decision.__table__.update()
+            .where(Decision.decision_id == first["decision_id"])
+            .values(decision_id=old)
+        )
+        conn.execute(
+            Contact.__table__.update()
+            .where(Contact.decision_id == first["decision_id"])
+            .values(decision_id=old, contact_id=old)
+        )
+    again = _decide(store_client, "c1", request_id="k-old")
+    assert again["decision_id"] == old and again["action"] == "message"
+    assert _count(store_client, Decision) == 1 and _count(store_client, Contact) == 1
 
 
 # --- bad input: a clear 4xx naming the field, on every store ------------------------------

@@ -141,3 +141,20 @@ def test_decision_log_lines_carry_the_decision_id(
     line = json.loads(JsonFormatter().format(record))
     assert line["decision_id"] == d["decision_id"]
     assert line["request_id"] == "req-9" and line["action"] == "message"
+
+
+def test_new_decision_ids_are_uuid7_sorting_by_their_millisecond() -> None:
+    import time
+    import uuid
+
+    from serving.api.service import new_decision_id
+
+    before = time.time_ns() // 1_000_000
+    ids = [new_decision_id() for _ in range(2_000)]
+    time.sleep(0.002)
+    later = new_decision_id()
+    parsed = [uuid.UUID(hex=i) for i in ids]
+    assert {u.version for u in parsed} == {7} and {u.variant for u in parsed} == {uuid.RFC_4122}
+    assert len(set(ids)) == len(ids) and all(len(i) == 32 for i in ids)
+    assert all(before <= int(i[:12], 16) <= before + 1_000 for i in ids)  # ms since the epoch
+    assert later > max(ids)  # a later millisecond sorts after every earlier id
