@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/bench_wal.py [--preload 200000] [--groups 1,4,16] [--commits 400]
-        [--keyed both|yes|no] [--work /tmp/wb_bench_wal]
+        [--keyed both|yes|no] [--contact-share 1.0] [--work /tmp/wb_bench_wal]
 
 Every recorded decision of the send-time API is one row in `decisions` plus, for a contact,
 one in `contacts` and, with a `request_id`, one in `idempotency_keys`; each B-tree those rows
@@ -12,10 +12,11 @@ the WAL by the commit and copied back by a checkpoint. Under load that I/O is wh
 SQLite write gate (bench/README.md, issue 19, session s29), so this counts it: a store made by
 the migrations is preloaded with `--preload` recorded contacts (so the B-trees are as deep as
 a store that has run a while), then `--commits` group commits of each size in `--groups` are
-recorded through `Store.record_group`, each entry a contact decision of a distinct customer
-drawn at random out of 1,000,000, with an idempotency key (`--keyed yes`, as the bench's and a
-careful ESP's requests carry) or without (`--keyed no`). Automatic checkpoints are off during
-a measurement; the WAL's frame count after it, divided by the decisions, is the figure.
+recorded through `Store.record_group`, each entry a decision of a distinct customer drawn at
+random out of 1,000,000 (a `--contact-share` of them contacts, the rest `none` decisions),
+with an idempotency key (`--keyed yes`, as the bench's and a careful ESP's requests carry) or
+without (`--keyed no`). Automatic checkpoints are off during a measurement; the WAL's frame
+count after it, divided by the decisions, is the figure.
 
 The count is of pages, not time: it does not depend on the machine's speed or load.
 """
@@ -43,8 +44,11 @@ CUSTOMERS = 1_000_000
 OFFERS = ("pct10", "pct20", "free_shipping", "bundle", "warranty", "expert_help", "content")
 
 
-def _record(rng: np.random.Generator, cid: str, at: datetime, keyed: bool) -> GroupEntry:
-    """A contact decision shaped like the API's (reasons, scores, exclusions, segment)."""
+def _record(
+    rng: np.random.Generator, cid: str, at: datetime, keyed: bool, contact: bool = True
+) -> GroupEntry:
+    """A decision shaped like the API's (reasons, scores, exclusions, segment): a contact
+    (`offer` by e-mail), else `none` (no contact row)."""
     key = uuid.uuid4().hex if keyed else None
     did = keyed_decision_id(key, cid, at) if key is not None else new_decision_id()
     offer = OFFERS[int(rng.integers(len(OFFERS)))]
@@ -52,10 +56,10 @@ def _record(rng: np.random.Generator, cid: str, at: datetime, keyed: bool) -> Gr
         decision_id=did,
         customer_id=cid,
         ts=at,
-        action="offer",
+        action="offer" if contact else "none",
         request_id=key,
-        offer_id=offer,
-        channel="email",
+        offer_id=offer if contact else None,
+        channel="email" if contact else None,
         stage=int(rng.integers(1, 6)),
         propensity=0.93,
         expected_value=float(rng.normal()),
@@ -102,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keyed", choices=("both", "yes", "no"), default="both")
     ap.add_argument("--work", type=Path, default=Path("/tmp/wb_bench_wal"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--contact-share",
+        type=float,
+        default=1.0,
+        help="share of the measured decisions that are contacts (the rest: `none`, no contact "
+        "row); bench_api.py's requests are about 0.1",
+    )
     args = ap.parse_args(argv)
     try:
         groups = [int(g) for g in args.groups.split(",")]
@@ -110,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if any(g < 1 for g in groups) or args.preload < 0 or args.commits < 1:
         print("--groups, --commits: at least 1; --preload: at least 0", file=sys.stderr)
+        return 2
+    if not 0.0 <= args.contact_share <= 1.0:
+        print(f"--contact-share: must be in [0, 1], got {args.contact_share}", file=sys.stderr)
         return 2
     rng = np.random.default_rng(args.seed)
     shutil.rmtree(args.work, ignore_errors=True)
@@ -129,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         if done % 20_000 < 500:
             _truncate(db)
     page = sqlite3.connect(db).execute("PRAGMA page_size").fetchone()[0]
-    print(f"store: {args.preload:,} contacts preloaded; page size {page} bytes")
+    print(
+        f"store: {args.preload:,} contacts preloaded; page size {page} bytes; "
+        f"contacts {args.contact_share:.0%} of the measured decisions"
+    )
     print("| request_id | group size | commits | WAL pages per commit | WAL pages per decision |")
     print("|---|---|---|---|---|")
     for keyed in {"both": (True, False), "yes": (True,), "no": (False,)}[args.keyed]:
@@ -137,7 +154,12 @@ def main(argv: list[str] | None = None) -> int:
             _truncate(db)
             for _ in range(args.commits):
                 at += timedelta(seconds=1)
-                store.record_group([_record(rng, c, at, keyed) for c in _customers(rng, g)])
+                store.record_group(
+                    [
+                        _record(rng, c, at, keyed, bool(rng.random() < args.contact_share))
+                        for c in _customers(rng, g)
+                    ]
+                )
             frames = _wal_frames(db)
             print(
                 f"| {'yes' if keyed else 'no'} | {g} | {args.commits} | "
