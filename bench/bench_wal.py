@@ -4,6 +4,7 @@ Usage::
 
     .venv/bin/python bench/bench_wal.py [--preload 200000] [--groups 1,4,16] [--commits 400]
         [--keyed both|yes|no] [--contact-share 1.0] [--work /tmp/wb_bench_wal]
+        [--pg-url postgresql+psycopg://postgres@127.0.0.1:5432/winback_bench_wal]
 
 Every recorded decision of the send-time API is one row in `decisions` plus, for a contact,
 one in `contacts` and, with a `request_id`, one in `idempotency_keys`; each B-tree those rows
@@ -32,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+from bench_api import fresh_pg_database  # type: ignore[import-not-found]  # bench/ is the script's folder
 
 from serving.api.service import keyed_decision_id, new_decision_id
 from serving.store.caps import ContactCaps
@@ -90,12 +92,23 @@ def _wal_frames(path: Path) -> int:
         con.close()
 
 
-def _truncate(path: Path) -> None:
+def _truncate(path: Path) -> int:
     con = sqlite3.connect(path)
     try:
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         con.close()
+    return 0
+
+
+def _pg_wal_bytes(store: Store, checkpoint: bool = False) -> int:
+    """PostgreSQL's WAL position in bytes (after a CHECKPOINT when asked)."""
+    with store.engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        if checkpoint:
+            conn.exec_driver_sql("CHECKPOINT")
+        lsn = conn.exec_driver_sql("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").scalar()
+    return int(lsn)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keyed", choices=("both", "yes", "no"), default="both")
     ap.add_argument("--work", type=Path, default=Path("/tmp/wb_bench_wal"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--pg-url",
+        default=None,
+        help="measure on PostgreSQL instead: WAL bytes per decision (pg_current_wal_lsn, after "
+        "a CHECKPOINT, so full-page images count each page a measurement touches first) in a "
+        "database the bench drops and creates afresh (its own, never a shared one)",
+    )
     ap.add_argument(
         "--contact-share",
         type=float,
@@ -129,10 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     db = args.work / "store.db"
-    url = f"sqlite:///{db}"
+    pg = args.pg_url is not None
+    if pg:
+        fresh_pg_database(args.pg_url)
+    url = args.pg_url if pg else f"sqlite:///{db}"
     upgrade_database(url)
-    # autocheckpoint off: the WAL keeps every frame the measured commits append
-    store = Store(create_store_engine(url, wal_autocheckpoint=0))
+    # SQLite: autocheckpoint off, the WAL keeps every frame the measured commits append
+    store = Store(create_store_engine(url, wal_autocheckpoint=None if pg else 0))
     at = datetime(2026, 1, 1, tzinfo=UTC).replace(tzinfo=None)
     done = 0
     while done < args.preload:  # preloaded in groups of 500, checkpointed as it goes
@@ -140,18 +163,23 @@ def main(argv: list[str] | None = None) -> int:
         at += timedelta(seconds=1)
         store.record_group([_record(rng, c, at, True) for c in _customers(rng, n)])
         done += n
-        if done % 20_000 < 500:
+        if not pg and done % 20_000 < 500:
             _truncate(db)
-    page = sqlite3.connect(db).execute("PRAGMA page_size").fetchone()[0]
+    if pg:
+        with store.engine.connect() as conn:
+            page = conn.exec_driver_sql("SHOW block_size").scalar()
+    else:
+        page = sqlite3.connect(db).execute("PRAGMA page_size").fetchone()[0]
     print(
-        f"store: {args.preload:,} contacts preloaded; page size {page} bytes; "
-        f"contacts {args.contact_share:.0%} of the measured decisions"
+        f"store: {'PostgreSQL' if pg else 'SQLite'}, {args.preload:,} contacts preloaded; "
+        f"page size {page} bytes; contacts {args.contact_share:.0%} of the measured decisions"
     )
-    print("| request_id | group size | commits | WAL pages per commit | WAL pages per decision |")
+    unit = "WAL KB" if pg else "WAL pages"
+    print(f"| request_id | group size | commits | {unit} per commit | {unit} per decision |")
     print("|---|---|---|---|---|")
     for keyed in {"both": (True, False), "yes": (True,), "no": (False,)}[args.keyed]:
         for g in groups:
-            _truncate(db)
+            start = _pg_wal_bytes(store, checkpoint=True) if pg else _truncate(db)
             for _ in range(args.commits):
                 at += timedelta(seconds=1)
                 store.record_group(
@@ -160,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                         for c in _customers(rng, g)
                     ]
                 )
-            frames = _wal_frames(db)
+            # SQLite: frames; PostgreSQL: KB
+            frames = (_pg_wal_bytes(store) - start) / 1024 if pg else _wal_frames(db)
             print(
                 f"| {'yes' if keyed else 'no'} | {g} | {args.commits} | "
                 f"{frames / args.commits:.1f} | {frames / (args.commits * g):.2f} |"
