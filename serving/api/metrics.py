@@ -1,4 +1,5 @@
-"""Prometheus metrics of the API: request latency, decisions by action/offer/reason, events.
+"""Prometheus metrics of the API: request latency, decisions by action/offer/reason, events,
+and the decision groups (size, time in the decision thread, fallbacks to deciding alone).
 
 Two modes, chosen by the environment when a `Metrics` is built:
 
@@ -39,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
 _BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1, 2)
+_GROUP_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
 
 class Metrics:
@@ -83,6 +85,24 @@ class Metrics:
             ("type", "duplicate"),
             registry=self.registry,
         )
+        self.group_size = Histogram(
+            "winback_decision_group_size",
+            "Requests per group decided together (one engine call, one store transaction)",
+            buckets=_GROUP_SIZES,
+            registry=self.registry,
+        )
+        self.group_seconds = Histogram(
+            "winback_decision_group_seconds",
+            "Time a group takes in the worker's decision thread: engine, live-state read and "
+            "the store's one transaction",
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.group_fallbacks = Counter(
+            "winback_decision_group_fallbacks_total",
+            "Groups whose transaction failed, so that each request was decided alone",
+            registry=self.registry,
+        )
         self.degraded = Gauge(
             "winback_degraded",
             "1 while the service decides without a model (rules only) or without a snapshot",
@@ -112,6 +132,11 @@ class Metrics:
         if child is None:
             child = self._decisions_of.setdefault(key, self.decisions.labels(*key))
         child.inc()
+
+    def observe_group(self, size: int, seconds: float) -> None:
+        """One group decided together: its requests and its time in the decision thread."""
+        self.group_size.observe(size)
+        self.group_seconds.observe(seconds)
 
     def observe_latency(self, route: str, method: str, status: str, seconds: float) -> None:
         """One request's latency under its route template, method and status."""

@@ -28,6 +28,7 @@ exactly the answer or error it would have gotten.
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -140,12 +141,15 @@ class DecisionBatcher:
             return [RuntimeError("the runtime was replaced and released") for _ in bodies]
         if alone:  # a request decided alone (a dry run, a caller's timestamp)
             return [_attempt(partial(decide_alone, rt, bodies[0]))]
+        start = time.perf_counter()
         try:
             results = decide_together(rt, bodies)
         except Exception:
             # Nothing was written: each request decided alone, with its own answer or error.
             self.fallbacks += 1
+            rt.metrics.group_fallbacks.inc()
             return [_attempt(partial(decide_alone, rt, b)) for b in bodies]
+        rt.metrics.observe_group(len(bodies), time.perf_counter() - start)
         self.groups += 1
         self.grouped += len(bodies)
         return results
