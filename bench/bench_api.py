@@ -36,7 +36,9 @@ For each: the highest requests/s `wrk` sustains over `--duration` seconds with n
 protocols on uvloop, `--paced-connections` keep-alive connections, default 64) that times
 every request from its scheduled send time (so a stalled server is charged for the queue it
 causes, in the client's queue as in its own); server CPU per request, and the cores the load
-client and every other process used meanwhile (the machine may be shared: 'others').
+client and every other process used meanwhile (the machine may be shared: 'others'); for the
+decision API, the mean size of the groups it decided together during the run and their mean
+time in the decision thread (from its `/metrics`).
 Customer ids are drawn from the snapshot with `--seed`, each run on its own slice. The API's
 action mix and the number of decisions recorded are read back from its store. The issue 19
 targets are printed with their verdicts. `--profile api` adds a py-spy profile of one worker
@@ -58,6 +60,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -497,8 +500,35 @@ def machine_busy_seconds() -> float:
     return (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
 
 
+_GROUP_SERIES = (
+    "winback_decision_group_size_count",
+    "winback_decision_group_size_sum",
+    "winback_decision_group_seconds_sum",
+)
+
+
+def group_totals(server: Server) -> tuple[float, ...] | None:
+    """(groups, requests in them, seconds in the decision thread) so far, from the decision
+    API's `/metrics` (all workers); None for another target or code without these metrics."""
+    if server.name not in API_TARGETS:
+        return None
+    try:
+        with urllib.request.urlopen(server.url + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in _GROUP_SERIES:
+            found[name] = float(value)
+    return tuple(found[n] for n in _GROUP_SERIES) if len(found) == len(_GROUP_SERIES) else None
+
+
 def accounted(server: Server, fn: Callable[[], dict[str, float]]) -> dict[str, float]:
-    """Run one load run; add server CPU ms per request and the cores other processes used."""
+    """Run one load run; add server CPU ms per request, the cores other processes used and,
+    for the decision API, the mean size and time of its groups during the run."""
+    g0 = group_totals(server)
     busy0, srv0 = machine_busy_seconds(), group_cpu_seconds(server.proc.pid)
     cli0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -512,6 +542,11 @@ def accounted(server: Server, fn: Callable[[], dict[str, float]]) -> dict[str, f
     r["server_cores"] = srv / wall
     r["client_cores"] = cli / wall
     r["other_cores"] = max(machine_busy_seconds() - busy0 - srv - cli, 0.0) / wall
+    g1 = group_totals(server)
+    if g0 is not None and g1 is not None and g1[0] > g0[0]:
+        groups = g1[0] - g0[0]
+        r["group_size"] = (g1[1] - g0[1]) / groups
+        r["group_ms"] = (g1[2] - g0[2]) * 1e3 / groups
     return r
 
 
@@ -838,6 +873,13 @@ def main() -> None:
     report(results, args)
 
 
+def _groups(r: dict[str, Any]) -> str:
+    """The group columns of one run ('-' where the target has no group metrics)."""
+    if "group_size" not in r:
+        return f"{'-':>7}{'-':>8}"
+    return f"{r['group_size']:>7.1f}{r['group_ms']:>8.2f}"
+
+
 LABELS = {
     "ceiling": "constant JSON, FastAPI, {w} w (ceiling)",
     "api": "decision API, {w} w, SQLite, stored",
@@ -867,7 +909,7 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
     ceiling = results["ceiling"]["max"]["rps"]
     head = (
         f"{'target':<42}{'req/s':>8}{'ceiling':>8}{'conns':>6}{'p50 ms':>8}{'p99 ms':>8}"
-        f"{'cpu ms/req':>11}{'others':>8}{'client':>8}"
+        f"{'cpu ms/req':>11}{'others':>8}{'client':>8}{'group':>7}{'grp ms':>8}"
     )
     print("max sustained with no errors (wrk -t1, closed loop)\n" + head)
     for k, r in results.items():
@@ -875,20 +917,26 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
         print(
             f"{labels[k]:<42}{m['rps']:>8,.0f}{m['rps'] / ceiling:>8.1%}{m['c']:>6}"
             f"{m['p50_ms']:>8.1f}{m['p99_ms']:>8.1f}{m['server_cpu_ms']:>11.2f}"
-            f"{m['other_cores']:>8.2f}{m['client_cores']:>8.2f}"
+            f"{m['other_cores']:>8.2f}{m['client_cores']:>8.2f}{_groups(m)}"
             + ("" if m["errors"] == 0 else f"  (no clean run; errors {m['error_kinds']})")
         )
     print("\nlatency at a fixed rate (paced client, from each request's scheduled time)")
     print(
         f"{'target':<42}{'rate':>6}{'ok/s':>7}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-        f"{'errors':>8}{'others':>8}"
+        f"{'errors':>8}{'others':>8}{'group':>7}{'grp ms':>8}"
     )
     for k, r in results.items():
         for rate, q in r["paced"].items():
             print(
                 f"{labels[k]:<42}{rate:>6.0f}{q['rps']:>7.0f}{q['p50_ms']:>9.1f}"
                 f"{q['p99_ms']:>9.1f}{q['max_ms']:>9.1f}{q['errors']:>8.0f}{q['other_cores']:>8.2f}"
+                f"{_groups(q)}"
             )
+    print(
+        "(group: mean requests per group the API decided together in the run; grp ms: a "
+        "group's mean time in the decision thread, engine and store transaction; '-': not "
+        "the API, or code without the group metrics)"
+    )
     print("\ntargets (issue 19; ratios to the ceiling measured in this run)")
     share = {"api": 0.25, "api-live": 0.10, "api-pg": 0.12}
     for k, need in share.items():
