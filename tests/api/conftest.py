@@ -185,6 +185,15 @@ def client(settings: ServingSettings, clock: Clock) -> Iterator[TestClient]:
         yield c
 
 
+def metric_value(text: str, series: str) -> float:
+    """The value of one line of a Prometheus exposition, by its exact name and labels."""
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == series:
+            return float(value)
+    raise AssertionError(f"{series} not in /metrics:\n{text}")
+
+
 def runtime_of(client: TestClient) -> Runtime:
     """The runtime the app under test loaded."""
     app = cast(FastAPI, client.app)

@@ -34,6 +34,7 @@ from tests.api.conftest import (
     FakeSnapshots,
     loader_of,
     make_snapshot,
+    metric_value,
 )
 from tests.factories import CATALOG_YAML
 
@@ -152,15 +153,6 @@ def workers(tmp_path: Path) -> Iterator[tuple[Worker, Worker]]:
         scored.kill()
 
 
-def _value(text: str, series: str) -> float:
-    """The value of one exposition line, by its exact name and labels."""
-    for line in text.splitlines():
-        name, _, value = line.rpartition(" ")
-        if name == series:
-            return float(value)
-    raise AssertionError(f"{series} not in /metrics:\n{text}")
-
-
 RECOMMEND_COUNT = (
     'winback_http_request_duration_seconds_count{method="POST",'
     'route="/v1/recommendations",status="200"}'
@@ -180,17 +172,17 @@ def test_metrics_sum_over_workers_and_degraded_is_the_max_of_live_ones(
     assert scored_label != rules_label
 
     for text in (scored.scrape(), rules.scrape()):  # any worker answers with the totals
-        assert _value(text, f"winback_decisions_total{{{rules_label}}}") == 2
-        assert _value(text, f"winback_decisions_total{{{unknown}}}") == 2
-        assert _value(text, f"winback_decisions_total{{{scored_label}}}") == 1
-        assert _value(text, RECOMMEND_COUNT) == 5
-        assert _value(text, "winback_degraded") == 1  # the rules-only worker is live
+        assert metric_value(text, f"winback_decisions_total{{{rules_label}}}") == 2
+        assert metric_value(text, f"winback_decisions_total{{{unknown}}}") == 2
+        assert metric_value(text, f"winback_decisions_total{{{scored_label}}}") == 1
+        assert metric_value(text, RECOMMEND_COUNT) == 5
+        assert metric_value(text, "winback_degraded") == 1  # the rules-only worker is live
 
     rules.quit()
     text = scored.scrape()
-    assert _value(text, "winback_degraded") == 0  # only the live worker's gauge counts
-    assert _value(text, f"winback_decisions_total{{{rules_label}}}") == 2  # counts stay
-    assert _value(text, RECOMMEND_COUNT) == 5
+    assert metric_value(text, "winback_degraded") == 0  # only the live worker's gauge counts
+    assert metric_value(text, f"winback_decisions_total{{{rules_label}}}") == 2  # counts stay
+    assert metric_value(text, RECOMMEND_COUNT) == 5
 
 
 def test_forget_dead_workers_drops_their_live_gauges_only(tmp_path: Path) -> None:

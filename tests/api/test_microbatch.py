@@ -43,6 +43,7 @@ from tests.api.conftest import (
     FakeSnapshots,
     loader_of,
     make_snapshot,
+    metric_value,
     runtime_of,
     write_files,
 )
@@ -163,14 +164,6 @@ def _decisions(client: TestClient) -> int:
         return int(conn.execute(text("SELECT count(*) FROM decisions")).scalar_one())
 
 
-def _sample(metrics: str, name: str) -> float:
-    """The value of the unlabelled sample `name` in a Prometheus text exposition."""
-    for line in metrics.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
-
-
 def test_a_group_decides_each_customer_as_alone_with_its_own_key(
     twins: tuple[TestClient, TestClient, Clock],
 ) -> None:
@@ -191,10 +184,10 @@ def test_a_group_decides_each_customer_as_alone_with_its_own_key(
     batcher = batcher_of(rt)
     assert (batcher.groups, batcher.grouped) == (1, len(bodies))  # one group, one engine call
     metrics = a.get("/metrics").text  # what an operator sees of it
-    assert _sample(metrics, "winback_decision_group_size_count") == 1
-    assert _sample(metrics, "winback_decision_group_size_sum") == len(bodies)
-    assert _sample(metrics, "winback_decision_group_seconds_count") == 1
-    assert _sample(metrics, "winback_decision_group_fallbacks_total") == 0
+    assert metric_value(metrics, "winback_decision_group_size_count") == 1
+    assert metric_value(metrics, "winback_decision_group_size_sum") == len(bodies)
+    assert metric_value(metrics, "winback_decision_group_seconds_count") == 1
+    assert metric_value(metrics, "winback_decision_group_fallbacks_total") == 0
     reference = _one_by_one(b, bodies)
     for o, r in zip(outcomes, reference, strict=True):
         want = r.json()
@@ -298,7 +291,7 @@ def test_a_store_fault_in_a_group_answers_each_request_as_alone_and_loses_nothin
         if r.status_code == 200:  # acknowledged: in the log
             assert store.decision_exists(r.json()["decision_id"])
     assert batcher_of(runtime_of(a)).fallbacks >= 1  # the group did fail, and was split
-    fallbacks = _sample(a.get("/metrics").text, "winback_decision_group_fallbacks_total")
+    fallbacks = metric_value(a.get("/metrics").text, "winback_decision_group_fallbacks_total")
     assert fallbacks == batcher_of(runtime_of(a)).fallbacks
     # the faulty request, repeated once the fault is gone, is decided and recorded once
     with store.engine.begin() as conn:
