@@ -364,10 +364,11 @@ def repeat(
     the customers without a logged decision are decided.
     """
     stored = rt.store.idempotency_claim(key)
+    claimed_now = False
     if stored is None:
         at = decision_time(rt, requested, dry_run=False)
         if rt.store.claim_idempotency_key(key, fingerprint, endpoint, at) is None:
-            stored = IdempotencyClaim(key, fingerprint, endpoint, at)
+            stored, claimed_now = IdempotencyClaim(key, fingerprint, endpoint, at), True
         else:  # a concurrent request claimed it first: its claim holds
             stored = rt.store.idempotency_claim(key)
             if stored is None:
@@ -376,7 +377,8 @@ def repeat(
         raise _key_reused(key)
     ids = [keyed_decision_id(key, cid, stored.ts) for cid in customer_ids]
     legacy = [legacy_keyed_decision_id(key, cid) for cid in customer_ids]
-    logged = get_decisions(rt.store, [*ids, *legacy])
+    # a key claimed just now has no decisions yet (they commit with or after the claim)
+    logged = {} if claimed_now else get_decisions(rt.store, [*ids, *legacy])
     # a decision recorded under a revision-0004 id is found under it
     ids = [
         old if new not in logged and old in logged else new
