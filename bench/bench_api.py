@@ -448,6 +448,7 @@ async def _paced(
     running = False
     for task in replacements:
         task.cancel()
+    await asyncio.gather(*replacements, return_exceptions=True)
     for conn in pool:
         if conn.transport is not None:
             conn.transport.close()
@@ -606,8 +607,7 @@ def measure(
     """Every load run of one target; `after_run` is called after each (e.g. `analyze_pg`)."""
     url = server.url + path
     # each run starts on its own slice of the seeded draw, so no run re-asks earlier customers
-    n_paced = (1 + len(args.rates)) * args.paced_repeats
-    step = args.lines // (len(args.connections) + 1 + n_paced)
+    step = args.lines // load_runs(args)
     runs = []
     for i, c in enumerate(args.connections):
         wrk = partial(run_wrk, url, bodies, f"{server.name}{c}", c, args.duration, lua, i * step)
@@ -640,6 +640,17 @@ def measure(
                 print(f"  {server.name}: paced {rate:.0f}/s {q}", flush=True)
             paced[rate] = median_run(repeats)
     return {"max": best, "all": runs, "paced": paced, "answered": answered}
+
+
+LINES_PER_RUN_SECOND = 1000
+"""Request bodies per second of each load run's own slice (a run above this rate re-asks
+customers of the next slice, whom caps then block, as before the paced runs repeated)."""
+
+
+def load_runs(args: argparse.Namespace) -> int:
+    """Load runs of one target, each on its own slice of the bodies: every wrk run, the
+    profile's, and every paced run (each rate, `--paced-repeats` times; at most this many)."""
+    return len(args.connections) + 1 + (1 + len(args.rates)) * args.paced_repeats
 
 
 def median_run(repeats: list[dict[str, float]]) -> dict[str, Any]:
@@ -883,12 +894,14 @@ def main() -> None:
     p.add_argument("--profile", default="", help="targets to profile with py-spy (e.g. api)")
     p.add_argument("--profile-top", type=int, default=30)
     args = p.parse_args()
+    if args.paced_repeats < 1:
+        p.error(f"--paced-repeats: must be at least 1, got {args.paced_repeats}")
     args.server_env = dict(args.server_env)
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     snap, scored, _ = prepare(args.world, work, args.train_customers, args.seed)
-    # enough distinct draws for every run at several thousand req/s
-    args.lines = 5000 * args.duration
+    # a slice of distinct draws per load run (repeating the paced runs does not shrink them)
+    args.lines = LINES_PER_RUN_SECOND * args.duration * load_runs(args)
     bodies = write_bodies(work, snap, args.lines, args.rows, args.seed)
     lua = work / "post.lua"
     lua.write_text(WRK_LUA)
