@@ -94,6 +94,14 @@ class ServingSettings(BaseSettings):
     gate (0.5 s: p99 25-43 ms at 1,400 req/s; 0.1 s: 22-29 ms, `bench/README.md`).
     Ignored for PostgreSQL."""
 
+    group_linger_ms: float = Field(3.0, ge=0, le=50)
+    """How long a group of `POST /v1/recommendations` requests may wait for more requests
+    to join it when they arrive faster than one per this many milliseconds (larger groups
+    cost less CPU per request; `serving.api.microbatch`). 0: never wait."""
+
+    group_fill: int = Field(8, ge=1, le=64)
+    """A lingering group stops waiting once this many requests are queued."""
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1)

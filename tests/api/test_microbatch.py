@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from serving.api import create_app
-from serving.api.microbatch import batcher_of
+from serving.api.microbatch import DecisionBatcher, batcher_of
 from serving.api.runtime import reloaded
 from serving.api.schemas import RecommendationRequest
 from serving.settings import ServingSettings
@@ -448,3 +448,77 @@ def test_a_group_in_the_decision_thread_keeps_each_customers_holdout(
         assert batcher_of(runtime_of(a)).groups >= 1
         actions = [r.json()["action"] for r in got]
         assert "holdout" in actions and any(x in ("offer", "message") for x in actions)
+
+
+def _decide_at(
+    client: TestClient, batcher: DecisionBatcher, customers: Sequence[str], gap: float
+) -> list[float]:
+    """Each customer's request handed to `batcher` `gap` seconds after the previous one, in
+    the app's own loop; each request's seconds from its arrival to its answer."""
+
+    async def one(cid: str) -> float:
+        start = time.perf_counter()
+        body = RecommendationRequest.model_validate(
+            {"customer_id": cid, "channel": "auto", "request_id": f"l-{cid}"}
+        )
+        await batcher.decide(body)
+        return time.perf_counter() - start
+
+    async def run() -> list[float]:
+        tasks = []
+        for cid in customers:
+            tasks.append(asyncio.create_task(one(cid)))
+            await asyncio.sleep(gap)
+        return list(await asyncio.gather(*tasks))
+
+    assert client.portal is not None
+    return client.portal.call(run)
+
+
+def test_a_group_lingers_for_fill_requests_when_they_arrive_often_and_never_longer_than_linger(
+    tmp_path: Path,
+) -> None:
+    """Requests that arrive often wait for `fill` of them and are decided together (less CPU
+    per request); a request with no company waits at most `linger`; requests that arrive
+    seldom are decided at once (nothing to wait for)."""
+    customers = [f"e{i}" for i in range(12)]
+    with TestClient(_app(tmp_path, Clock())) as a:
+        rt = runtime_of(a)
+        # arrivals 1 ms apart, far more often than one per 30 s: every group waits for 4
+        often = DecisionBatcher(rt, linger=30.0, fill=4)
+        waits = _decide_at(a, often, customers[:8], gap=0.001)
+        assert (often.groups, often.grouped) == (2, 8)
+        assert max(waits) < 10.0  # woken by the fourth request, not by the 30 s timer
+
+        # a new batcher counts one arrival per second: often for a 1.5 s linger, so one
+        # request with no company is answered after `linger`, not before
+        alone = DecisionBatcher(rt, linger=1.5, fill=4)
+        [wait] = _decide_at(a, alone, customers[8:9], gap=0.0)
+        assert 1.45 <= wait < 10.0
+        assert (alone.groups, alone.grouped) == (1, 1)
+
+        # arrivals 0.6 s apart, seldom for a 0.3 s linger: each decided at once, alone
+        seldom = DecisionBatcher(rt, linger=0.3, fill=4)
+        waits = _decide_at(a, seldom, customers[9:12], gap=0.6)
+        assert max(waits) < 0.25, waits
+        assert (seldom.groups, seldom.grouped) == (3, 3)
+
+        # off: never waits, whatever the rate
+        off = DecisionBatcher(rt, linger=0.0, fill=4)
+        waits = _decide_at(a, off, ["c1"], gap=0.0)
+        assert max(waits) < 0.25, waits
+
+
+def test_a_caller_that_waits_for_each_answer_stops_being_kept_waiting(tmp_path: Path) -> None:
+    """A sequential caller brings nobody while its request lingers: after a few futile
+    lingers its requests are decided at once, but for one probe per `PROBE_EVERY` groups."""
+    with TestClient(_app(tmp_path, Clock())) as a:
+        # a batcher that has seen arrivals more often than one per linger
+        seq = DecisionBatcher(runtime_of(a), linger=0.2, fill=4, gap=0.0)
+        waits = [w for i in range(12) for w in _decide_at(a, seq, [f"e{i}"], gap=0.0)]
+        lingered = [w >= 0.19 for w in waits]
+        assert lingered == [True] * 5 + [False] * 7, waits  # futile, until the average says so
+        assert seq.groups == 12
+        # the probe: the 64th group not lingered lingers again (7 were above)
+        waits = [w for i in range(60) for w in _decide_at(a, seq, [f"x{i}"], gap=0.0)]
+        assert [i for i, w in enumerate(waits) if w >= 0.19] == [56], waits
