@@ -23,10 +23,10 @@ whichever comes first: larger groups, less CPU per request, at most `linger` of 
 latency. At a low rate, and at the maximum (where the queue already holds `fill`), nothing
 waits. Callers that wait for each answer before they send again (one sequential client, a
 few closed loops) would only be slowed down: every request they will send is already
-queued, so a linger brings nobody in its second half. When most recent lingers were so
-(a moving average of that over `FUTILE_LIMIT`), the batcher stops lingering and tries
-again once every `PROBE_EVERY` groups. `ServingSettings.group_linger_ms` (0 turns it off)
-and `group_fill`.
+queued, so nobody arrives in the last three quarters of a linger (`FUTILE_SHARE`). When
+most recent lingers were so (a moving average over `FUTILE_LIMIT`), the batcher stops
+lingering and tries again once every `PROBE_EVERY` groups.
+`ServingSettings.group_linger_ms` (0 turns it off) and `group_fill`.
 
 What goes together: requests of one runtime with equal `together.group_key` (channel,
 campaign, candidate offers); dry runs and requests with a timestamp are decided alone, as
@@ -63,14 +63,17 @@ GAP_WEIGHT = 0.125
 IDLE_GAP = 1.0
 """The average gap a new batcher starts from, and the longest one gap counts for (seconds)."""
 
-FUTILE_WEIGHT = 0.25
-"""Weight of the latest linger in the moving average of futile ones (nobody came in its
-second half)."""
+FUTILE_SHARE = 0.75
+"""A linger is futile when nobody arrived in this last share of it."""
+
+FUTILE_WEIGHT = 0.125
+"""Weight of the latest linger in the moving average of futile ones (a sequential caller
+is held by about ten lingers before the average passes `FUTILE_LIMIT`)."""
 
 FUTILE_LIMIT = 0.75
-"""Above this average the batcher stops lingering. Independent arrivals leave a linger's
-second half empty 61% of the time at the rate where lingering starts (one per `linger`),
-37% at twice that rate; closed loops, nearly always."""
+"""Above this average the batcher stops lingering. Independent arrivals leave the last three
+quarters of a linger empty 47% of the time at the rate where lingering starts (one per
+`linger`), 22% at twice that rate; a sequential caller, always."""
 
 PROBE_EVERY = 64
 """While it does not linger for futility, the batcher still lingers once per this many
@@ -158,7 +161,7 @@ class DecisionBatcher:
             timer.cancel()
             self._filled = None
         if self._last is not None:  # always, with a request queued
-            futile = loop.time() - self._last > self.linger / 2
+            futile = loop.time() - self._last > self.linger * FUTILE_SHARE
             self._futile += FUTILE_WEIGHT * (futile - self._futile)
 
     def _take(self) -> list[_Waiting]:

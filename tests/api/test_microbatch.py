@@ -514,11 +514,11 @@ def test_a_caller_that_waits_for_each_answer_stops_being_kept_waiting(tmp_path: 
     lingers its requests are decided at once, but for one probe per `PROBE_EVERY` groups."""
     with TestClient(_app(tmp_path, Clock())) as a:
         # a batcher that has seen arrivals more often than one per linger
-        seq = DecisionBatcher(runtime_of(a), linger=0.2, fill=4, gap=0.0)
-        waits = [w for i in range(12) for w in _decide_at(a, seq, [f"e{i}"], gap=0.0)]
-        lingered = [w >= 0.19 for w in waits]
-        assert lingered == [True] * 5 + [False] * 7, waits  # futile, until the average says so
-        assert seq.groups == 12
-        # the probe: the 64th group not lingered lingers again (7 were above)
-        waits = [w for i in range(60) for w in _decide_at(a, seq, [f"x{i}"], gap=0.0)]
-        assert [i for i, w in enumerate(waits) if w >= 0.19] == [56], waits
+        seq = DecisionBatcher(runtime_of(a), linger=0.1, fill=4, gap=0.0)
+        waits = [w for i in range(16) for w in _decide_at(a, seq, [f"x{i}"], gap=0.0)]
+        lingered = [w >= 0.095 for w in waits]
+        assert lingered == [True] * 11 + [False] * 5, waits  # until the average says so
+        assert seq.groups == 16
+        # the probe: the 64th group not lingered lingers again (5 were above)
+        waits = [w for i in range(60) for w in _decide_at(a, seq, [f"y{i}"], gap=0.0)]
+        assert [i for i, w in enumerate(waits) if w >= 0.095] == [58], waits
