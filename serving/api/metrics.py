@@ -1,5 +1,6 @@
 """Prometheus metrics of the API: request latency, decisions by action/offer/reason, events,
-and the decision groups (size, time in the decision thread, fallbacks to deciding alone).
+and the decision groups (size, time in the decision thread, time waited for company,
+fallbacks to deciding alone).
 
 Two modes, chosen by the environment when a `Metrics` is built:
 
@@ -41,6 +42,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
 _BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1, 2)
 _GROUP_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+_LINGER_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05)
 
 
 class Metrics:
@@ -96,6 +98,13 @@ class Metrics:
             "Time a group takes in the worker's decision thread: engine, live-state read and "
             "the store's one transaction",
             buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.group_linger = Histogram(
+            "winback_decision_group_linger_seconds",
+            "Time a group waited for more requests to join it before it was decided (only "
+            "groups that waited; WINBACK_GROUP_LINGER_MS)",
+            buckets=_LINGER_BUCKETS,
             registry=self.registry,
         )
         self.group_fallbacks = Counter(

@@ -153,6 +153,7 @@ class DecisionBatcher:
         delay = self._queue[0].arrived + self.linger - loop.time()
         if delay <= 0:
             return
+        start = loop.time()
         self._filled = loop.create_future()
         timer = loop.call_later(delay, _wake, self._filled)
         try:
@@ -160,6 +161,9 @@ class DecisionBatcher:
         finally:
             timer.cancel()
             self._filled = None
+        rt = self._rt()
+        if rt is not None:
+            rt.metrics.group_linger.observe(loop.time() - start)
         if self._last is not None:  # always, with a request queued
             futile = loop.time() - self._last > self.linger * FUTILE_SHARE
             self._futile += FUTILE_WEIGHT * (futile - self._futile)

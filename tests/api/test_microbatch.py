@@ -475,6 +475,13 @@ def _decide_at(
     return client.portal.call(run)
 
 
+def _lingers(client: TestClient) -> tuple[float, float]:
+    """(groups that waited for company, seconds they waited) from `/metrics`."""
+    metrics = client.get("/metrics").text
+    name = "winback_decision_group_linger_seconds"
+    return metric_value(metrics, f"{name}_count"), metric_value(metrics, f"{name}_sum")
+
+
 def test_a_group_lingers_for_fill_requests_when_they_arrive_often_and_never_longer_than_linger(
     tmp_path: Path,
 ) -> None:
@@ -493,15 +500,19 @@ def test_a_group_lingers_for_fill_requests_when_they_arrive_often_and_never_long
         # a new batcher counts one arrival per second: often for a 1.5 s linger, so one
         # request with no company is answered after `linger`, not before
         alone = DecisionBatcher(rt, linger=1.5, fill=4)
+        before = _lingers(a)
         [wait] = _decide_at(a, alone, customers[8:9], gap=0.0)
         assert 1.45 <= wait < 10.0
         assert (alone.groups, alone.grouped) == (1, 1)
+        after = _lingers(a)  # what the group waited is on /metrics
+        assert after[0] == before[0] + 1 and 1.45 <= after[1] - before[1] < 10
 
         # arrivals 0.6 s apart, seldom for a 0.3 s linger: each decided at once, alone
         seldom = DecisionBatcher(rt, linger=0.3, fill=4)
         waits = _decide_at(a, seldom, customers[9:12], gap=0.6)
         assert max(waits) < 0.25, waits
         assert (seldom.groups, seldom.grouped) == (3, 3)
+        assert _lingers(a) == after  # none of them waited
 
         # off: never waits, whatever the rate
         off = DecisionBatcher(rt, linger=0.0, fill=4)
