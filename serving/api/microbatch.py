@@ -68,7 +68,7 @@ FUTILE_SHARE = 0.75
 
 FUTILE_WEIGHT = 0.125
 """Weight of the latest linger in the moving average of futile ones (a sequential caller
-is held by about ten lingers before the average passes `FUTILE_LIMIT`)."""
+is held by 11 lingers before the average passes `FUTILE_LIMIT`)."""
 
 FUTILE_LIMIT = 0.75
 """Above this average the batcher stops lingering. Independent arrivals leave the last three
