@@ -109,10 +109,11 @@ class DecisionBatcher:
         self.fill = min(max_group, rt.settings.group_fill if fill is None else fill)
         self._queue: deque[_Waiting] = deque()
         self._drain: asyncio.Task[None] | None = None
-        self._gap = gap  # moving average of the gaps between arrivals (seconds)
+        self.gap = gap  # moving average of the gaps between arrivals (seconds)
         self._last: float | None = None  # the latest arrival
         self._filled: asyncio.Future[None] | None = None  # set when `fill` are queued
         self._futile = 0.0  # moving average of futile lingers (see the module doc)
+        self.futile_limit = FUTILE_LIMIT  # above 1: never stops lingering (tests)
         self._skipped = 0  # groups not lingered for futility since the last linger
         self.groups = 0  # groups decided (for tests and the bench)
         self.grouped = 0  # requests decided in them
@@ -124,7 +125,7 @@ class DecisionBatcher:
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self._last is not None:
-            self._gap += GAP_WEIGHT * (min(now - self._last, IDLE_GAP) - self._gap)
+            self.gap += GAP_WEIGHT * (min(now - self._last, IDLE_GAP) - self.gap)
         self._last = now
         future: asyncio.Future[Outcome] = loop.create_future()
         self._queue.append(_Waiting(body, key, future, now))
@@ -139,12 +140,12 @@ class DecisionBatcher:
         waited `linger` (see the module doc); return at once otherwise."""
         if (
             self.linger <= 0
-            or self._gap >= self.linger
+            or self.gap >= self.linger
             or len(self._queue) >= self.fill
             or self._queue[0].key is None  # decided alone anyway
         ):
             return
-        if self._futile > FUTILE_LIMIT:
+        if self._futile > self.futile_limit:
             self._skipped += 1
             if self._skipped < PROBE_EVERY:
                 return
