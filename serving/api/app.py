@@ -135,8 +135,9 @@ def create_app(
         return with_offer_ids(spec, getattr(app.state, "runtime", None))
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(LatencyMiddleware, metrics=metrics)
+    # the last added is the outermost: the latency histogram also counts the 413s
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
+    app.add_middleware(LatencyMiddleware, metrics=metrics)
     return app
 
 

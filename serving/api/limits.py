@@ -61,18 +61,26 @@ class BodyLimitMiddleware:
                     return
         seen = 0
         started = False
+        cut = False  # the 413 was sent: whatever the app answers after it is dropped
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, cut, started
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    # Answered here: FastAPI turns any error raised while it reads a body
+                    # into its own 400 ("There was an error parsing the body").
+                    if not started and not cut:
+                        await _send_413(send, self.max_bytes)
+                    cut = started = True
                     raise BodyTooLargeError
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if cut:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)

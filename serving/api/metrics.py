@@ -26,6 +26,7 @@ import re
 import time
 from collections.abc import Iterable
 
+from fastapi.routing import iter_route_contexts
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -221,10 +222,12 @@ def _route_of(scope: Scope) -> str:
     matched = scope.get("route")  # set by the router once it has matched
     if matched is not None and hasattr(matched, "path"):
         return str(matched.path)
+    # answered before the router ran (a 413 of the body limit): match it as the router would,
+    # through the included routers (`iter_route_contexts` gives each route its full path)
     app = scope.get("app")
     router = getattr(app, "router", None)
-    for route in getattr(router, "routes", ()):
+    for route in iter_route_contexts(getattr(router, "routes", ())):
         match, _ = route.matches(scope)
         if match == Match.FULL:
-            return str(getattr(route, "path", "unknown"))
+            return str(route.path or "unknown")
     return "unmatched"
