@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from serving.api import schemas
 from serving.api.decision_thread import DecisionThread
 from serving.api.errors import install_error_handlers
+from serving.api.front import DecisionAPI
 from serving.api.heap import settle_heap
 from serving.api.limits import BodyLimitMiddleware
 from serving.api.logs import configure_logging
@@ -107,7 +108,7 @@ def create_app(
                 checkpointer.stop()
             store.dispose()
 
-    app = FastAPI(
+    app = DecisionAPI(
         title="winback",
         summary="Win-back offer decisions: guardrail rules plus ML scores",
         version="0.1.0",
@@ -117,6 +118,7 @@ def create_app(
         # configured cost about 2.5% of a decision's CPU (`bench/bench_api.py --profile`)
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    app.max_body_bytes = cfg.max_body_bytes
     app.state.metrics = metrics
     app.state.runtime = None
     app.state.checkpointer = None

@@ -7,12 +7,14 @@ from fastapi import APIRouter, Response
 from serving.api import schemas
 from serving.api.deps import ClientKey, ClientRuntime, RuntimeDep
 from serving.api.errors import ApiError
-from serving.api.fastroute import DecisionRoute
 from serving.api.microbatch import decide_request
 from serving.api.present import decision_out, json_response
 from serving.api.service import decide_body
 
-router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
+PATH = "/v1/recommendations"
+"""The decision endpoint's path (`serving.api.front` answers its plain requests)."""
+
+router = APIRouter(prefix=PATH, tags=["recommendations"])
 
 
 async def recommend(body: schemas.RecommendationRequest, rt: ClientRuntime) -> Response:
@@ -20,19 +22,13 @@ async def recommend(body: schemas.RecommendationRequest, rt: ClientRuntime) -> R
     # An `async def`: not one thread-pool hand-off per request. Requests that arrive while
     # the worker is busy are decided together, each group in the worker's one decision
     # thread while the loop reads the next requests (`serving.api.microbatch`). The
-    # response is serialised once here instead of validated again by FastAPI.
+    # response is serialised once here instead of validated again by FastAPI. Plain
+    # requests reach this function from `serving.api.front`, before FastAPI's stack.
     outcome = await decide_request(rt, body)
     return json_response(decision_out(rt, outcome))
 
 
-# FastAPI's route with a short path for plain JSON requests (`serving.api.fastroute`)
-router.add_api_route(
-    "",
-    recommend,
-    methods=["POST"],
-    response_model=schemas.Decision,
-    route_class_override=DecisionRoute,
-)
+router.add_api_route("", recommend, methods=["POST"], response_model=schemas.Decision)
 
 
 @router.post(
