@@ -107,7 +107,10 @@ def twins(
     the batched app's groups wait for company from the first request on (a new batcher
     would first have to see arrivals more often than one per linger) and never give up
     (all of a test's requests arrive at once, so most lingers are futile): up to `LINGER`
-    for a fill of 4, so that groups end by the fill and by the timer."""
+    for a fill of 4, so that groups end by the fill and by the timer. A group lingers only
+    until its oldest request has waited `LINGER`, so how many do depends on the machine's
+    speed (none, when the earlier groups took longer): these tests check the answers;
+    `test_a_group_lingers_*` checks the lingering itself, with arrivals it controls."""
     clock = Clock()
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -234,8 +237,6 @@ def test_one_customer_many_times_at_once_is_capped_and_answers_as_in_sequence(
     assert sorted(c for c, _ in _contacts(a)) == ["c1", "c2"]
     batcher = batcher_of(runtime_of(a))
     assert batcher.groups >= 8  # c2 waited for a group of its own each time
-    if batcher.linger == LINGER:  # and those groups of one waited for company first
-        assert _lingers(a)[0] >= 1
 
 
 request = st.fixed_dictionaries(
