@@ -5,19 +5,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic_core import to_json
+
 _STANDARD = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime"}
 )
-
-
-# One encoder for every line: `json.dumps(..., default=str)` builds a new one per call.
-_ENCODER = json.JSONEncoder(default=str)
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,7 +33,9 @@ class JsonFormatter(logging.Formatter):
                 out[key] = fields[key]
         if record.exc_info:
             out["exc_info"] = self.formatException(record.exc_info)
-        return _ENCODER.encode(out)
+        # pydantic-core's encoder (as the store's JSON columns): a value JSON has no
+        # spelling for is written as its `str`
+        return to_json(out, fallback=str, inf_nan_mode="constants").decode()
 
 
 def configure_logging(level: str = "info") -> None:

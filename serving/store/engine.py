@@ -41,6 +41,7 @@ try:
 except ImportError:  # not POSIX: the in-process lock only (SQLite's busy handler between processes)
     fcntl = None  # type: ignore[assignment]
 
+from pydantic_core import to_json
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -50,6 +51,19 @@ from serving.errors import StoreUnavailableError
 
 DEFAULT_DATABASE_URL: Final = "sqlite:///winback.db"
 WRITE_OPTION: Final = "winback_write"
+
+
+def json_text(value: Any) -> str:
+    """The text a JSON column stores, as every writer spells it (the ORM's `JSON` type
+    through the engine's `json_serializer`, and `serving.store.hotpath`).
+
+    pydantic-core's encoder: on a decision's scores and exclusions about 4x faster than
+    `json.dumps`, which cost about 5% of a recorded decision's CPU (`bench/README.md`,
+    session s33). Compact, UTF-8 rather than escaped, floats in their shortest round-trip
+    form, NaN and infinities spelled as `json.dumps` spells them; parsed back, the same
+    values as `json.dumps` text.
+    """
+    return to_json(value, inf_nan_mode="constants").decode()
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -152,7 +166,7 @@ def _sqlite_engine(
     u: URL, busy_timeout_ms: int, echo: bool, wal_autocheckpoint: int | None
 ) -> Engine:
     in_memory = u.database in (None, "", ":memory:")
-    kwargs: dict[str, Any] = {"echo": echo}
+    kwargs: dict[str, Any] = {"echo": echo, "json_serializer": json_text}
     if in_memory:
         # One shared connection, or each thread would see its own empty database.
         kwargs |= {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
@@ -225,6 +239,7 @@ def create_store_engine(
             max_overflow=2 * pool_size,
             pool_pre_ping=True,
             isolation_level="READ COMMITTED",
+            json_serializer=json_text,
         )
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
         raise StoreUnavailableError(

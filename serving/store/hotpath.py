@@ -10,7 +10,7 @@ of the engine's pool, which keeps everything the pool does (pool events, Postgre
 pre-ping, the SQLite write gate is taken by the caller), with:
 
 - parameters converted as SQLAlchemy's column types would (SQLite: datetimes as text in
-  SQLAlchemy's storage format, booleans as 0/1, JSON as `json.dumps` text, `None` as JSON
+  SQLAlchemy's storage format, booleans as 0/1, JSON as `engine.json_text`, `None` as JSON
   `null` like the `JSON` type; PostgreSQL: native values, JSON text cast to `jsonb`), so rows
   written here and through the ORM are the same;
 - results converted back (SQLite datetimes parsed);
@@ -24,7 +24,6 @@ Only SQLite and PostgreSQL (psycopg 3) are supported, as by the rest of the stor
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -34,7 +33,7 @@ from typing import Any, Final
 from sqlalchemy import Engine
 
 from serving.errors import StoreError, StoreUnavailableError
-from serving.store.engine import stale_sqlite_error
+from serving.store.engine import json_text, stale_sqlite_error
 
 _SQLITE_TS: Final = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
 
@@ -94,8 +93,9 @@ class HotPath:
 
     @staticmethod
     def json_text(value: Any) -> str:
-        """A JSON parameter: `None` becomes JSON `null`, as SQLAlchemy's `JSON` type stores it."""
-        return json.dumps(value)
+        """A JSON parameter: `None` becomes JSON `null`, as SQLAlchemy's `JSON` type stores it
+        (the engine's `json_serializer` is the same `engine.json_text`)."""
+        return json_text(value)
 
     parse_ts = staticmethod(_parse_ts)
 

@@ -315,8 +315,7 @@ def test_a_body_over_the_limit_in_chunks_is_a_413_and_counted(store_client: Test
     assert r.json()["error"]["code"] == "too_large"
     assert _count(store_client, Event) == 0
     series = (
-        'winback_http_request_duration_seconds_count{method="POST",route="/v1/events",'
-        'status="413"}'
+        'winback_http_request_duration_seconds_count{method="POST",route="/v1/events",status="413"}'
     )
     assert metric_value(store_client.get("/metrics").text, series) == 1.0
 

@@ -7,6 +7,7 @@ dropped afterwards, so reruns and parallel runs never collide.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import sqlite3
 import threading
@@ -681,6 +682,38 @@ def test_a_group_writes_the_rows_each_entry_writes_alone(store: Store) -> None:
     assert grouped == _logged(store, [r.decision_id for r in alone])
     assert [c != {} for _, c, _ in grouped] == [True, True, True, False, False]
     assert grouped[0][0]["scores"] == {"pct10": 1.25, "none": None, "guide": -0.5}
+
+
+def test_json_columns_have_one_spelling_whoever_writes_them(store: Store) -> None:
+    """The request path's plain SQL and the ORM's `JSON` type store the same text
+    (`engine.json_text`), which parses back to the values written."""
+    scores = {"pct10": -0.34442075325625576, "none": None, "tiny": 1e-07, "big": 1e16}
+    excluded = [{"offer_id": "bundle", "reason": "margin_floor"}, {"offer_id": "été"}]
+    reasons = ["no_allowed_option"]
+    store.record_decision(  # the request path's plain SQL (`hotpath`)
+        DecisionRecord("hot", "c1", T0, "none", reasons=reasons, scores=scores, excluded=excluded)
+    )
+    with Session(store.engine) as session, session.begin():
+        session.add(
+            Decision(
+                decision_id="orm",
+                customer_id="c1",
+                ts=T0,
+                action="none",
+                reasons=reasons,
+                scores=scores,
+                excluded=excluded,
+                dry_run=False,
+            )
+        )
+    with store.engine.connect() as conn:
+        sql = (
+            "SELECT decision_id, CAST(reasons AS TEXT), CAST(scores AS TEXT), "
+            "CAST(excluded AS TEXT) FROM decisions ORDER BY decision_id"
+        )
+        rows = {r[0]: tuple(r[1:]) for r in conn.execute(text(sql))}
+    assert rows["hot"] == rows["orm"]
+    assert [json.loads(t) for t in rows["hot"]] == [reasons, scores, excluded]
 
 
 def test_a_group_with_a_key_or_decision_id_twice_judges_them_in_order(store: Store) -> None:
