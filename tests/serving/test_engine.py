@@ -387,3 +387,36 @@ def test_budgets_and_candidate_restrictions_exclude_with_their_reasons() -> None
     d2 = decide(b, options, policy(), values, NOW, candidate_offer_ids=["expert"]).decision(0)
     assert d2.offer_id == "expert"
     assert {e.offer_id: e.reason for e in d2.excluded}["pct10"] == r.NOT_IN_CANDIDATES
+
+
+@pytest.mark.parametrize("kept", [0, 1, 4096])
+def test_each_decision_lists_its_own_exclusions_however_many_patterns_are_kept(
+    monkeypatch: pytest.MonkeyPatch, kept: int
+) -> None:
+    """`Decision.excluded` comes from patterns kept by `serving.engine.decision` (up to
+    `EXCLUDED_KEPT`): each customer still gets the blocks of its own row."""
+    from serving.engine import decision as decision_module
+
+    monkeypatch.setattr(decision_module, "_excluded_of", {})
+    monkeypatch.setattr(decision_module, "EXCLUDED_KEPT", kept)
+    live = {"c1": LiveState(contacts=(_sent(20, "sms", "pct10"),))}
+    b = batch(
+        4,
+        live=live,
+        known=[True, True, True, False],
+        journey_stage=1,
+        days_since_last_contact=20.0,
+        margin_rate_lifetime=0.15,
+    )
+    values = [value_row(pct10=9.0, freeship=3.0, expert=8.0, none=1.0)] * 4
+    out = decide(b, OPTIONS, policy(), scores(values), NOW, channel="auto")
+    patterns = set()
+    for _ in range(2):  # the second pass reads what the first one kept
+        for i in range(len(out)):
+            row = out.exclusion[i]
+            want = [(OPTIONS.offer_ids[j], r.EXCLUSION_ORDER[row[j]]) for j in np.flatnonzero(row)]
+            got = [(e.offer_id, e.reason) for e in out.decision(i).excluded]
+            assert got == want, i
+            patterns.add(tuple(want))
+    assert len(patterns) >= 3  # c0, c1 (a repeat offer too) and the unknown c3 differ
+    assert len(decision_module._excluded_of) == min(kept, len(patterns))
