@@ -14,7 +14,7 @@ everything else to FastAPI unchanged. The plain case, checked before anything is
 - an HTTP `POST` to exactly `/v1/recommendations`, no root path, no `dependency_overrides`
   (tests that swap dependencies get FastAPI's path);
 - the declared content type is exactly `application/json`, and the body, read whole, stays
-  within `max_body_bytes`;
+  within `max_body_bytes` (a declared Content-Length over it is not read here at all);
 - the body parses with `json.loads` and validates against `RecommendationRequest` with
   `model_validate` (what FastAPI's body field does: the same model instance comes out);
 - the runtime is loaded and `X-API-Key` (its first value, as FastAPI's `APIKeyHeader`) is a
@@ -88,12 +88,15 @@ class DecisionAPI(FastAPI):
         start = time.perf_counter()
         content_type: bytes | None = None
         key: bytes | None = None
+        declared = 0
         for name, value in scope["headers"]:
             if name == b"content-type":
                 content_type = content_type if content_type is not None else value
             elif name == b"x-api-key":
                 key = key if key is not None else value
-        if content_type != b"application/json":
+            elif name == b"content-length" and value.isdigit():
+                declared = int(value)
+        if content_type != b"application/json" or declared > self.max_body_bytes:
             await super().__call__(scope, receive, send)
             return
         read: list[Message] = []
