@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic_core import to_json
+from pydantic_core import PydanticSerializationError, to_json
 
 _STANDARD = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime"}
@@ -34,8 +35,12 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exc_info"] = self.formatException(record.exc_info)
         # pydantic-core's encoder (as the store's JSON columns): a value JSON has no
-        # spelling for is written as its `str`
-        return to_json(out, fallback=str, inf_nan_mode="constants").decode()
+        # spelling for is written as its `str`; a string UTF-8 cannot hold (a lone
+        # surrogate), by `json.dumps`, escaped
+        try:
+            return to_json(out, fallback=str, inf_nan_mode="constants").decode()
+        except PydanticSerializationError:
+            return json.dumps(out, default=str)
 
 
 def configure_logging(level: str = "info") -> None:

@@ -27,6 +27,7 @@ sees what committed before it started, which the per-customer advisory lock in
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -41,7 +42,7 @@ try:
 except ImportError:  # not POSIX: the in-process lock only (SQLite's busy handler between processes)
     fcntl = None  # type: ignore[assignment]
 
-from pydantic_core import to_json
+from pydantic_core import PydanticSerializationError, to_json
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -61,9 +62,13 @@ def json_text(value: Any) -> str:
     `json.dumps`, which cost about 5% of a recorded decision's CPU (`bench/README.md`,
     session s33). Compact, UTF-8 rather than escaped, floats in their shortest round-trip
     form, NaN and infinities spelled as `json.dumps` spells them; parsed back, the same
-    values as `json.dumps` text.
+    values as `json.dumps` text. A value it cannot write (a string with a lone surrogate,
+    which UTF-8 cannot hold) is written by `json.dumps`, escaped, as before.
     """
-    return to_json(value, inf_nan_mode="constants").decode()
+    try:
+        return to_json(value, inf_nan_mode="constants").decode()
+    except PydanticSerializationError:
+        return json.dumps(value)
 
 
 def normalize_url(url: str | URL) -> URL:

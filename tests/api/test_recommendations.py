@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -141,6 +142,22 @@ def test_decision_log_lines_carry_the_decision_id(
     line = json.loads(JsonFormatter().format(record))
     assert line["decision_id"] == d["decision_id"]
     assert line["request_id"] == "req-9" and line["action"] == "message"
+
+
+def test_a_log_line_writes_what_json_cannot_spell_without_losing_the_line() -> None:
+    """Values with no JSON spelling are written as their `str`; a lone surrogate (which
+    UTF-8 cannot hold) is escaped, as `json.dumps` escapes it."""
+
+    def line(**extra: object) -> dict[str, Any]:
+        record = logging.LogRecord("winback.api", logging.INFO, "", 0, "decision", None, None)
+        record.__dict__ |= extra
+        return dict(json.loads(JsonFormatter().format(record)))
+
+    got = line(when=datetime(2026, 1, 2, 3, 4), odd=object())
+    assert got["when"] == "2026-01-02T03:04:00"
+    assert got["odd"].startswith("<object object at ")
+    got = line(text="a\ud800", decision_id="d1")
+    assert got["text"] == "a\ud800" and got["decision_id"] == "d1"
 
 
 def test_new_decision_ids_are_uuid7_sorting_by_their_millisecond() -> None:

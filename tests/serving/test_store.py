@@ -716,6 +716,15 @@ def test_json_columns_have_one_spelling_whoever_writes_them(store: Store) -> Non
     assert [json.loads(t) for t in rows["hot"]] == [reasons, scores, excluded]
 
 
+def test_json_text_writes_a_lone_surrogate_as_json_dumps_does() -> None:
+    """pydantic-core cannot write a string UTF-8 cannot hold; `json.dumps` escapes it."""
+    from serving.store.engine import json_text
+
+    value = {"payload": "a\ud800b", "n": float("nan")}
+    assert json_text(value) == json.dumps(value)
+    assert json_text({"a": 0.5, "b": None}) == '{"a":0.5,"b":null}'  # the usual: compact
+
+
 def test_a_group_with_a_key_or_decision_id_twice_judges_them_in_order(store: Store) -> None:
     """A key or a decision id twice in one group (the API never sends that): the first entry
     is written, the later one finds it taken, as if each entry were recorded alone in turn."""
