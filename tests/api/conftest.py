@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -148,20 +148,25 @@ def files(tmp_path: Path) -> dict[str, Path]:
     return write_files(tmp_path)
 
 
+def settings_for(files: dict[str, Path], **overrides: Any) -> ServingSettings:
+    """The tests' settings for the files of `write_files` (`overrides` win)."""
+    fields: dict[str, Any] = {
+        "database_url": f"sqlite:///{files['db']}",
+        "policy_path": files["policy"],
+        "catalog_path": files["catalog"],
+        "snapshot_dir": files["db"].parent / "no-snapshot",
+        "model_uri": "models:/winback-policy@champion",
+        "api_keys": ["client-key"],
+        "admin_keys": ["admin-key"],
+        "reload_state_path": files["db"].parent / "reload.json",
+        "refresh_interval_seconds": 0,  # tests call `apply_pending` themselves
+    }
+    return ServingSettings(**(fields | overrides))
+
+
 @pytest.fixture
 def settings(files: dict[str, Path]) -> ServingSettings:
-    return ServingSettings(
-        database_url=f"sqlite:///{files['db']}",
-        policy_path=files["policy"],
-        catalog_path=files["catalog"],
-        snapshot_dir=files["db"].parent / "no-snapshot",
-        model_uri="models:/winback-policy@champion",
-        api_keys=["client-key"],
-        admin_keys=["admin-key"],
-        next_offer_window_seconds=600,
-        reload_state_path=files["db"].parent / "reload.json",
-        refresh_interval_seconds=0,  # tests call `apply_pending` themselves
-    )
+    return settings_for(files, next_offer_window_seconds=600)
 
 
 CUSTOMERS = {

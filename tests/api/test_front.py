@@ -24,25 +24,20 @@ from serving.api.deps import require_admin
 from serving.api.errors import ApiError
 from serving.api.routes import recommendations
 from serving.errors import StoreUnavailableError
-from serving.settings import ServingSettings
 from tests.api.conftest import (
     ADMIN,
     CLIENT,
+    CUSTOMERS,
     Clock,
     FakeScorer,
     FakeSnapshots,
     loader_of,
     make_snapshot,
+    settings_for,
     write_files,
 )
 
 CHAMPION = "models:/winback-policy@champion"
-CUSTOMERS = {
-    "c1": {"email": "opted_in"},
-    "c2": {"email": "opted_in", "sms": "opted_in"},
-    "c3": {"email": "opted_in"},
-    "c-noconsent": {},
-}
 LIMIT = 2_000
 """The twins' `max_body_bytes`."""
 PATH = "/v1/recommendations"
@@ -50,19 +45,7 @@ JSON = {"content-type": "application/json"}
 
 
 def _app(root: Path, clock: Clock) -> FastAPI:
-    files = write_files(root)
-    cfg = ServingSettings(
-        database_url=f"sqlite:///{files['db']}",
-        policy_path=files["policy"],
-        catalog_path=files["catalog"],
-        snapshot_dir=root / "no-snapshot",
-        model_uri=CHAMPION,
-        api_keys=["client-key"],
-        admin_keys=["admin-key"],
-        reload_state_path=root / "reload.json",
-        refresh_interval_seconds=0,
-        max_body_bytes=LIMIT,
-    )
+    cfg = settings_for(write_files(root), max_body_bytes=LIMIT)
     scorer = FakeScorer({"pct10": 4.0, "freeship": 3.0, "guide": 2.0, "none": 0.5})
     return create_app(
         cfg,

@@ -34,7 +34,6 @@ from serving.api import create_app
 from serving.api.microbatch import DecisionBatcher, batcher_of
 from serving.api.runtime import reloaded
 from serving.api.schemas import RecommendationRequest
-from serving.settings import ServingSettings
 from tests.api.conftest import (
     CLIENT,
     POLICY_YAML,
@@ -45,6 +44,7 @@ from tests.api.conftest import (
     make_snapshot,
     metric_value,
     runtime_of,
+    settings_for,
     write_files,
 )
 from tests.conftest import postgres_schema
@@ -73,17 +73,7 @@ def _app(
 ) -> FastAPI:
     files = write_files(root)
     files["policy"].write_text(policy, encoding="utf-8")
-    cfg = ServingSettings(
-        database_url=url or f"sqlite:///{files['db']}",
-        policy_path=files["policy"],
-        catalog_path=files["catalog"],
-        snapshot_dir=root / "no-snapshot",
-        model_uri=CHAMPION,
-        api_keys=["client-key"],
-        admin_keys=["admin-key"],
-        reload_state_path=root / "reload.json",
-        refresh_interval_seconds=0,
-    )
+    cfg = settings_for(files, database_url=url or f"sqlite:///{files['db']}")
     return create_app(
         cfg,
         scorer_loader=loader_of({CHAMPION: scorer}),
