@@ -89,6 +89,7 @@ def frames(
         int | None, typer.Option("--horizon-days", help="label horizon H in days (default 90)")
     ] = None,
     engine: EngineOption = EngineName.local,
+    jobs: JobsOption = 1,
 ) -> None:
     """Write OUT/reactivation.parquet and OUT/offer_response.parquet, then summarize them."""
     from features.datadir import load_data_dir
@@ -99,7 +100,9 @@ def frames(
     _spark_needs_partitions(directory, engine)
     try:
         if is_partitioned(directory) or engine is EngineName.spark:
-            react_df, offer_df = _frames_partitioned(directory, out, cuts, horizon_days, engine)
+            react_df, offer_df = _frames_partitioned(
+                directory, out, cuts, horizon_days, engine, jobs
+            )
         else:
             data = load_data_dir(directory)
             with console.status("building frames"):
@@ -122,8 +125,10 @@ def _frames_partitioned(
     cuts: list[str],
     horizon_days: int | None,
     engine: EngineName = EngineName.local,
+    jobs: int = 1,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write both frames partition by partition; return the columns the summaries need."""
+    """Write both frames partition by partition (`jobs` worker processes with the local
+    engine); return the columns the summaries need."""
     import pyarrow.parquet as pq
 
     from cli.progress import partition_bar
@@ -144,7 +149,9 @@ def _frames_partitioned(
         layout = read_layout(directory)
         total = layout.row_counts.get("customers")
         with partition_bar(console, "building frames", total, layout.n_partitions) as on_part:
-            write_frames_partitioned(directory, out, cuts or None, horizon_days, _config(), on_part)
+            write_frames_partitioned(
+                directory, out, cuts or None, horizon_days, _config(), on_part, jobs
+            )
     react_cols = [mf.CUTOFF, mf.LABEL, mf.CONTACTED_IN_WINDOW, mf.OUTCOME_MARGIN]
     offer_cols = [c.OFFER_ID, mf.CONVERTED, mf.OUTCOME_REVENUE, mf.OUTCOME_MARGIN]
     offer_cols.append(mf.UNSUBSCRIBED)

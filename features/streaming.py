@@ -233,9 +233,14 @@ def write_frames_partitioned(
     horizon_days: int | None = None,
     config: FeatureConfig | None = None,
     on_partition: OnPartition | None = None,
+    jobs: int = 1,
 ) -> dict[str, tuple[mf.FrameSpec, int]]:
     """Both training frames of a partitioned directory, partition by partition: the same
     rows as `features.frames.write_frames` on the whole data (grouped by partition).
+
+    With `jobs` > 1 the partitions' frames are built in that many worker processes, each
+    writing its partition's part files; the parts are joined in partition order, so the
+    frames are the same for any number of jobs.
 
     Returns {file name: (spec, rows)}.
     """
@@ -244,21 +249,48 @@ def write_frames_partitioned(
     plan = frame_plan(directory, cutoffs, horizon_days, cfg)
     specs: dict[str, mf.FrameSpec] = {}
     files: dict[str, list[Path]] = {REACTIVATION_FILE: [], OFFER_RESPONSE_FILE: []}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".frames-", dir=Path(out).parent) as tmp:
-        for p in iter_partitions(directory):
-            assert p.data is not None  # strict: an invalid partition raised
-            engine = FeatureEngine(p.data, cfg)
-            frames = plan.frames(engine)
-            for name, frame in frames.items():
-                specs[name] = frame.spec
-                part = Path(tmp) / f"{name}.{p.index:03d}.parquet"
-                pq.write_table(pa.Table.from_pandas(frame.data, preserve_index=False), part)
+        parts = range(read_layout(directory).n_partitions)
+        build = partial(_partition_frames, directory, cfg, plan, Path(tmp))
+        for built in map_partitions(build, parts, jobs):
+            for name, (spec, part) in built.parts.items():
+                specs[name] = spec
                 files[name].append(part)
             if on_partition is not None:
-                on_partition(p.index, len(p.data.customers))
-            del engine, frames, p
+                on_partition(built.index, built.customers)
         return {
             name: (specs[name], _append_parts(files[name], specs[name], Path(out) / name))
             for name in files
             if name in specs
         }
+
+
+@dataclass(frozen=True)
+class _FrameParts:
+    """One partition's frames as written by `_partition_frames`: {file name: (spec, part
+    file)}, and the partition's index and customer count (for progress)."""
+
+    index: int
+    customers: int
+    parts: dict[str, tuple[mf.FrameSpec, Path]]
+
+
+def _partition_frames(
+    directory: Path, config: FeatureConfig, plan: FramePlan, tmp: Path, part: int
+) -> _FrameParts:
+    """One valid partition's frames, each written to a part file in `tmp` (run in a worker
+    process with `jobs` > 1).
+
+    Raises:
+        DataContractError: the partition is not valid (its report).
+    """
+    p = validate_partition(directory, part)
+    if p.data is None:
+        raise DataContractError(p.report)
+    written: dict[str, tuple[mf.FrameSpec, Path]] = {}
+    for name, frame in plan.frames(FeatureEngine(p.data, config)).items():
+        path = tmp / f"{name}.{p.index:03d}.parquet"
+        pq.write_table(pa.Table.from_pandas(frame.data, preserve_index=False), path)
+        written[name] = (frame.spec, path)
+    return _FrameParts(p.index, len(p.data.customers), written)

@@ -286,6 +286,16 @@ def test_cli_generate_validate_partition_and_bad_partition(tmp_path: Path) -> No
     )
     assert res.exit_code == 0, res.output
     assert read_layout(tmp_path / "p5").n_partitions == 5
+    # the frames of the partitioned world, in two worker processes
+    res = runner.invoke(
+        app,
+        ["features", "frames", str(tmp_path / "p5"), "--out", str(tmp_path / "fr"), "--jobs", "2"],
+    )
+    assert res.exit_code == 0, res.output
+    assert "reactivation frame" in res.output
+    assert len(read_frame(tmp_path / "fr" / "offer_response.parquet")[0]) > 0
+    res = runner.invoke(app, ["features", "frames", str(out), "--out", "x", "--jobs", "0"])
+    assert res.exit_code == 2 and "--jobs" in res.output
     # an unpartitioned world written over it is no longer partitioned
     res = runner.invoke(app, ["generate", "--customers", "200", "--out", str(out)])
     assert res.exit_code == 0 and not is_partitioned(out) and not (out / c.ORDERS).is_dir()
@@ -319,7 +329,9 @@ def test_snapshot_stream_reads_what_was_written(tmp_path: Path) -> None:
     assert Attachment  # the stored format is features.snapshot's
 
 
-def test_worker_processes_give_the_same_report_snapshot_and_errors(tmp_path: Path) -> None:
+def test_worker_processes_give_the_same_report_snapshot_frames_and_errors(
+    tmp_path: Path,
+) -> None:
     """`--jobs 2` computes partitions in worker processes; the results are the same."""
     _, part = _both_ways(tmp_path, 700, 3)
     materialize_partitioned(part, AS_OF, tmp_path / "one")
@@ -329,6 +341,15 @@ def test_worker_processes_give_the_same_report_snapshot_and_errors(tmp_path: Pat
     np.testing.assert_array_equal(one.matrix, two.matrix)
     for name, col in one.state_columns.items():
         assert col.tolist() == two.state_columns[name].tolist(), name
+    # the frames: the same rows in the same order, the same spec, for any number of jobs
+    frames_one = write_frames_partitioned(part, tmp_path / "frames_one")
+    frames_two = write_frames_partitioned(part, tmp_path / "frames_two", jobs=2)
+    assert frames_two == frames_one and len(frames_one) == 2
+    for name, (_, rows) in frames_one.items():
+        a, spec_a = read_frame(tmp_path / "frames_one" / name)
+        b, spec_b = read_frame(tmp_path / "frames_two" / name)
+        assert spec_a == spec_b and len(a) == rows > 0
+        pd.testing.assert_frame_equal(a, b)
     other = pd.read_parquet(next((part / c.ORDERS / partition_dir_name(1)).glob("*.parquet")))
     _rewrite(part, c.ORDERS, 0, lambda df: pd.concat([df, other.head(2)], ignore_index=True))
     serial, parallel = validate_partitioned(part), validate_partitioned(part, jobs=2)
@@ -336,5 +357,9 @@ def test_worker_processes_give_the_same_report_snapshot_and_errors(tmp_path: Pat
     assert parallel.problems == serial.problems and parallel.row_counts == serial.row_counts
     with pytest.raises(DataContractError):  # raised in a worker, with its type
         materialize_partitioned(part, AS_OF, tmp_path / "bad", jobs=2)
+    with pytest.raises(DataContractError):
+        write_frames_partitioned(part, tmp_path / "bad_frames", jobs=2)
+    assert not (tmp_path / "bad_frames").exists()  # nothing half-written
+    assert not list(tmp_path.glob(".frames-*"))  # nor the parts of the partitions built
     with pytest.raises(ValueError, match="jobs"):
         validate_partitioned(part, jobs=0)
