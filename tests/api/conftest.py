@@ -20,7 +20,7 @@ from serving.api import create_app
 from serving.api.runtime import Runtime
 from serving.errors import ModelUnavailableError
 from serving.scoring import Scorer
-from serving.settings import ServingSettings
+from serving.settings import DEFAULT_MODEL_URI, ServingSettings
 from tests.factories import CATALOG_YAML, snapshot_of
 
 CLIENT = {"X-API-Key": "client-key"}
@@ -148,6 +148,10 @@ def files(tmp_path: Path) -> dict[str, Path]:
     return write_files(tmp_path)
 
 
+CHAMPION = DEFAULT_MODEL_URI
+"""The model URI the tests' settings serve (the registry's champion alias)."""
+
+
 def settings_for(files: dict[str, Path], **overrides: Any) -> ServingSettings:
     """The tests' settings for the files of `write_files` (`overrides` win)."""
     fields: dict[str, Any] = {
@@ -155,7 +159,7 @@ def settings_for(files: dict[str, Path], **overrides: Any) -> ServingSettings:
         "policy_path": files["policy"],
         "catalog_path": files["catalog"],
         "snapshot_dir": files["db"].parent / "no-snapshot",
-        "model_uri": "models:/winback-policy@champion",
+        "model_uri": CHAMPION,
         "api_keys": ["client-key"],
         "admin_keys": ["admin-key"],
         "reload_state_path": files["db"].parent / "reload.json",

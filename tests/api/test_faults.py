@@ -38,6 +38,7 @@ from serving.settings import ServingSettings
 from serving.store import upgrade_database
 from tests.api.conftest import (
     ADMIN,
+    CHAMPION,
     CLIENT,
     CUSTOMERS,
     T0,
@@ -51,7 +52,6 @@ from tests.api.conftest import (
 from tests.conftest import postgres_schema
 from tests.factories import dataset, small_world
 
-CHAMPION = "models:/winback-policy@champion"
 RECOVER_WITHIN = 10.0  # seconds
 
 

@@ -26,6 +26,7 @@ from serving.api.routes import recommendations
 from serving.errors import StoreUnavailableError
 from tests.api.conftest import (
     ADMIN,
+    CHAMPION,
     CLIENT,
     CUSTOMERS,
     Clock,
@@ -37,7 +38,6 @@ from tests.api.conftest import (
     write_files,
 )
 
-CHAMPION = "models:/winback-policy@champion"
 LIMIT = 2_000
 """The twins' `max_body_bytes`."""
 PATH = "/v1/recommendations"

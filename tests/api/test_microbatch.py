@@ -35,6 +35,7 @@ from serving.api.microbatch import DecisionBatcher, batcher_of
 from serving.api.runtime import reloaded
 from serving.api.schemas import RecommendationRequest
 from tests.api.conftest import (
+    CHAMPION,
     CLIENT,
     POLICY_YAML,
     Clock,
@@ -49,7 +50,6 @@ from tests.api.conftest import (
 )
 from tests.conftest import postgres_schema
 
-CHAMPION = "models:/winback-policy@champion"
 CUSTOMERS = {
     "c1": {"email": "opted_in"},
     "c2": {"email": "opted_in", "sms": "opted_in"},

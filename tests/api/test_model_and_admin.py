@@ -19,6 +19,7 @@ from serving.precomputed import SCORES, scores_attachment
 from serving.settings import ServingSettings
 from tests.api.conftest import (
     ADMIN,
+    CHAMPION,
     CLIENT,
     CUSTOMERS,
     Clock,
@@ -28,7 +29,6 @@ from tests.api.conftest import (
     make_snapshot,
 )
 
-CHAMPION = "models:/winback-policy@champion"
 CHALLENGER = "models:/winback-policy@challenger"
 
 

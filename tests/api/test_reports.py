@@ -13,6 +13,7 @@ from serving.settings import ServingSettings
 from serving.store.models import Decision
 from tests.api.conftest import (
     ADMIN,
+    CHAMPION,
     CLIENT,
     CUSTOMERS,
     T0,
@@ -25,7 +26,6 @@ from tests.api.conftest import (
 )
 from tests.factories import REPORT_SECTIONS
 
-CHAMPION = "models:/winback-policy@champion"
 SUMMARY_KEYS = {"schema_version", *REPORT_SECTIONS}
 
 
